@@ -1,0 +1,14 @@
+"""Membership inference attacks: pure numpy functions of per-example signals (DESIGN.md §3).
+
+``ATTACKS[name](inputs)`` returns one score per example, higher = more likely a member. One module
+per family, each citing its paper: ``threshold`` (loss, confidence, entropy, modified entropy),
+``lira`` (Carlini et al. 2022), ``rmia`` (Zarifzadeh et al. 2024). Importing this package fills the
+registry.
+"""
+
+from __future__ import annotations
+
+from pptp.attacks import lira, rmia, threshold
+from pptp.attacks.base import ATTACKS, AttackInput, AttackSpec, register_attack
+
+__all__ = ["ATTACKS", "AttackInput", "AttackSpec", "lira", "register_attack", "rmia", "threshold"]

@@ -1,0 +1,231 @@
+"""The trial configuration: frozen dataclasses, built from a flat dict of dotted keys.
+
+A trial is fully described by a :class:`TrialConfig`. At the YAML and Ray boundaries it travels as a
+flat ``{"train.lr": 0.1, "protect.operator": "damp", ...}`` dict (:meth:`TrialConfig.from_flat`,
+:meth:`TrialConfig.to_flat`); inside ``pptp`` it is typed. Unknown keys and wrong types are
+:class:`~pptp.errors.ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from pptp.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which pool: ``make_pool(name, seed=..., ...)``. Sizes are numbers of examples."""
+
+    name: str = "digits"
+    seed: int = 0
+    pool_size: int | None = None  # None: everything left after test and val
+    test_size: int = 297  # held-out test set (accuracy); digits: 1797 = 297 + 100 + 1400
+    val_size: int = 100  # held-out validation set (early stopping)
+    image_size: int | None = None  # resize, e.g. digits 8x8 -> 32x32
+    data_dir: str = "data"
+    download: bool = False
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "small_cnn"
+    width: int | None = None  # None: the model's default width
+    norm: str = "batch"  # batch | group | none; per-example gradients need group or none
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training recipe shared by target and reference models."""
+
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5.0e-4
+    schedule: str = "cosine"  # cosine | constant
+    warmup_epochs: int = 2  # the "warm-up weights" that anchor/rewind/damp refer to
+    augment: bool = True
+    crop_pad: int = 4  # random-crop padding in pixels; 0 disables the crop
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    compile: bool = False  # torch.compile on CUDA
+    bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU, where bf16 is slower)
+
+
+@dataclass(frozen=True)
+class ProtectConfig:
+    """PPTP: which layer groups are protected, by which operator, at which strength in [0, 1].
+
+    Selection: exactly one of ``split`` (+ ``direction``), ``groups`` or ``patterns``; none of
+    them, or operator ``none``, is plain training. The per-operator knobs set the scale that
+    strength 1 means; see :mod:`pptp.operators`.
+    """
+
+    operator: str = "none"
+    strength: float = 0.0
+    split: int | None = None
+    direction: str = "prefix"  # prefix | suffix
+    groups: tuple[str, ...] | None = None
+    patterns: tuple[str, ...] | None = None
+    clip_norm: float = 1.0  # noise: per-example clipping norm of the protected gradients
+    max_noise_multiplier: float = 2.0  # noise: sigma at strength 1
+    max_anchor: float = 1.0  # anchor: L2 coefficient at strength 1 (times n_protected_params^-1)
+    max_feature_noise: float = 1.0  # feature_noise: noise std / feature std at strength 1
+    finetune_epochs: int = 2  # rewind: epochs of fine-tuning the free groups after the rewind
+
+
+@dataclass(frozen=True)
+class DefenseConfig:
+    """A baseline defense in the same training loop (see :mod:`pptp.defenses`)."""
+
+    name: str = "none"
+    weight_decay: float = 5.0e-3  # weight_decay: replaces train.weight_decay
+    label_smoothing: float = 0.1  # label_smoothing
+    patience: int = 3  # early_stopping: epochs without val-accuracy gain
+    noise_multiplier: float = 1.0  # dpsgd
+    max_grad_norm: float = 1.0  # dpsgd
+    delta: float = 1.0e-5  # dpsgd: the delta of (epsilon, delta)
+    relaxloss_alpha: float = 0.5  # relaxloss: target loss level (Chen et al. 2022)
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    attacks: tuple[str, ...] = ("loss", "lira_offline", "lira_online", "rmia_online")
+    n_references: int = 4
+    query_augment: bool = True  # query flips/shifts as extra signals (LiRA)
+    bank_dir: str = "bank"
+    adaptive: bool = False  # references trained with the trial's own protect/defense config
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    protect: ProtectConfig = field(default_factory=ProtectConfig)
+    defense: DefenseConfig = field(default_factory=DefenseConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+
+    @classmethod
+    def from_flat(cls, flat: typing.Mapping[str, Any], *, source: str = "config") -> TrialConfig:
+        """Build from ``{"section.key": value}``; missing keys take defaults.
+
+        ``source`` names where the dict came from (a file) in error messages.
+        """
+        sections: dict[str, dict[str, Any]] = {f.name: {} for f in dataclasses.fields(cls)}
+        for key, value in flat.items():
+            section, _, name = key.partition(".")
+            if section not in sections or not name:
+                raise ConfigError(
+                    f"{source}: unknown key {key!r}; keys look like 'section.name' with section "
+                    f"one of {', '.join(sections)}"
+                )
+            sections[section][name] = value
+        built = {}
+        for f in dataclasses.fields(cls):
+            sub = typing.get_type_hints(cls)[f.name]
+            built[f.name] = _build_section(sub, sections[f.name], prefix=f.name, source=source)
+        return cls(**built)
+
+    def to_flat(self) -> dict[str, Any]:
+        """The inverse of :meth:`from_flat`: every key, tuples as lists (JSON/YAML friendly)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            for k, v in dataclasses.asdict(getattr(self, f.name)).items():
+                out[f"{f.name}.{k}"] = list(v) if isinstance(v, tuple) else v
+        return out
+
+    def replace(self, **flat: Any) -> TrialConfig:
+        """A copy with some dotted keys changed: ``cfg.replace(**{"train.seed": 3})``."""
+        return TrialConfig.from_flat({**self.to_flat(), **flat})
+
+    def digest(self, *sections: str) -> str:
+        """A stable hash of the named sections (all if none): the bank's and the cache's keys."""
+        names = sections or tuple(f.name for f in dataclasses.fields(self))
+        payload = {s: dataclasses.asdict(getattr(self, s)) for s in names}
+        text = json.dumps(payload, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def config_keys() -> dict[str, Any]:
+    """Every dotted key of :class:`TrialConfig` with its type annotation (for space validation)."""
+    keys: dict[str, Any] = {}
+    for f in dataclasses.fields(TrialConfig):
+        sub = typing.get_type_hints(TrialConfig)[f.name]
+        for sf, hint in typing.get_type_hints(sub).items():
+            keys[f"{f.name}.{sf}"] = hint
+    return keys
+
+
+def coerce(value: Any, hint: Any, *, key: str, source: str = "config") -> Any:
+    """Check ``value`` against a field's type hint, converting lists to tuples and ints to floats."""
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return coerce(value, arg, key=key, source=source)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{source}: {key} = {value!r} is not a {_type_name(hint)}")
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{source}: {key} = {value!r} is not a list of strings")
+        return tuple(coerce(v, typing.get_args(hint)[0], key=key, source=source) for v in value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            raise ConfigError(
+                f"{source}: {key} = {value!r} is a string, not a number (YAML 1.1 reads '1e-4' as "
+                "a string: write 1.0e-4)"
+            )
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{source}: {key} = {value!r} is not a {_type_name(hint)}")
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(hint))
+    if typing.get_origin(hint) is tuple:
+        return "list of strings"
+    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
+
+
+def _build_section(cls: Any, values: dict[str, Any], *, prefix: str, source: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    for name in values:
+        if name not in hints:
+            raise ConfigError(
+                f"{source}: unknown key '{prefix}.{name}'; {prefix} has "
+                f"{', '.join(hints)}"
+            )
+    kwargs = {
+        name: coerce(v, hints[name], key=f"{prefix}.{name}", source=source)
+        for name, v in values.items()
+    }
+    return cls(**kwargs)

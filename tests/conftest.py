@@ -1,0 +1,27 @@
+"""Shared fixtures: a tiny digits pool (bundled data, offline) and a tiny MNIST-format folder.
+
+``tests/`` has no ``__init__.py``: pytest puts it on ``sys.path``, so helpers such as
+``fixtures_torchvision`` import as top-level modules.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fixtures_torchvision import TinyImages, write_mnist
+
+from pptp.data import Pool, make_pool
+
+
+@pytest.fixture(scope="session")
+def digits_pool() -> Pool:
+    """digits, seed 0: 1,297 pool, 100 validation and 400 test images, 1x8x8, on the CPU."""
+    return make_pool("digits", seed=0, test_size=400, val_size=100)
+
+
+@pytest.fixture(scope="session")
+def tiny_mnist(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TinyImages]:
+    """A data directory holding 50 training and 20 test 28x28 MNIST images (IDX files)."""
+    root = tmp_path_factory.mktemp("mnist")
+    return root, write_mnist(root)
