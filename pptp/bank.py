@@ -46,8 +46,14 @@ from pptp.train import build_model, build_pool, train
 
 logger = logging.getLogger(__name__)
 
-_NOT_IN_KEY = {"data.data_dir", "data.download", "train.device", "train.compile", "train.bf16",
-               "train.seed"}
+_NOT_IN_KEY = {
+    "data.data_dir",
+    "data.download",
+    "train.device",
+    "train.compile",
+    "train.bf16",
+    "train.seed",
+}
 
 
 @dataclass(frozen=True)
@@ -67,8 +73,12 @@ def recipe(cfg: TrialConfig, *, adaptive: bool) -> TrialConfig:
     if adaptive:
         return cfg.replace(**{"attack.adaptive": True})
     return TrialConfig(
-        data=cfg.data, model=cfg.model, train=cfg.train, protect=ProtectConfig(),
-        defense=DefenseConfig(), attack=AttackConfig(query_augment=cfg.attack.query_augment),
+        data=cfg.data,
+        model=cfg.model,
+        train=cfg.train,
+        protect=ProtectConfig(),
+        defense=DefenseConfig(),
+        attack=AttackConfig(query_augment=cfg.attack.query_augment),
     )
 
 
@@ -76,9 +86,14 @@ def recipe_key(cfg: TrialConfig, *, adaptive: bool) -> tuple[str, dict[str, Any]
     """The entry's key (16 hex digits) and the flat dict it hashes."""
     flat = recipe(cfg, adaptive=adaptive).to_flat()
     determining = {
-        k: v for k, v in flat.items()
-        if k not in _NOT_IN_KEY and (k.startswith(("data.", "model.", "train.")) or k in {
-            "attack.query_augment"} or (adaptive and k.startswith(("protect.", "defense."))))
+        k: v
+        for k, v in flat.items()
+        if k not in _NOT_IN_KEY
+        and (
+            k.startswith(("data.", "model.", "train."))
+            or k in {"attack.query_augment"}
+            or (adaptive and k.startswith(("protect.", "defense.")))
+        )
     }
     text = json.dumps(determining, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16], determining
@@ -116,8 +131,12 @@ class ReferenceBank:
         start = time.perf_counter()
         model = build_model(rcfg.model, pool, seed=seed)
         result = train(
-            model, pool, members, dataclasses.replace(rcfg.train, seed=seed),
-            protect=rcfg.protect, defense=rcfg.defense,
+            model,
+            pool,
+            members,
+            dataclasses.replace(rcfg.train, seed=seed),
+            protect=rcfg.protect,
+            defense=rcfg.defense,
         )
         signals = compute_signals(
             model, pool.x, pool.y, augment=rcfg.attack.query_augment, flip=pool.flip
@@ -127,14 +146,19 @@ class ReferenceBank:
         npz = folder / f"ref-{index:04d}.npz"
         _atomic_write(npz, _npz_bytes(logits=signals.logits, keep=keep))
         meta = {
-            "index": index, "seed": seed, "sha256": _sha256(npz),
-            "shape": list(signals.logits.shape), "test_acc": result.test_acc,
-            "train_acc": result.train_acc, "seconds": time.perf_counter() - start,
+            "index": index,
+            "seed": seed,
+            "sha256": _sha256(npz),
+            "shape": list(signals.logits.shape),
+            "test_acc": result.test_acc,
+            "train_acc": result.train_acc,
+            "seconds": time.perf_counter() - start,
         }
         marker = folder / f"ref-{index:04d}.json"
         _atomic_write(marker, json.dumps(meta, indent=1).encode())
-        logger.info("reference %d of %s: test_acc %.4f, %.1fs", index, key, result.test_acc,
-                    meta["seconds"])
+        logger.info(
+            "reference %d of %s: test_acc %.4f, %.1fs", index, key, result.test_acc, meta["seconds"]
+        )
         return marker
 
     def load(
@@ -179,7 +203,9 @@ class ReferenceBank:
                 progress(done + 1, len(todo))
         return todo
 
-    def _read(self, folder: Path, index: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]] | None:
+    def _read(
+        self, folder: Path, index: int
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]] | None:
         marker, npz = folder / f"ref-{index:04d}.json", folder / f"ref-{index:04d}.npz"
         if not marker.exists():
             return None
@@ -194,8 +220,9 @@ class ReferenceBank:
             if keep.dtype != bool or logits.dtype != np.float32 or not np.isfinite(logits).all():
                 raise ValueError("bad dtype or values")
         except (OSError, ValueError, KeyError, TypeError) as error:
-            logger.warning("bank entry %s is corrupt (%s): deleting it, it will be retrained",
-                           marker, error)
+            logger.warning(
+                "bank entry %s is corrupt (%s): deleting it, it will be retrained", marker, error
+            )
             for path in (marker, npz):
                 path.unlink(missing_ok=True)
             return None

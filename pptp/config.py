@@ -166,7 +166,7 @@ def config_keys() -> dict[str, Any]:
 
 
 def coerce(value: Any, hint: Any, *, key: str, source: str = "config") -> Any:
-    """Check ``value`` against a field's type hint, converting lists to tuples and ints to floats."""
+    """Check ``value`` against a type hint; lists become tuples and ints become floats."""
     origin = typing.get_origin(hint)
     if origin in (Union, types.UnionType):
         args = typing.get_args(hint)
@@ -202,9 +202,8 @@ def coerce(value: Any, hint: Any, *, key: str, source: str = "config") -> Any:
                 f"{source}: {key} = {value!r} is a string, not a number (YAML 1.1 reads '1e-4' as "
                 "a string: write 1.0e-4)"
             )
-    elif hint is str:
-        if isinstance(value, str):
-            return value
+    elif hint is str and isinstance(value, str):
+        return value
     raise ConfigError(f"{source}: {key} = {value!r} is not a {_type_name(hint)}")
 
 
@@ -221,8 +220,7 @@ def _build_section(cls: Any, values: dict[str, Any], *, prefix: str, source: str
     for name in values:
         if name not in hints:
             raise ConfigError(
-                f"{source}: unknown key '{prefix}.{name}'; {prefix} has "
-                f"{', '.join(hints)}"
+                f"{source}: unknown key '{prefix}.{name}'; {prefix} has {', '.join(hints)}"
             )
     kwargs = {
         name: coerce(v, hints[name], key=f"{prefix}.{name}", source=source)

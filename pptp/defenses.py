@@ -92,15 +92,21 @@ class EarlyStopping(TrainingHooks):
 
     def end_epoch(self, ctx: TrainContext) -> bool:
         if ctx.val_acc is None:
-            raise ConfigError("defense 'early_stopping' needs a validation set: set data.val_size > 0")
+            raise ConfigError(
+                "defense 'early_stopping' needs a validation set: set data.val_size > 0"
+            )
         if ctx.val_acc > self.best:
             self.best, self.best_epoch = ctx.val_acc, ctx.epoch
             self.best_state = {k: v.detach().clone() for k, v in ctx.model.state_dict().items()}
             return False
         stop = ctx.epoch - self.best_epoch >= self.patience
         if stop:
-            logger.info("early stopping at epoch %d (best val acc %.4f at epoch %d)",
-                        ctx.epoch, self.best, self.best_epoch)
+            logger.info(
+                "early stopping at epoch %d (best val acc %.4f at epoch %d)",
+                ctx.epoch,
+                self.best,
+                self.best_epoch,
+            )
         return stop
 
     def finish(self, ctx: TrainContext) -> None:
@@ -144,9 +150,14 @@ class DPSGD(TrainingHooks):
         )
         self.engine = PrivacyEngine(accountant="prv")
         self.hooks, ctx.optimizer, _ = self.engine.make_private(
-            module=ctx.model, optimizer=ctx.optimizer, data_loader=loader,
-            noise_multiplier=self.cfg.noise_multiplier, max_grad_norm=self.cfg.max_grad_norm,
-            poisson_sampling=False, wrap_model=False, noise_generator=ctx.generator,
+            module=ctx.model,
+            optimizer=ctx.optimizer,
+            data_loader=loader,
+            noise_multiplier=self.cfg.noise_multiplier,
+            max_grad_norm=self.cfg.max_grad_norm,
+            poisson_sampling=False,
+            wrap_model=False,
+            noise_generator=ctx.generator,
         )
 
     def finish(self, ctx: TrainContext) -> None:

@@ -19,7 +19,6 @@ epoch; ``end_epoch`` may stop training) and ``finish`` (once, after the last epo
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -114,7 +113,3 @@ def snapshot(params: dict[str, nn.Parameter]) -> dict[str, torch.Tensor]:
     """Detached copies of parameters (``name -> tensor``)."""
     return {n: p.detach().clone() for n, p in params.items()}
 
-
-def fields_of(obj: Any) -> dict[str, Any]:
-    """A dataclass as a dict (for logging operator settings)."""
-    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else {}

@@ -26,9 +26,9 @@ Every ``head`` is adaptive average pooling (convolutional models) and a linear l
 ``head`` module's output is the logits.
 
 ``norm`` (:data:`NORMS`): ``"batch"`` (BatchNorm), ``"group"`` (GroupNorm, see
-:func:`group_norm`) or ``"none"``. The GroupNorm
-variants exist because BatchNorm mixes the examples of a batch, so per-example gradients (DP-SGD,
-the ``noise`` operator) are ill-defined with it. In the MLP the norm acts on the hidden features
+:func:`group_norm`) or ``"none"``. The GroupNorm variants exist because BatchNorm mixes the
+examples of a batch, so per-example gradients (DP-SGD, the ``noise`` operator) are ill-defined
+with it. In the MLP the norm acts on the hidden features
 (BatchNorm1d / GroupNorm over the feature vector). Layers followed by a norm have no bias (the
 norm's shift replaces it); with ``"none"`` they have one.
 

@@ -5,9 +5,9 @@ membership-privacy risk, leave those that carry generalization free. It does not
 we could copy, so every operator here is *this project's interpretation* of "protect".
 
 Each operator takes one strength ``s`` in [0, 1] and acts only on the protected parameters (their
-gradients, learning rate, values, or the outputs of their groups). Free parameters are updated by the
-unchanged optimizer from the gradient of the training loss. ``s = 0`` builds no hooks at all, so it
-is plain training bit for bit under the same seed; operators that draw random numbers use
+gradients, learning rate, values, or the outputs of their groups). Free parameters are updated by
+the unchanged optimizer from the gradient of the training loss. ``s = 0`` builds no hooks at all, so
+it is plain training bit for bit under the same seed; operators that draw random numbers use
 ``ctx.generator``, never the global RNG or the data-order generator.
 
 =================  ==========================================================================
@@ -95,7 +95,11 @@ class NoiseOperator(TrainingHooks):
             raise ConfigError(f"protect.clip_norm = {self.clip} must be > 0")
 
     def setup(self, ctx: TrainContext) -> None:
-        bn = [n for n, m in ctx.model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        bn = [
+            n
+            for n, m in ctx.model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        ]
         if bn:
             raise ConfigError(
                 f"operator 'noise' needs per-example gradients, which BatchNorm makes ill-defined "
@@ -108,7 +112,8 @@ class NoiseOperator(TrainingHooks):
         per_example = per_example_grads(ctx, x, y)
         names = list(ctx.protected)
         batch = x.shape[0]
-        norms = torch.sqrt(sum(per_example[n].flatten(1).pow(2).sum(1) for n in names))  # (B,)
+        squares = torch.stack([per_example[n].flatten(1).pow(2).sum(1) for n in names])  # (P, B)
+        norms = squares.sum(0).sqrt()  # (B,) norm over all protected parameters together
         factor = (self.clip / (norms + 1e-6)).clamp(max=1.0)  # (B,)
         for n in names:
             g = torch.einsum("b,b...->...", factor, per_example[n])
@@ -132,7 +137,9 @@ def per_example_grads(
     constants.update(dict(model.named_buffers()))
     smoothing = ctx.label_smoothing
 
-    def loss_one(params: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+    def loss_one(
+        params: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor
+    ) -> torch.Tensor:
         out = functional_call(model, {**params, **constants}, (xi.unsqueeze(0),))
         return nn.functional.cross_entropy(out, yi.unsqueeze(0), label_smoothing=smoothing)
 
@@ -173,11 +180,10 @@ class AnchorOperator(TrainingHooks):
     def penalty(self, ctx: TrainContext) -> torch.Tensor | None:
         if not ctx.after_warmup() or not ctx.protected or ctx.warmup is None:
             return None
-        total = sum(
-            (p - ctx.warmup[n]).pow(2).sum() for n, p in ctx.protected.items()
-        )
+        warmup = ctx.warmup
+        total = torch.stack([(p - warmup[n]).pow(2).sum() for n, p in ctx.protected.items()])
         count = sum(p.numel() for p in ctx.protected.values())
-        return self.coef * total / count  # type: ignore[operator]
+        return total.sum() * (self.coef / count)
 
 
 OPERATORS.register("anchor")(AnchorOperator)
@@ -219,14 +225,18 @@ class RewindOperator(TrainingHooks):
                 p.copy_(source[n])
         logger.info(
             "rewind: protected groups %s reset to epoch %d; fine-tuning the rest for %d epochs",
-            ",".join(ctx.protected_groups), self.target_epoch, self.finetune_epochs,
+            ",".join(ctx.protected_groups),
+            self.target_epoch,
+            self.finetune_epochs,
         )
         if self.finetune_epochs <= 0 or ctx.run_epoch is None or not ctx.free:
             return
         for p in ctx.protected.values():
             p.requires_grad_(False)
         ctx.optimizer = torch.optim.SGD(
-            list(ctx.free.values()), lr=ctx.cfg.lr * 0.1, momentum=ctx.cfg.momentum,
+            list(ctx.free.values()),
+            lr=ctx.cfg.lr * 0.1,
+            momentum=ctx.cfg.momentum,
             weight_decay=ctx.cfg.weight_decay,
         )
         last = ctx.epoch

@@ -69,17 +69,27 @@ def build_model(cfg: ModelConfig, pool: Pool, *, seed: int) -> nn.Module:
     torch.manual_seed(seed)
     _, channels, height, _ = pool.x.shape
     return create_model(
-        cfg.name, num_classes=pool.num_classes, in_channels=channels, image_size=height,
-        width=cfg.width, norm=cfg.norm,
+        cfg.name,
+        num_classes=pool.num_classes,
+        in_channels=channels,
+        image_size=height,
+        width=cfg.width,
+        norm=cfg.norm,
     )
 
 
 def build_pool(cfg: DataConfig, *, device: torch.device | str = "cpu") -> Pool:
     """The pool a data config names (raw datasets are cached in-process by :mod:`pptp.data`)."""
     return make_pool(
-        cfg.name, seed=cfg.seed, pool_size=cfg.pool_size, test_size=cfg.test_size,
-        val_size=cfg.val_size, image_size=cfg.image_size, data_dir=cfg.data_dir,
-        download=cfg.download, device=device,
+        cfg.name,
+        seed=cfg.seed,
+        pool_size=cfg.pool_size,
+        test_size=cfg.test_size,
+        val_size=cfg.val_size,
+        image_size=cfg.image_size,
+        data_dir=cfg.data_dir,
+        download=cfg.download,
+        device=device,
     )
 
 
@@ -93,7 +103,9 @@ def selection_of(cfg: ProtectConfig) -> Selection | None:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 1024) -> float:
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 1024
+) -> float:
     """Accuracy of ``model`` (eval mode) on ``x: (n, C, H, W)``, ``y: (n,)``."""
     if len(y) == 0:
         return float("nan")
@@ -154,14 +166,23 @@ def train(
             g.update(h.param_group_overrides(protected=bool(g["protected"])))
     groups = [g for g in groups if g["params"]]
     optimizer = torch.optim.SGD(
-        groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+        groups,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov and cfg.momentum > 0,
         weight_decay=cfg.weight_decay,
     )
     steps_per_epoch = math.ceil(len(members) / cfg.batch_size)
     ctx = TrainContext(
-        model=model, optimizer=optimizer, cfg=cfg, device=device, protected=protected, free=free,
+        model=model,
+        optimizer=optimizer,
+        cfg=cfg,
+        device=device,
+        protected=protected,
+        free=free,
         protected_groups=part.protected_groups if part is not None else (),
-        n_members=len(members), steps_per_epoch=steps_per_epoch,
+        n_members=len(members),
+        steps_per_epoch=steps_per_epoch,
         generator=_generator(device, cfg.seed, _OPERATOR_STREAM),
     )
     if cfg.warmup_epochs == 0:
@@ -169,7 +190,11 @@ def train(
     loss_hooks = [h for h in hooks if type(h).loss is not TrainingHooks.loss]
     if len(loss_hooks) > 1:
         raise ConfigError("only one of the operator and the defense may replace the loss")
-    loss_fn = loss_hooks[0].loss if loss_hooks else default_loss
+    custom_loss = loss_hooks[0].loss if loss_hooks else None
+
+    def loss_fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        loss = custom_loss(ctx, logits, y) if custom_loss is not None else None
+        return loss if loss is not None else default_loss(ctx, logits, y)
     needs_val = any(h.needs_validation for h in hooks)
     for h in hooks:
         h.setup(ctx)
@@ -208,7 +233,7 @@ def train(
                     g["lr"] = lr * scales[bool(g.get("protected"))]
             with autocast(device, enabled=cfg.bf16):
                 logits = forward(x)
-                loss = loss_fn(ctx, logits.float(), y)
+                loss = loss_fn(logits.float(), y)
                 for h in hooks:
                     extra = h.penalty(ctx)
                     if extra is not None:
@@ -242,8 +267,13 @@ def train(
             on_epoch(history[-1])
         logger.info(
             "epoch %3d/%d  loss %.4f  train_acc %.4f  test_acc %.4f%s  %.1fs",
-            epoch, cfg.epochs, mean_loss, train_acc, test_acc,
-            f"  val_acc {ctx.val_acc:.4f}" if ctx.val_acc is not None else "", seconds,
+            epoch,
+            cfg.epochs,
+            mean_loss,
+            train_acc,
+            test_acc,
+            f"  val_acc {ctx.val_acc:.4f}" if ctx.val_acc is not None else "",
+            seconds,
         )
 
     ctx.run_epoch = epoch_and_log  # lets rewind fine-tune through the same loop
@@ -274,10 +304,14 @@ def _check_recipe(cfg: TrainConfig, n_members: int) -> None:
         (cfg.epochs < 1, f"train.epochs = {cfg.epochs} must be >= 1"),
         (cfg.batch_size < 1, f"train.batch_size = {cfg.batch_size} must be >= 1"),
         (cfg.lr <= 0, f"train.lr = {cfg.lr} must be > 0"),
-        (not 0 <= cfg.warmup_epochs <= cfg.epochs,
-         f"train.warmup_epochs = {cfg.warmup_epochs} must be in [0, train.epochs]"),
-        (cfg.schedule not in _SCHEDULES,
-         f"train.schedule = {cfg.schedule!r}; known: {', '.join(_SCHEDULES)}"),
+        (
+            not 0 <= cfg.warmup_epochs <= cfg.epochs,
+            f"train.warmup_epochs = {cfg.warmup_epochs} must be in [0, train.epochs]",
+        ),
+        (
+            cfg.schedule not in _SCHEDULES,
+            f"train.schedule = {cfg.schedule!r}; known: {', '.join(_SCHEDULES)}",
+        ),
         (cfg.crop_pad < 0, f"train.crop_pad = {cfg.crop_pad} must be >= 0"),
         (n_members < 1, "the member set is empty"),
     ]

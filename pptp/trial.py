@@ -103,27 +103,39 @@ def run_trial(
     with _timed(timings, "train"):
         model = build_model(cfg.model, pool, seed=cfg.train.seed)
         trained = train(
-            model, pool, members, cfg.train, protect=cfg.protect, defense=cfg.defense,
-            device=device, on_epoch=on_epoch,
+            model,
+            pool,
+            members,
+            cfg.train,
+            protect=cfg.protect,
+            defense=cfg.defense,
+            device=device,
+            on_epoch=on_epoch,
         )
     with _timed(timings, "signals"):
         signals = compute_signals(
             model, pool.x, pool.y, augment=cfg.attack.query_augment, flip=pool.flip
         )
-    results = attack_target(
-        cfg, pool, signals, bank=bank, timings=timings, references=references
-    )
+    results = attack_target(cfg, pool, signals, bank=bank, timings=timings, references=references)
     extras = dict(trained.extras)
     epsilon = extras.pop("epsilon", None)
     logger.info(
-        "trial done: test_acc %.4f, %s; %s", trained.test_acc,
+        "trial done: test_acc %.4f, %s; %s",
+        trained.test_acc,
         ", ".join(f"{k} auc {m.auc:.3f}" for k, m in results.items()),
         ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()),
     )
     return TrialResult(
-        config=cfg, test_acc=trained.test_acc, train_acc=trained.train_acc, attacks=results,
-        history=trained.history, timings=timings, protected_groups=trained.protected_groups,
-        mask=trained.mask, epsilon=epsilon, extras=extras,
+        config=cfg,
+        test_acc=trained.test_acc,
+        train_acc=trained.train_acc,
+        attacks=results,
+        history=trained.history,
+        timings=timings,
+        protected_groups=trained.protected_groups,
+        mask=trained.mask,
+        epsilon=epsilon,
+        extras=extras,
     )
 
 
@@ -154,7 +166,8 @@ def attack_target(
     with _timed(timings, "attack"):
         n, n_aug, n_classes = signals.logits.shape
         inputs = AttackInput(
-            target_logits=signals.logits, labels=signals.labels,
+            target_logits=signals.logits,
+            labels=signals.labels,
             ref_logits=refs.logits if n_refs else np.zeros((0, n, n_aug, n_classes), np.float32),
             ref_keep=refs.keep if n_refs else np.zeros((0, n), dtype=bool),
         )

@@ -40,7 +40,7 @@ def test_dpsgd_reports_epsilon_that_falls_with_more_noise(digits_pool: Pool) -> 
 
 def test_dpsgd_refuses_batchnorm(digits_pool: Pool) -> None:
     model = build_model(dataclasses.replace(MODEL, norm="batch"), digits_pool, seed=0)
-    with pytest.raises(ConfigError, match="model.norm: group"):
+    with pytest.raises(ConfigError, match=r"model\.norm: group"):
         train(model, digits_pool, np.arange(64), CFG, defense=DefenseConfig(name="dpsgd"))
 
 

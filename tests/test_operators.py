@@ -117,21 +117,29 @@ def test_feature_noise_only_in_training_and_hooks_removed(digits_pool: Pool) -> 
 def test_noise_refuses_batchnorm(digits_pool: Pool) -> None:
     model = build_model(dataclasses.replace(MODEL, norm="batch"), digits_pool, seed=0)
     protect = ProtectConfig(operator="noise", strength=0.5, **SELECTION)
-    with pytest.raises(ConfigError, match="model.norm: group"):
+    with pytest.raises(ConfigError, match=r"model\.norm: group"):
         train(model, digits_pool, members(digits_pool), recipe(epochs=1), protect=protect)
 
 
 def test_noise_per_example_gradients_are_clipped(digits_pool: Pool) -> None:
     # with a tiny clip norm and no noise the protected update is bounded by lr * clip
-    cfg = recipe(epochs=1, warmup_epochs=0, batch_size=128, momentum=0.0, weight_decay=0.0,
-                 schedule="constant", augment=False)
+    cfg = recipe(
+        epochs=1,
+        warmup_epochs=0,
+        batch_size=128,
+        momentum=0.0,
+        weight_decay=0.0,
+        schedule="constant",
+        augment=False,
+    )
     protect = ProtectConfig(operator="noise", strength=1e-9, clip_norm=1e-3, **SELECTION)
     model = build_model(MODEL, digits_pool, seed=cfg.seed)
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
     train(model, digits_pool, members(digits_pool), cfg, protect=protect)
     protected = protected_names(digits_pool)
-    step = torch.sqrt(sum(((p - before[n]) ** 2).sum() for n, p in model.named_parameters()
-                          if n in protected))
+    step = torch.sqrt(
+        sum(((p - before[n]) ** 2).sum() for n, p in model.named_parameters() if n in protected)
+    )
     assert 0 < step.item() <= cfg.lr * 1e-3 * 1.01
 
 

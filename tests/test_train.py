@@ -60,12 +60,17 @@ def test_training_learns_digits(digits_pool: Pool) -> None:
 
 def test_partition_is_reported(digits_pool: Pool) -> None:
     _, result = run(
-        digits_pool, dataclasses.replace(CFG, epochs=1),
+        digits_pool,
+        dataclasses.replace(CFG, epochs=1),
         protect=ProtectConfig(operator="damp", strength=0.5, split=2, direction="suffix"),
     )
     assert result.protected_groups == ("block4", "head")  # type: ignore[attr-defined]
     assert result.mask == {  # type: ignore[attr-defined]
-        "block1": False, "block2": False, "block3": False, "block4": True, "head": True
+        "block1": False,
+        "block2": False,
+        "block3": False,
+        "block4": True,
+        "head": True,
     }
 
 
