@@ -158,7 +158,7 @@ def attack_target(
     ref_cfg = cfg if adaptive else references or cfg
     if (ref_cfg.data, ref_cfg.model) != (cfg.data, cfg.model):
         raise ConfigError("reference models must share the trial's data and model sections")
-    n_refs = _refs_needed(cfg)
+    n_refs = references_needed(cfg)
     with _timed(timings, "references"):
         if n_refs:
             bank.ensure(ref_cfg, n_refs, adaptive=adaptive)
@@ -175,7 +175,8 @@ def attack_target(
         return {name: evaluate(ATTACKS[name](inputs), is_member) for name in cfg.attack.attacks}
 
 
-def _refs_needed(cfg: TrialConfig) -> int:
+def references_needed(cfg: TrialConfig) -> int:
+    """How many reference models the configured attacks need (0 for threshold attacks only)."""
     needs = max((ATTACKS[a].min_refs for a in cfg.attack.attacks), default=0)
     return cfg.attack.n_references if needs > 0 else 0
 

@@ -265,6 +265,12 @@ def test_log_front_writes_tables_plot_and_tags(study: StudyTracker, tmp_path: Pa
     assert metrics["best_test_acc"] == pytest.approx(0.9)
     assert metrics["best_attack_auc"] == pytest.approx(0.5)
 
+    # a later call (e.g. after more trials) re-tags the children whose status changed
+    rows[2]["pareto"], rows[1]["pareto"] = True, False
+    study.log_front(rows, objectives=OBJECTIVES)
+    assert [client.get_run(i).data.tags["pareto"] for i in ids] == ["true", "false", "true"]
+    assert [m.step for m in client.get_metric_history(parent, "n_pareto")] == [4, 4]
+
 
 def test_staircase_bounds_the_dominated_region() -> None:
     # maximise x, minimise y, best x first: corners take the next x at the current y

@@ -1,0 +1,113 @@
+"""A search's run directory: the Optuna study's storage and what a resume needs.
+
+Layout::
+
+    runs/<study>/<YYYYmmdd-HHMMSS>/
+        study.db            Optuna's SQLite storage (every finished trial survives kill -9)
+        state.json          study name, space path and hash, tracking URI, MLflow parent run
+        space.yaml          the resolved space
+        pareto_front.csv    the front, rewritten at the end of every session
+        ray/                Ray Tune's own experiment folder
+
+``--resume`` reopens the newest run of the study (or the one ``--output`` names): trials left
+RUNNING by a killed driver are marked FAIL with ``interrupted`` set, and do not count.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from pptp.errors import ConfigError
+
+RUNS = Path("runs")
+INTERRUPTED = "interrupted"
+
+
+@dataclass(frozen=True)
+class RunState:
+    study_name: str
+    space_path: str
+    space_sha256: str
+    tracking_uri: str
+    parent_run_id: str | None = None
+    experiment_id: str | None = None
+
+
+def new_run_dir(study_name: str, output: str | None) -> Path:
+    """``--output`` or ``runs/<study>/<timestamp>``; refuses a folder that already holds a study."""
+    path = Path(output) if output else RUNS / study_name / time.strftime("%Y%m%d-%H%M%S")
+    if (path / "study.db").exists():
+        raise ConfigError(
+            f"{path} already holds a study; pass --resume to continue it, or another --output"
+        )
+    path.mkdir(parents=True, exist_ok=True)
+    return path.resolve()
+
+
+def existing_run_dir(study_name: str, output: str | None) -> Path:
+    """The run to resume: ``--output``, or the newest under ``runs/<study>/``."""
+    if output:
+        path = Path(output)
+        if not (path / "study.db").exists():
+            raise ConfigError(
+                f"--resume: {path} holds no study (no study.db); start it without --resume"
+            )
+        return path.resolve()
+    candidates = sorted((RUNS / study_name).glob("*/study.db"))
+    if not candidates:
+        raise ConfigError(
+            f"--resume: no earlier run of study {study_name!r} under "
+            f"{RUNS / study_name}; start it without --resume"
+        )
+    return candidates[-1].parent.resolve()
+
+
+def storage(run_dir: Path) -> optuna.storages.RDBStorage:
+    return optuna.storages.RDBStorage(f"sqlite:///{run_dir / 'study.db'}")
+
+
+def read_state(run_dir: Path) -> RunState:
+    try:
+        return RunState(**json.loads((run_dir / "state.json").read_text()))
+    except (OSError, ValueError, TypeError) as error:
+        raise ConfigError(f"{run_dir / 'state.json'} is missing or unreadable ({error})") from None
+
+
+def write_state(run_dir: Path, state: RunState) -> None:
+    """Atomically (a killed driver never leaves half a state file)."""
+    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".state.", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(asdict(state), f, indent=1)
+    os.replace(tmp, run_dir / "state.json")
+
+
+def fail_interrupted(study: optuna.Study) -> list[int]:
+    """Mark trials a killed driver left RUNNING as FAIL (``interrupted``); returns their numbers."""
+    numbers = []
+    store = study._storage
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        store.set_trial_user_attr(t._trial_id, INTERRUPTED, True)
+        store.set_trial_user_attr(
+            t._trial_id, "fail_reason", "interrupted: the driver stopped while the trial ran"
+        )
+        store.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        numbers.append(t.number)
+    return numbers
+
+
+def finished_count(study: optuna.Study) -> int:
+    """Trials that count toward ``n_trials``: complete, or failed on their own (not interrupted)."""
+    return sum(
+        1
+        for t in study.get_trials(deepcopy=False)
+        if t.state == TrialState.COMPLETE
+        or (t.state == TrialState.FAIL and not t.user_attrs.get(INTERRUPTED))
+    )
