@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from torch import nn
 
 from pptp.attacks import ATTACKS, AttackInput
 from pptp.bank import ReferenceBank
@@ -47,6 +48,7 @@ class TrialResult:
     mask: dict[str, bool]
     epsilon: float | None = None
     extras: dict[str, float] = field(default_factory=dict)
+    model: nn.Module | None = field(default=None, repr=False, compare=False)  # keep_model=True
 
     def metrics(self) -> dict[str, float]:
         """Flat numbers for trackers and samplers.
@@ -82,6 +84,7 @@ def run_trial(
     bank: ReferenceBank | None = None,
     on_epoch: Callable[[EpochLog], None] | None = None,
     references: TrialConfig | None = None,
+    keep_model: bool = False,
 ) -> TrialResult:
     """Train the target of ``cfg``, attack it, and return what was measured.
 
@@ -90,7 +93,8 @@ def run_trial(
     ``references`` is the config whose recipe the reference models follow (default ``cfg``): a
     search that varies training hyperparameters scores every trial against the references of its
     base recipe, so they are trained once (screening); ``search/pick.py`` re-audits finalists with
-    references trained under their own config.
+    references trained under their own config. ``keep_model`` returns the trained target (on the
+    CPU) in ``TrialResult.model``, for export and registration.
     """
     _check_attacks(cfg)
     bank = bank or ReferenceBank(Path(cfg.attack.bank_dir))
@@ -136,6 +140,7 @@ def run_trial(
         mask=trained.mask,
         epsilon=epsilon,
         extras=extras,
+        model=model.cpu() if keep_model else None,
     )
 
 

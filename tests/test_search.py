@@ -1,0 +1,251 @@
+"""The search end to end: a tiny study through Ray Tune, Optuna and MLflow; resume after kill -9.
+
+These start Ray and train real (tiny) models, so they take tens of seconds: marked slow, and they
+still run in CI. Each test gives Ray its own temporary folder (RAY_TMPDIR) so that every process
+it started can be found and stopped by PID afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from search import rundir
+from search.run import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+SPACE = """
+study:
+  name: tiny
+  objectives: {{test_acc: maximize, attack_auc: minimize}}
+  sampler: {sampler}
+  seed: 0
+  n_trials: {n_trials}
+  max_concurrent: 2
+  resources: {{cpus: 1, gpus: 0}}
+  constraints:
+    - {{metric: test_acc, min: 0.05}}
+  enqueue:
+    - {{protect.operator: damp, protect.strength: 0.0, protect.split: 1}}
+fixed:
+  data: {{name: digits, pool_size: 200, test_size: 100, val_size: 0}}
+  model: {{name: mlp, width: 16, norm: none}}
+  train: {{epochs: {epochs}, batch_size: 50, warmup_epochs: 0, crop_pad: 1, device: cpu}}
+  attack: {{attacks: [loss, lira_offline], n_references: 2, bank_dir: {bank}}}
+params:
+  protect.operator: {{type: categorical, choices: [damp, anchor, noise]}}
+  protect.strength: {{type: float, low: 0.0, high: 1.0}}
+  protect.split: {{type: int, low: 1, high: 3}}
+"""
+
+
+def write_space(folder: Path, *, n_trials: int, epochs: int = 2, sampler: str = "random") -> Path:
+    path = folder / "tiny.yaml"
+    path.write_text(
+        SPACE.format(n_trials=n_trials, epochs=epochs, sampler=sampler, bank=folder / "bank")
+    )
+    return path
+
+
+@pytest.fixture
+def ray_tmp(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A short private RAY_TMPDIR; afterwards, stop every process whose command line names it."""
+    folder = tempfile.mkdtemp(prefix="pptp-ray-", dir="/tmp")
+    monkeypatch.setenv("RAY_TMPDIR", folder)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    yield folder
+    import ray
+
+    ray.shutdown()
+    _kill_processes_naming(folder)
+
+
+def _kill_processes_naming(text: str) -> None:
+    for pid_dir in Path("/proc").iterdir():
+        if not pid_dir.name.isdigit() or int(pid_dir.name) == os.getpid():
+            continue
+        try:
+            cmdline = (pid_dir / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            try:
+                os.kill(int(pid_dir.name), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _args(space: Path, run: Path, store: Path, *extra: str) -> list[str]:
+    return [
+        "--space",
+        str(space),
+        "--output",
+        str(run),
+        "--tracking-uri",
+        f"sqlite:///{store / 'mlflow.db'}",
+        *extra,
+    ]
+
+
+@pytest.mark.slow
+def test_two_trial_study_end_to_end_then_extended(
+    tmp_path: Path, ray_tmp: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    space, run, store = write_space(tmp_path, n_trials=2), tmp_path / "run", tmp_path / "store"
+    assert main(_args(space, run, store)) == 0
+    out = capsys.readouterr().out
+    assert "Pareto front" in out and "mlflow ui --backend-store-uri" in out
+
+    study = optuna.load_study(study_name="tiny", storage=rundir.storage(run))
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(complete) == 2
+    assert complete[0].params["protect.strength"] == 0.0  # the enqueued baseline ran first
+    for t in complete:
+        assert t.user_attrs["mlflow_run_id"] and "test_acc>=0.05" in str(t.system_attrs)
+
+    # MLflow: one parent, one child per trial with params, curves, metrics and artifacts
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    state = rundir.read_state(run)
+    parent = client.get_run(state.parent_run_id or "")
+    assert parent.info.status == "FINISHED"
+    parent_files = {f.path for f in client.list_artifacts(parent.info.run_id)}
+    assert {"pareto_front.csv", "pareto_front.png", "trials.csv", "space.yaml"} <= parent_files
+    assert parent.data.tags["space_sha256"] and parent.data.tags["git_commit"]
+    front = {t.number for t in study.best_trials}
+    for t in complete:
+        child = client.get_run(t.user_attrs["mlflow_run_id"])
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.data.params["protect.operator"] == t.params["protect.operator"]
+        assert len(client.get_metric_history(child.info.run_id, "epoch_loss")) == 2
+        assert child.data.tags["pareto"] == ("true" if t.number in front else "false")
+        files = {f.path for f in client.list_artifacts(child.info.run_id)}
+        assert {"roc.png", "mask.json", "history.csv"} <= files
+    csv_front = (run / "pareto_front.csv").read_text().splitlines()[1:]
+    assert len(csv_front) == len(front)  # our front is Optuna's best_trials
+
+    # a finished study is extended with --resume --n-trials
+    assert main(_args(space, run, store, "--resume", "--n-trials", "3")) == 0
+    study = optuna.load_study(study_name="tiny", storage=rundir.storage(run))
+    assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 3
+
+
+@pytest.mark.slow
+def test_resume_after_kill_9_keeps_finished_trials_and_replaces_running_ones(
+    tmp_path: Path, ray_tmp: str
+) -> None:
+    n = 6
+    space, run, store = write_space(tmp_path, n_trials=n, epochs=20), tmp_path / "run", tmp_path
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    driver = subprocess.Popen(
+        [sys.executable, str(REPO / "search" / "run.py"), *_args(space, run, store)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        finished_before: dict[int, tuple[float, ...]] = {}
+        while time.monotonic() < deadline and driver.poll() is None:
+            time.sleep(0.5)
+            if not (run / "study.db").exists():
+                continue
+            try:
+                trials = optuna.load_study(study_name="tiny", storage=rundir.storage(run))
+            except (KeyError, ValueError):  # the study row is not written yet
+                continue
+            done = trials.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+            running = trials.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+            if len(done) >= 2 and running:
+                finished_before = {t.number: tuple(t.values) for t in done}
+                os.killpg(driver.pid, signal.SIGKILL)
+                break
+        assert finished_before, "the driver finished or stalled before it could be killed"
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+        _kill_processes_naming(ray_tmp)
+
+    assert main(_args(space, run, store, "--resume")) == 0
+    study = optuna.load_study(study_name="tiny", storage=rundir.storage(run))
+    trials = study.get_trials()
+    complete = {
+        t.number: tuple(t.values) for t in trials if t.state == optuna.trial.TrialState.COMPLETE
+    }
+    interrupted = [t for t in trials if t.user_attrs.get(rundir.INTERRUPTED)]
+    assert len(complete) == n
+    for number, values in finished_before.items():  # kept, not run again
+        assert complete.get(number) == values
+    assert interrupted and all(t.state == optuna.trial.TrialState.FAIL for t in interrupted)
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    stale = [
+        r
+        for r in client.search_runs([rundir.read_state(run).experiment_id or ""])
+        if r.info.status == "RUNNING"
+    ]
+    assert not stale
+
+
+def test_bad_space_exits_2_without_traceback_and_starts_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        textwrap.dedent("""
+        study: {name: bad, sampler: annealing}
+        fixed: {data.name: digits}
+    """)
+    )
+    run = tmp_path / "run"
+    assert main(["--space", str(bad), "--output", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.yaml" in err and "study.sampler" in err and "Traceback" not in err
+    assert not run.exists()
+
+
+def test_unreachable_tracking_server_fails_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    space, run = write_space(tmp_path, n_trials=1), tmp_path / "run"
+    code = main(
+        ["--space", str(space), "--output", str(run), "--tracking-uri", "http://127.0.0.1:9"]
+    )
+    assert code == 2
+    assert "127.0.0.1:9" in capsys.readouterr().err
+    assert not run.exists() and not (tmp_path / "bank").exists()
+
+
+def test_impossible_resources_and_missing_dataset_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    space = write_space(tmp_path, n_trials=1)
+    greedy = tmp_path / "greedy.yaml"
+    greedy.write_text(space.read_text().replace("{cpus: 1, gpus: 0}", "{cpus: 1, gpus: 4}"))
+    store = tmp_path / "store"
+    assert main(_args(greedy, tmp_path / "r1", store)) == 2
+    assert "study.resources.gpus" in capsys.readouterr().err
+    offline = tmp_path / "cifar.yaml"
+    offline.write_text(
+        space.read_text().replace(
+            "name: digits, pool_size: 200",
+            f"name: cifar10, data_dir: {tmp_path / 'nodata'}, pool_size: 200",
+        )
+    )
+    assert main(_args(offline, tmp_path / "r2", store)) == 2
+    err = capsys.readouterr().err
+    assert "cifar-10-batches-py" in err and "Traceback" not in err
