@@ -7,6 +7,7 @@ it started can be found and stopped by PID afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -82,10 +83,8 @@ def _kill_processes_naming(text: str) -> None:
         except OSError:
             continue
         if text in cmdline:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pid_dir.name), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def _args(space: Path, run: Path, store: Path, *extra: str) -> list[str]:
