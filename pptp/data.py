@@ -243,8 +243,8 @@ def _unavailable(spec: DatasetSpec, root: Path, err: BaseException, download: bo
         )
     else:
         todo = (
-            "Copy the files there (or pass a data_dir that holds them), or pass download=True on "
-            "a machine with internet access"
+            "Copy the files there (or point data.data_dir / --data-dir at a folder that holds "
+            "them), or set data.download: true (download=True) on a machine with internet access"
         )
     return (
         f"dataset {spec.name!r} is not available in {root} ({reason}). "

@@ -62,6 +62,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--output", help="run directory (default: runs/<study>/<timestamp>)")
     p.add_argument("--seed", type=int, help="sampler seed (overrides study.seed)")
+    p.add_argument("--data-dir", help="where the dataset lives on disk (overrides data.data_dir)")
     return p.parse_args(argv)
 
 
@@ -96,6 +97,8 @@ def prepare(args: argparse.Namespace) -> Plan:
     space = load_space(args.space)
     if args.seed is not None:
         space = dataclasses.replace(space, study=dataclasses.replace(space.study, seed=args.seed))
+    if args.data_dir is not None:
+        space = dataclasses.replace(space, fixed={**space.fixed, "data.data_dir": args.data_dir})
     n_trials = args.n_trials if args.n_trials is not None else space.study.n_trials
     if n_trials < 1:
         raise ConfigError(f"--n-trials = {n_trials} must be >= 1")
@@ -114,9 +117,9 @@ def prepare(args: argparse.Namespace) -> Plan:
         run_dir = Path(args.output or rundir.RUNS / space.study.name / "new")
         uri = resolve_tracking_uri(args.tracking_uri)
     check_tracking(uri)
+    check_data(space)
     if args.address is None:
         check_local_resources(space)
-    check_data(space)
     if not args.resume:
         run_dir = rundir.new_run_dir(space.study.name, args.output)
     return Plan(args, space, run_dir, uri, n_trials, state)
