@@ -32,6 +32,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 from pptp.errors import ConfigError
+from search import rundir
 
 logger = logging.getLogger("search.run")
 
@@ -90,7 +91,6 @@ class Plan:
 
 def prepare(args: argparse.Namespace) -> Plan:
     """Every check that can fail on bad input; starts nothing."""
-    from search import rundir
     from search.space import load_space
     from search.tracking import check_tracking, resolve_tracking_uri
 
@@ -152,7 +152,6 @@ def execute(plan: Plan) -> int:
     import ray
     from ray import tune
 
-    from search import rundir
     from search.pareto import format_front, trial_rows
     from search.samplers import StudySearch
     from search.space import build_sampler
@@ -191,6 +190,7 @@ def execute(plan: Plan) -> int:
             tracking_uri=plan.tracking_uri,
             parent_run_id=tracker.parent_run_id,
             experiment_id=tracker.experiment_id,
+            cwd=str(Path.cwd()),
         ),
     )
     if interrupted:
@@ -284,16 +284,8 @@ def _trial_context(plan: Plan, tracker: Any, references: Any) -> Any:
         experiment_id=tracker.experiment_id,
         parent_run_id=tracker.parent_run_id,
         references=references,
-        overrides=_absolute_paths(plan.space.base_config()),
+        overrides=rundir.absolute_paths(plan.space.base_config()),
     )
-
-
-def _absolute_paths(cfg: Any) -> dict[str, str]:
-    """Ray runs trials in other working directories: pass the data and bank folders absolute."""
-    return {
-        "data.data_dir": str(Path(cfg.data.data_dir).resolve()),
-        "attack.bank_dir": str(Path(cfg.attack.bank_dir).resolve()),
-    }
 
 
 def _train_references(space: Any) -> Any:
@@ -308,7 +300,7 @@ def _train_references(space: Any) -> Any:
     from pptp.trial import references_needed
 
     base = space.base_config()
-    base = base.replace(**_absolute_paths(base))
+    base = base.replace(**rundir.absolute_paths(base))
     if any(k.startswith(("data.", "model.")) for k in space.params):
         logger.warning("the space searches data/model keys: each trial trains its own references")
         return None
@@ -359,6 +351,7 @@ def _run_tuner(plan: Plan, searcher: Any, ctx: Any, remaining: int, tune: Any) -
         tune_config=tune.TuneConfig(
             search_alg=ConcurrencyLimiter(searcher, max_concurrent=plan.space.study.max_concurrent),
             num_samples=remaining,
+            reuse_actors=True,  # a trial process imports torch and mlflow once, not per trial
         ),
         run_config=tune.RunConfig(
             name="tune",

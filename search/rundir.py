@@ -25,6 +25,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from pptp.config import TrialConfig
 from pptp.errors import ConfigError
 
 RUNS = Path("runs")
@@ -39,6 +40,18 @@ class RunState:
     tracking_uri: str
     parent_run_id: str | None = None
     experiment_id: str | None = None
+    cwd: str | None = None  # where the driver ran: relative data/bank folders resolve against it
+
+
+def absolute_paths(cfg: TrialConfig, *, cwd: str | Path | None = None) -> dict[str, str]:
+    """``data.data_dir`` and ``attack.bank_dir`` made absolute (against ``cwd``, default the
+    current directory): Ray runs trials in other working directories, and ``search/pick.py``
+    may run from another one than the search did."""
+    root = Path(cwd) if cwd is not None else Path.cwd()
+    return {
+        "data.data_dir": str((root / cfg.data.data_dir).resolve()),
+        "attack.bank_dir": str((root / cfg.attack.bank_dir).resolve()),
+    }
 
 
 def new_run_dir(study_name: str, output: str | None) -> Path:

@@ -19,7 +19,7 @@ def quick_start_commands() -> list[str]:
 def test_quick_start_has_exactly_two_commands() -> None:
     commands = quick_start_commands()
     assert len(commands) == 2, commands
-    setup_and_run, test = commands
+    setup_and_run = commands[0]
     assert "spaces/quickstart.yaml" in setup_and_run and "search/run.py" in setup_and_run
     assert setup_and_run.startswith("bash .ci/setup && ")
 
