@@ -30,6 +30,10 @@ if __package__ in (None, ""):  # `python search/run.py` puts search/ first on sy
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # no "Creating initial tables" lines
+os.environ.setdefault(
+    "RAY_AIR_NEW_OUTPUT", "0"
+)  # with verbose=0: no Tune banners; we print progress
 
 from pptp.errors import ConfigError
 from search import rundir
@@ -151,6 +155,8 @@ def execute(plan: Plan) -> int:
     import optuna
     import ray
     from ray import tune
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     from search.pareto import format_front, trial_rows
     from search.samplers import StudySearch
