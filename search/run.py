@@ -31,9 +31,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # no "Creating initial tables" lines
-os.environ.setdefault(
-    "RAY_AIR_NEW_OUTPUT", "0"
-)  # with verbose=0: no Tune banners; we print progress
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no Tune banners
 
 from pptp.errors import ConfigError
 from search import rundir
