@@ -179,7 +179,7 @@ def coerce(value: Any, hint: Any, *, key: str, source: str = "config") -> Any:
                 return coerce(value, arg, key=key, source=source)
             except ConfigError:
                 continue
-        raise ConfigError(f"{source}: {key} = {value!r} is not a {_type_name(hint)}")
+        raise ConfigError(f"{source}: {key} = {value!r} is not {_a(_type_name(hint))}")
     if origin is tuple:
         if isinstance(value, str):
             value = [value]
@@ -204,7 +204,11 @@ def coerce(value: Any, hint: Any, *, key: str, source: str = "config") -> Any:
             )
     elif hint is str and isinstance(value, str):
         return value
-    raise ConfigError(f"{source}: {key} = {value!r} is not a {_type_name(hint)}")
+    raise ConfigError(f"{source}: {key} = {value!r} is not {_a(_type_name(hint))}")
+
+
+def _a(noun: str) -> str:
+    return f"an {noun}" if noun[:1] in "aeiou" else f"a {noun}"
 
 
 def _type_name(hint: Any) -> str:
