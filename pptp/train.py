@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from pptp.config import DataConfig, DefenseConfig, ModelConfig, ProtectConfig, TrainConfig
-from pptp.data import Pool, augment, batches, make_pool
+from pptp.data import Pool, augment, batches, load_raw, make_pool
 from pptp.defenses import build_defense
 from pptp.device import autocast, channels_last, resolve_device
 from pptp.errors import ConfigError
@@ -91,6 +91,12 @@ def build_pool(cfg: DataConfig, *, device: torch.device | str = "cpu") -> Pool:
         download=cfg.download,
         device=device,
     )
+
+
+def check_data(cfg: DataConfig) -> None:
+    """Load the raw dataset once (it is cached): a missing dataset stops here, clearly, before
+    anything trains (:class:`~pptp.errors.DataUnavailableError` names the folder and layout)."""
+    load_raw(cfg.name, data_dir=cfg.data_dir, download=cfg.download)
 
 
 def selection_of(cfg: ProtectConfig) -> Selection | None:

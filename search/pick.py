@@ -20,9 +20,8 @@ Order of work, so that bad input stops before anything trains:
    the new version. Model stages are deprecated in MLflow: aliases only.
 
 Paths: ``data.data_dir`` and ``attack.bank_dir`` in a space are relative to the directory
-``search/run.py`` ran in (the repository root, normally). ``pick.py`` resolves them against its own
-working directory, so run it from the same place, or the bank will look empty and the screening
-references are trained again.
+``search/run.py`` ran in, which ``state.json`` records (``cwd``); ``pick.py`` resolves them against
+it, so it finds the same bank and data from any working directory.
 
 Rules (:data:`RULES`, ``--rule``; bounds filter the candidates first, for either rule):
 
@@ -946,7 +945,9 @@ def prepare(args: argparse.Namespace) -> Plan:
         check_tracking(uri)
         experiment_id = study_experiment(uri, run.state.study_name)
     if args.seeds or args.adaptive or args.register:
-        check_data(config.replace(**rundir.absolute_paths(config, cwd=run.state.cwd)))
+        from pptp.train import check_data
+
+        check_data(config.replace(**rundir.absolute_paths(config, cwd=run.state.cwd)).data)
     export = Path(args.export) if args.export else run.run_dir / "picked.yaml"
     return Plan(
         args=args,
@@ -962,13 +963,6 @@ def prepare(args: argparse.Namespace) -> Plan:
         experiment_id=experiment_id,
         alias=alias,
     )
-
-
-def check_data(cfg: TrialConfig) -> None:
-    """Load the raw dataset once: a missing dataset stops here, before anything trains."""
-    from pptp.data import load_raw
-
-    load_raw(cfg.data.name, data_dir=cfg.data.data_dir, download=cfg.data.download)
 
 
 def describe_pick(plan: Plan) -> str:

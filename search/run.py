@@ -34,6 +34,7 @@ os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # no "Creating initial
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no Tune banners
 
 from pptp.errors import ConfigError
+from pptp.train import check_data
 from search import rundir
 
 logger = logging.getLogger("search.run")
@@ -119,7 +120,7 @@ def prepare(args: argparse.Namespace) -> Plan:
         run_dir = Path(args.output or rundir.RUNS / space.study.name / "new")
         uri = resolve_tracking_uri(args.tracking_uri)
     check_tracking(uri)
-    check_data(space)
+    check_data(space.base_config().data)
     if args.address is None:
         check_local_resources(space)
     if not args.resume:
@@ -139,14 +140,6 @@ def check_local_resources(space: Any) -> None:
             f"{key}.gpus = {res.gpus:g} per trial, but this machine has {gpus} GPUs; set "
             "study.resources.gpus: 0 to run on the CPU, or --address to join a GPU cluster"
         )
-
-
-def check_data(space: Any) -> None:
-    """Load the raw dataset once on the driver: a missing dataset stops here, clearly."""
-    from pptp.data import load_raw
-
-    d = space.base_config().data
-    load_raw(d.name, data_dir=d.data_dir, download=d.download)
 
 
 def execute(plan: Plan) -> int:
