@@ -78,18 +78,20 @@ class Norm:
     layer_bias: bool
 
 
-def group_norm(channels: int) -> nn.GroupNorm:
-    """GroupNorm with ``gcd(32, channels)`` groups, halved while a group would hold 1 channel.
+MIN_CHANNELS_PER_GROUP = 8
 
-    32 groups is the default of Wu & He 2018 (arXiv 1803.08494) and ``gcd`` is how Opacus'
-    ``ModuleValidator.fix`` keeps it a divisor. With one channel per group GroupNorm becomes
-    InstanceNorm, which on a 1x1 map normalises a single value (to 0, and PyTorch refuses it in
-    training), so narrow layers get at least 2 channels per group: 8 channels -> 4 groups,
-    32 -> 16, 64 -> 32, 72 -> 8.
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm with the most groups, at most 32, that keep >= 8 channels in each group.
+
+    32 groups is the default of Wu & He 2018 (arXiv 1803.08494), for wide layers (256 channels
+    and up). Narrow layers get fewer: on a 1x1 map, or on an MLP's (N, C) features, a group of k
+    values is normalised to zero mean and unit variance, so it keeps only k - 1 degrees of
+    freedom, and with 2 per group only a sign (such models did not learn digits). Examples:
+    8 channels -> 1 group, 32 -> 4, 64 -> 8, 72 -> 9, 256 -> 32.
     """
-    groups = math.gcd(32, channels)
-    if groups == channels and channels > 1:
-        groups //= 2
+    limit = max(1, min(32, channels // MIN_CHANNELS_PER_GROUP))
+    groups = max(g for g in range(1, limit + 1) if channels % g == 0)
     return nn.GroupNorm(groups, channels)
 
 

@@ -90,11 +90,13 @@ class Plan:
     tracking_uri: str
     n_trials: int
     state: Any  # search.rundir.RunState | None (None for a new run)
+    seeded: list[dict[str, Any]]  # first trials from study.localization (search/steering.py)
 
 
 def prepare(args: argparse.Namespace) -> Plan:
     """Every check that can fail on bad input; starts nothing."""
     from search.space import load_space
+    from search.steering import localization_enqueue
     from search.tracking import check_tracking, resolve_tracking_uri
 
     space = load_space(args.space)
@@ -117,15 +119,15 @@ def prepare(args: argparse.Namespace) -> Plan:
             )
         uri = resolve_tracking_uri(args.tracking_uri or state.tracking_uri)
     else:
-        run_dir = Path(args.output or rundir.RUNS / space.study.name / "new")
         uri = resolve_tracking_uri(args.tracking_uri)
     check_tracking(uri)
     check_data(space.base_config().data)
     if args.address is None:
         check_local_resources(space)
-    if not args.resume:
+    seeded = localization_enqueue(space) if state is None else []
+    if state is None:
         run_dir = rundir.new_run_dir(space.study.name, args.output)
-    return Plan(args, space, run_dir, uri, n_trials, state)
+    return Plan(args, space, run_dir, uri, n_trials, state, seeded)
 
 
 def check_local_resources(space: Any) -> None:
@@ -168,8 +170,10 @@ def execute(plan: Plan) -> int:
         load_if_exists=True,
     )
     if plan.state is None:
-        for params in space.study.enqueue:
+        for params in [*space.study.enqueue, *plan.seeded]:
             study.enqueue_trial(params, skip_if_exists=True)
+        if space.study.localization:
+            study.set_user_attr("localization", str(space.study.localization.get("run")))
     interrupted = rundir.fail_interrupted(study)
     tracker = StudyTracker(plan.tracking_uri, space.study.name, run_dir=run_dir)
     tracker.start(
@@ -190,6 +194,10 @@ def execute(plan: Plan) -> int:
             cwd=str(Path.cwd()),
         ),
     )
+    if space.study.localization:
+        where = str(space.study.localization.get("run"))
+        tracker.client.set_tag(tracker.parent_run_id, "localization_run", where)
+        print(f"localization {where}: {len(plan.seeded)} first trials protect its riskiest groups")
     if interrupted:
         stale = tracker.mark_stale_children_failed()
         print(

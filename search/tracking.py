@@ -442,7 +442,7 @@ class StudyTracker:
                 logger.warning("MLflow experiment %r was deleted; restoring it", self.study_name)
                 self.client.restore_experiment(existing.experiment_id)
             return str(existing.experiment_id)
-        location = _artifact_location(self.uri, self.study_name)
+        location = artifact_location(self.uri, self.study_name)
         try:
             return str(self.client.create_experiment(
                 self.study_name, artifact_location=location, tags={TAG_STUDY: self.study_name}
@@ -599,7 +599,7 @@ class StudyTracker:
 _END_STATUSES = ("FINISHED", "FAILED", "KILLED")
 
 
-def _artifact_location(uri: str, study_name: str) -> str | None:
+def artifact_location(uri: str, study_name: str) -> str | None:
     """``file://<db folder>/artifacts/<study>`` for SQLite stores; None (server default) else."""
     if urllib.parse.urlsplit(uri).scheme.lower() != "sqlite":
         return None

@@ -1,0 +1,277 @@
+"""``python search/localize.py --space spaces/<space>.yaml``: where privacy risk and generalization
+sit in the space's model, per layer group (DESIGN.md §2.1, :mod:`pptp.localize`).
+
+Order of work, so that bad input stops before anything trains:
+
+1. read the space (model, dataset and training recipe: its fixed keys, searched keys at their
+   defaults), parse ``--seeds``, check the tracking URI, load the data, build the model once:
+   a model with a single layer group or a member set too small to halve is an error here
+   (``error: ...``, exit status 2, no traceback);
+2. for each seed train model A on the members and B on half of them, printing a line as each
+   training starts and ends, then score every group;
+3. print the per-group table; write ``localization.json``, ``localization.csv`` and
+   ``localization.png`` to the output folder (default ``runs/<study>/localize-<timestamp>``);
+4. log them to MLflow as a run of its own in the experiment ``<study>-localize`` (tag
+   ``pptp.kind=localize``), and print how the space can use the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # `python search/localize.py` puts search/ first on sys.path
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+from pptp.errors import ConfigError
+
+logger = logging.getLogger("search.localize")
+
+DEFAULT_SEEDS = (0, 1, 2)
+EXPERIMENT_SUFFIX = "-localize"
+FILES = ("localization.json", "localization.csv", "localization.png")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="search/localize.py",
+        description="Measure per-layer-group privacy risk and generalization of a space's model "
+        "(trains two models per seed).",
+    )
+    p.add_argument(
+        "--space",
+        required=True,
+        help="the space file (YAML); its model, dataset and recipe are localised",
+    )
+    p.add_argument(
+        "--seeds",
+        default=",".join(map(str, DEFAULT_SEEDS)),
+        help="comma-separated training seeds (default 0,1,2): two trainings each",
+    )
+    p.add_argument(
+        "--output", help="folder for the results (default runs/<study>/localize-<timestamp>)"
+    )
+    p.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: the embedded SQLite store under mlflow/)",
+    )
+    p.add_argument(
+        "--max-examples",
+        type=int,
+        default=2000,
+        help="examples scored per set (D1, D2, held-out; default 2000)",
+    )
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        plan = prepare(args)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return execute(plan)
+
+
+@dataclass(frozen=True)
+class Plan:
+    space: Any  # search.space.Space
+    cfg: Any  # pptp.config.TrialConfig
+    seeds: tuple[int, ...]
+    output: Path
+    tracking_uri: str
+    max_examples: int
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """``"0,1,2"`` -> ``(0, 1, 2)``; anything else is a ConfigError."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    try:
+        seeds = tuple(int(p) for p in parts)
+    except ValueError:
+        raise ConfigError(f"--seeds {text!r}: give comma-separated integers, e.g. 0,1,2") from None
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds {text!r}: give distinct integers >= 0, e.g. 0,1,2")
+    return seeds
+
+
+def prepare(args: argparse.Namespace) -> Plan:
+    """Every check that can fail on bad input; trains nothing."""
+    from pptp.localize import check_localizable
+    from search.space import load_space
+    from search.tracking import check_tracking, resolve_tracking_uri
+
+    space = load_space(args.space)
+    seeds = parse_seeds(args.seeds)
+    if args.max_examples < 2:
+        raise ConfigError(f"--max-examples = {args.max_examples} must be >= 2")
+    cfg = space.base_config()
+    uri = resolve_tracking_uri(args.tracking_uri)
+    check_tracking(uri)
+    try:
+        check_localizable(cfg)
+    except ConfigError as err:
+        raise ConfigError(f"{space.path}: {err}") from None
+    output = (
+        Path(args.output)
+        if args.output
+        else (Path("runs") / space.study.name / time.strftime("localize-%Y%m%d-%H%M%S"))
+    )
+    if (output / FILES[0]).exists():
+        raise ConfigError(f"{output} already holds a localisation; pass another --output")
+    return Plan(space, cfg, seeds, output, uri, args.max_examples)
+
+
+def execute(plan: Plan) -> int:
+    from pptp.localize import format_table, localize, plot_localization, write_csv
+
+    space, cfg = plan.space, plan.cfg
+    start = time.monotonic()
+
+    def progress(line: str) -> None:
+        seconds = int(time.monotonic() - start)
+        print(f"[{seconds // 60:02d}:{seconds % 60:02d}] {line}", flush=True)
+
+    width = cfg.model.width if cfg.model.width is not None else "default"
+    print(f"space       {space.path} (sha256 {space.sha256[:12]})")
+    print(
+        f"model       {cfg.model.name} (width {width}, norm {cfg.model.norm}) on "
+        f"{cfg.data.name}; {cfg.train.epochs} epochs, device {cfg.train.device}"
+    )
+    print(
+        f"seeds       {', '.join(map(str, plan.seeds))}: {2 * len(plan.seeds)} trainings "
+        "(A on the members, B on half of them)"
+    )
+    print(f"output      {plan.output}")
+    print(f"tracking    {plan.tracking_uri}", flush=True)
+    result = localize(cfg, seeds=plan.seeds, progress=progress, max_examples=plan.max_examples)
+    print()
+    print(format_table(result))
+    plan.output.mkdir(parents=True, exist_ok=True)
+    paths = [
+        result.save(plan.output / FILES[0]),
+        write_csv(result, plan.output / FILES[1]),
+        plot_localization(result, plan.output / FILES[2]),
+    ]
+    run_id = log_localization(plan.tracking_uri, space, result, paths)
+    print()
+    print(f"written     {', '.join(str(p) for p in paths)}")
+    print(f"MLflow      experiment {space.study.name + EXPERIMENT_SUFFIX!r}, run {run_id}")
+    print(
+        "use it      add to the space's study section (first trials then protect the riskiest "
+        "groups):"
+    )
+    print(f"              localization: {{run: {_shown(paths[0])}}}")
+    return 0
+
+
+def log_localization(uri: str, space: Any, result: Any, paths: list[Path]) -> str:
+    """Log ``result`` as a finished run of its own; returns the run id.
+
+    Experiment ``<study>-localize`` (created with the same artifact layout as the study's);
+    tags ``pptp.kind=localize``, ``pptp.study``, model, dataset, git commit, space path and hash;
+    params: the flat config, ``localize.seeds`` and the set sizes ``localize.n_<set>``;
+    metrics ``risk/<group>``, ``risk_std/<group>``, ``generalization/<group>``,
+    ``generalization_std/<group>``, ``risk_at_output/<group>``, ``rank/<group>``, ``test_acc_a``,
+    ``test_acc_b``; artifacts: ``paths``.
+    """
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from search.tracking import (
+        TAG_KIND,
+        TAG_STUDY,
+        artifact_location,
+        git_commit,
+        metric_key,
+    )
+
+    client = MlflowClient(tracking_uri=uri)
+    name = space.study.name + EXPERIMENT_SUFFIX
+    existing = client.get_experiment_by_name(name)
+    if existing is None:
+        try:
+            experiment_id = client.create_experiment(
+                name,
+                artifact_location=artifact_location(uri, name),
+                tags={TAG_STUDY: space.study.name},
+            )
+        except MlflowException:  # created in between by another process
+            again = client.get_experiment_by_name(name)
+            if again is None:
+                raise
+            experiment_id = again.experiment_id
+    else:
+        if existing.lifecycle_stage == "deleted":
+            client.restore_experiment(existing.experiment_id)
+        experiment_id = existing.experiment_id
+    commit = git_commit()
+    tags = {
+        TAG_KIND: "localize",
+        TAG_STUDY: space.study.name,
+        "model": result.model,
+        "dataset": result.dataset,
+        "git_commit": commit,
+        "mlflow.source.git.commit": commit,
+        "space_path": str(Path(space.path).resolve()),
+        "space_sha256": space.sha256,
+        "top_groups": ",".join(g.group for g in result.ranked(3)),
+    }
+    run = client.create_run(str(experiment_id), run_name=f"localize-{result.model}", tags=tags)
+    run_id: str = run.info.run_id
+    try:
+        params = {**result.config, "localize.seeds": ",".join(map(str, result.seeds))}
+        params.update({f"localize.n_{k}": v for k, v in result.sizes.items()})
+        now = int(time.time() * 1000)
+        metrics = [
+            Metric("test_acc_a", sum(result.test_acc_a) / len(result.seeds), now, 0),
+            Metric("test_acc_b", sum(result.test_acc_b) / len(result.seeds), now, 0),
+        ]
+        for g in result.groups:
+            for prefix, value in (
+                ("risk", g.privacy_risk_mean),
+                ("risk_std", g.privacy_risk_std),
+                ("generalization", g.generalization_mean),
+                ("generalization_std", g.generalization_std),
+                ("risk_at_output", g.risk_at_output_mean),
+                ("rank", float(result.rank(g.group))),
+            ):
+                metrics.append(Metric(metric_key(f"{prefix}/{g.group}"), float(value), now, 0))
+        param_list = [Param(metric_key(k), str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(param_list), 100):
+            client.log_batch(run_id, params=param_list[i : i + 100], synchronous=True)
+        for i in range(0, len(metrics), 1000):
+            client.log_batch(run_id, metrics=metrics[i : i + 1000], synchronous=True)
+        client.log_batch(
+            run_id, tags=[RunTag("seconds", f"{result.seconds:.1f}")], synchronous=True
+        )
+        for path in paths:
+            client.log_artifact(run_id, str(path))
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    client.set_terminated(run_id, status="FINISHED")
+    return run_id
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the current directory when it is below it (as a space names it)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path.resolve())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
