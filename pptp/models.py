@@ -42,7 +42,6 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
