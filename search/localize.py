@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -29,9 +28,10 @@ from typing import Any
 if __package__ in (None, ""):  # `python search/localize.py` puts search/ first on sys.path
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-
 from pptp.errors import ConfigError
+from search.cli import quiet_environment, run_command
+
+quiet_environment()  # before anything imports ray or mlflow
 
 logger = logging.getLogger("search.localize")
 
@@ -73,14 +73,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        plan = prepare(args)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return execute(plan)
+    return run_command(parse_args(argv), prepare, execute)
 
 
 @dataclass(frozen=True)

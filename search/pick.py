@@ -54,11 +54,12 @@ from typing import TYPE_CHECKING, Any, Literal
 if __package__ in (None, ""):  # `python search/pick.py` puts search/ first on sys.path
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-
 from pptp.errors import ConfigError
 from pptp.registry import Registry
 from search import rundir
+from search.cli import quiet_environment, run_command
+
+quiet_environment()  # before anything imports ray or mlflow
 
 if TYPE_CHECKING:
     import optuna
@@ -573,8 +574,10 @@ def _fmt(value: float, *, signed: bool = False) -> str:
 def _columns(rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [
-        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
-                  enumerate(zip(row, widths, strict=True))).rstrip()
+        "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
         for row in rows
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -582,27 +585,36 @@ def _columns(rows: Sequence[Sequence[str]]) -> str:
 
 
 def candidates_table(
-    cands: Sequence[Candidate], objectives: Sequence[Objective], *, picked: int,
+    cands: Sequence[Candidate],
+    objectives: Sequence[Objective],
+    *,
+    picked: int,
     bounds: Sequence[Bound] = (),
 ) -> str:
     """The candidates, best first by the first objective; the pick and bound misses marked."""
     first = objectives[0]
-    ordered = sorted(cands, key=lambda c: (-_sign(first.direction) * c.value(first.metric),
-                                           c.number))
+    ordered = sorted(
+        cands, key=lambda c: (-_sign(first.direction) * c.value(first.metric), c.number)
+    )
     metrics = list(dict.fromkeys([*(o.metric for o in objectives), *(b.metric for b in bounds)]))
     rows = [["trial", *metrics, "operator", "strength", "protected groups", ""]]
     for c in ordered:
-        mark = "<- picked" if c.number == picked else (
-            "breaks a bound" if any(b.violation(c) > 0 for b in bounds) else "")
+        mark = (
+            "<- picked"
+            if c.number == picked
+            else ("breaks a bound" if any(b.violation(c) > 0 for b in bounds) else "")
+        )
         strength = c.attrs.get("strength")
-        rows.append([
-            str(c.number),
-            *(_fmt(c.value(m)) for m in metrics),
-            str(c.attrs.get("operator", "-")),
-            f"{strength:.3f}" if isinstance(strength, int | float) else "-",
-            str(c.attrs.get("protected_groups", "-")),
-            mark,
-        ])
+        rows.append(
+            [
+                str(c.number),
+                *(_fmt(c.value(m)) for m in metrics),
+                str(c.attrs.get("operator", "-")),
+                f"{strength:.3f}" if isinstance(strength, int | float) else "-",
+                str(c.attrs.get("protected_groups", "-")),
+                mark,
+            ]
+        )
     return _columns(rows)
 
 
@@ -635,9 +647,8 @@ def export_header(run: StudyRun, pick: Pick, rule: str, comparison: Comparison) 
         f"study {run.state.study_name}, run directory {run.run_dir}",
         f"trial {c.number} (MLflow run {c.attrs.get('mlflow_run_id', '-')}), rule {rule}: "
         f"{pick.reason}",
-        "screening: " + ", ".join(
-            f"{m} {_fmt(comparison.screening.get(m, math.nan))}" for m in TABLE_METRICS
-        ),
+        "screening: "
+        + ", ".join(f"{m} {_fmt(comparison.screening.get(m, math.nan))}" for m in TABLE_METRICS),
     ]
     for audit in (comparison.retrained, comparison.adaptive):
         if audit is not None:
@@ -646,8 +657,10 @@ def export_header(run: StudyRun, pick: Pick, rule: str, comparison: Comparison) 
                 + ", ".join(f"{m} {audit.cell(m)}" for m in TABLE_METRICS)
             )
     if comparison.adaptive is not None:
-        lines.append("adaptive - screening: " + ", ".join(
-            f"{m} {_fmt(comparison.gap(m), signed=True)}" for m in ATTACK_METRICS))
+        lines.append(
+            "adaptive - screening: "
+            + ", ".join(f"{m} {_fmt(comparison.gap(m), signed=True)}" for m in ATTACK_METRICS)
+        )
     lines += [
         "",
         "Relative data.data_dir / attack.bank_dir are relative to the directory run.py ran in.",
@@ -839,8 +852,11 @@ def register(
         try:
             client.set_tag(str(c.attrs["mlflow_run_id"]), TAG_PICKED, "true")
         except MlflowException as error:
-            logger.warning("could not tag trial run %s picked=true: %s",
-                           c.attrs["mlflow_run_id"], error.message)
+            logger.warning(
+                "could not tag trial run %s picked=true: %s",
+                c.attrs["mlflow_run_id"],
+                error.message,
+            )
     return Registered(name, str(version.version), alias, run_id, experiment_id)
 
 
@@ -872,24 +888,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--rule", default="knee", help=f"how to choose: {', '.join(RULES)} (default knee)"
     )
     p.add_argument(
-        "--max", action="append", default=[], metavar="METRIC=T",
+        "--max",
+        action="append",
+        default=[],
+        metavar="METRIC=T",
         help="keep candidates with METRIC <= T (repeatable), e.g. attack_tpr@0.1%%fpr=0.01",
     )
     p.add_argument(
-        "--min", action="append", default=[], metavar="METRIC=T",
+        "--min",
+        action="append",
+        default=[],
+        metavar="METRIC=T",
         help="keep candidates with METRIC >= T (repeatable), e.g. test_acc=0.9",
     )
     p.add_argument(
-        "--among", choices=("front", "all"), default="front",
+        "--among",
+        choices=("front", "all"),
+        default="front",
         help="candidates: the Pareto front (default) or every feasible completed trial",
     )
     p.add_argument(
-        "--seeds", type=int, default=0,
+        "--seeds",
+        type=int,
+        default=0,
         help="re-train the pick on N new seeds (trial seed + 1 .. + N) with the screening "
         "references (default 0: no re-training)",
     )
     p.add_argument(
-        "--adaptive", action="store_true",
+        "--adaptive",
+        action="store_true",
         help="re-audit with references trained under the pick's own config (trains K "
         "reference models; on the --seeds seeds, or the trial's own seed)",
     )
@@ -897,7 +924,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--register", metavar="NAME", help="register the model under this name")
     p.add_argument("--alias", help=f"alias of the new version (default {DEFAULT_ALIAS})")
     p.add_argument(
-        "--model-format", choices=("pt2", "pickle"), default="pt2",
+        "--model-format",
+        choices=("pt2", "pickle"),
+        default="pt2",
         help="MLflow serialization of the model (default pt2: torch.export, no unpickling)",
     )
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the study's)")
@@ -969,11 +998,14 @@ def describe_pick(plan: Plan) -> str:
     run, c = plan.run, plan.pick.candidate
     trials = run.study.get_trials(deepcopy=False)
     states = {t.state.name.lower() for t in trials}
-    counts = ", ".join(f"{sum(t.state.name.lower() == s for t in trials)} {s}"
-                       for s in sorted(states))
+    counts = ", ".join(
+        f"{sum(t.state.name.lower() == s for t in trials)} {s}" for s in sorted(states)
+    )
     rule = plan.rule + (" with " + " and ".join(map(str, plan.bounds)) if plan.bounds else "")
-    protect = (f"{c.attrs.get('operator', '-')} strength {c.attrs.get('strength', '-')} on "
-               f"{c.attrs.get('protected_groups', '-')}, defense {c.attrs.get('defense', '-')}")
+    protect = (
+        f"{c.attrs.get('operator', '-')} strength {c.attrs.get('strength', '-')} on "
+        f"{c.attrs.get('protected_groups', '-')}, defense {c.attrs.get('defense', '-')}"
+    )
     lines = [
         f"run         {run.run_dir} (study {run.state.study_name}; {counts})",
         f"rule        {rule}",
@@ -1000,12 +1032,15 @@ def _off_front_note(plan: Plan) -> str:
         every = candidates(plan.run, among="all")
     except ConfigError:
         return ""
-    metric = next((o.metric for o in plan.run.objectives if o.direction == "maximize"),
-                  DEFAULT_ACCURACY)
+    metric = next(
+        (o.metric for o in plan.run.objectives if o.direction == "maximize"), DEFAULT_ACCURACY
+    )
     picked = plan.pick.candidate.value(metric)
     better = [
-        c for c in every
-        if not c.on_front and all(b.violation(c) == 0 for b in plan.bounds)
+        c
+        for c in every
+        if not c.on_front
+        and all(b.violation(c) == 0 for b in plan.bounds)
         and c.value(metric) > picked
     ]
     if not better:
@@ -1038,8 +1073,11 @@ def execute(plan: Plan) -> int:
         )
     try:
         if plan.seeds:
-            print(f"re-train    seeds {', '.join(map(str, plan.seeds))}: the screening setting "
-                  "(base-recipe references from the bank)", flush=True)
+            print(
+                f"re-train    seeds {', '.join(map(str, plan.seeds))}: the screening setting "
+                "(base-recipe references from the bank)",
+                flush=True,
+            )
             comparison = dataclasses.replace(
                 comparison, retrained=retrain(cfg_run, plan.seeds, references=references)
             )
@@ -1063,10 +1101,17 @@ def execute(plan: Plan) -> int:
             assert plan.tracking_uri is not None and plan.experiment_id is not None
             print()
             registered = register(
-                run, cfg_run, plan.pick, comparison,
-                rule=plan.rule, references=references, export_path=path,
-                tracking_uri=plan.tracking_uri, experiment_id=plan.experiment_id,
-                name=args.register, alias=plan.alias,
+                run,
+                cfg_run,
+                plan.pick,
+                comparison,
+                rule=plan.rule,
+                references=references,
+                export_path=path,
+                tracking_uri=plan.tracking_uri,
+                experiment_id=plan.experiment_id,
+                name=args.register,
+                alias=plan.alias,
                 model_format=args.model_format,
             )
     except KeyboardInterrupt:
@@ -1075,25 +1120,24 @@ def execute(plan: Plan) -> int:
     print("\nwhere things went:")
     print(f"  config      {path}  (TrialConfig.from_flat(yaml.safe_load(...)['fixed']))")
     if registered is not None:
-        print(f"  MLflow run  {registered.run_id} (experiment {registered.experiment_id}, "
-              f"nested under parent run {run.state.parent_run_id}; {plan.tracking_uri})")
-        print(f"  registry    {registered.name} version {registered.version}, alias "
-              f"{registered.alias}: {registered.uri}")
+        print(
+            f"  MLflow run  {registered.run_id} (experiment {registered.experiment_id}, "
+            f"nested under parent run {run.state.parent_run_id}; {plan.tracking_uri})"
+        )
+        print(
+            f"  registry    {registered.name} version {registered.version}, alias "
+            f"{registered.alias}: {registered.uri}"
+        )
         load = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION=true; " if args.model_format == "pickle" else ""
-        print(f"  load        {load}mlflow.pytorch.load_model({registered.uri!r})  "
-              "# float32 (N, C, H, W) normalised like the pool -> logits")
+        print(
+            f"  load        {load}mlflow.pytorch.load_model({registered.uri!r})  "
+            "# float32 (N, C, H, W) normalised like the pool -> logits"
+        )
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("search").setLevel(logging.INFO)
-    try:
-        return execute(prepare(args))
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return run_command(parse_args(argv), prepare, execute)
 
 
 if __name__ == "__main__":

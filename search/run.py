@@ -27,15 +27,12 @@ from typing import Any
 if __package__ in (None, ""):  # `python search/run.py` puts search/ first on sys.path
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # no "Creating initial tables" lines
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no Tune banners
-
 from pptp.errors import ConfigError
 from pptp.train import check_data
 from search import rundir
+from search.cli import quiet_environment, run_command
+
+quiet_environment()  # before anything imports ray or mlflow
 
 logger = logging.getLogger("search.run")
 
@@ -71,15 +68,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("search").setLevel(logging.INFO)
-    try:
-        plan = prepare(args)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return execute(plan)
+    return run_command(parse_args(argv), prepare, execute)
 
 
 @dataclasses.dataclass

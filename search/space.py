@@ -81,8 +81,12 @@ def _coerce(value: Any, hint: Any, *, key: str, source: str) -> Any:
 
 Direction = Literal["maximize", "minimize"]
 
-DIRECTION_ALIASES: dict[str, Direction] = {"maximize": "maximize", "max": "maximize",
-                                           "minimize": "minimize", "min": "minimize"}
+DIRECTION_ALIASES: dict[str, Direction] = {
+    "maximize": "maximize",
+    "max": "maximize",
+    "minimize": "minimize",
+    "min": "minimize",
+}
 """Accepted spellings of an objective's direction -> Optuna's direction."""
 
 INFEASIBLE = 1.0e9
@@ -233,12 +237,16 @@ def _flag(value: Any, *, key: str, source: str) -> bool:
     return value
 
 
-def _check_spec_keys(spec: Mapping[str, Any], allowed: Sequence[str], *, key: str,
-                     source: str, kind: str) -> None:
+def _check_spec_keys(
+    spec: Mapping[str, Any], allowed: Sequence[str], *, key: str, source: str, kind: str
+) -> None:
     for k in spec:
         if k not in allowed:
-            raise _error(source, f"{key}.{k}",
-                         f"unknown field of a {kind} distribution; known: {', '.join(allowed)}")
+            raise _error(
+                source,
+                f"{key}.{k}",
+                f"unknown field of a {kind} distribution; known: {', '.join(allowed)}",
+            )
 
 
 def _required(spec: Mapping[str, Any], name: str, *, key: str, source: str) -> Any:
@@ -253,12 +261,15 @@ def _is_multiple(span: float, step: float) -> bool:
 
 
 def _float_from_short(spec: Mapping[str, Any], *, key: str, source: str) -> BaseDistribution:
-    _check_spec_keys(spec, ("type", "low", "high", "log", "step"), key=key, source=source,
-                     kind="float")
-    low = _number(_required(spec, "low", key=key, source=source), float, key=f"{key}.low",
-                  source=source)
-    high = _number(_required(spec, "high", key=key, source=source), float, key=f"{key}.high",
-                   source=source)
+    _check_spec_keys(
+        spec, ("type", "low", "high", "log", "step"), key=key, source=source, kind="float"
+    )
+    low = _number(
+        _required(spec, "low", key=key, source=source), float, key=f"{key}.low", source=source
+    )
+    high = _number(
+        _required(spec, "high", key=key, source=source), float, key=f"{key}.high", source=source
+    )
     log = _flag(spec.get("log", False), key=f"{key}.log", source=source)
     step = spec.get("step")
     if low >= high:
@@ -272,18 +283,22 @@ def _float_from_short(spec: Mapping[str, Any], *, key: str, source: str) -> Base
         if step <= 0:
             raise _error(source, f"{key}.step", f"must be > 0, got {step:g}")
         if not _is_multiple(high - low, step):
-            raise _error(source, key, f"high - low = {high - low:g} is not a multiple of step "
-                                      f"{step:g}")
+            raise _error(
+                source, key, f"high - low = {high - low:g} is not a multiple of step {step:g}"
+            )
     return FloatDistribution(low, high, log=log, step=step)
 
 
 def _int_from_short(spec: Mapping[str, Any], *, key: str, source: str) -> BaseDistribution:
-    _check_spec_keys(spec, ("type", "low", "high", "log", "step"), key=key, source=source,
-                     kind="int")
-    low = _number(_required(spec, "low", key=key, source=source), int, key=f"{key}.low",
-                  source=source)
-    high = _number(_required(spec, "high", key=key, source=source), int, key=f"{key}.high",
-                   source=source)
+    _check_spec_keys(
+        spec, ("type", "low", "high", "log", "step"), key=key, source=source, kind="int"
+    )
+    low = _number(
+        _required(spec, "low", key=key, source=source), int, key=f"{key}.low", source=source
+    )
+    high = _number(
+        _required(spec, "high", key=key, source=source), int, key=f"{key}.high", source=source
+    )
     log = _flag(spec.get("log", False), key=f"{key}.log", source=source)
     step = _number(spec.get("step", 1), int, key=f"{key}.step", source=source)
     if low > high:
@@ -299,16 +314,16 @@ def _int_from_short(spec: Mapping[str, Any], *, key: str, source: str) -> BaseDi
     return IntDistribution(low, high, log=log, step=step)
 
 
-def _categorical_from_short(spec: Mapping[str, Any], *, key: str, source: str
-                            ) -> BaseDistribution:
+def _categorical_from_short(spec: Mapping[str, Any], *, key: str, source: str) -> BaseDistribution:
     _check_spec_keys(spec, ("type", "choices"), key=key, source=source, kind="categorical")
     choices = _required(spec, "choices", key=key, source=source)
     if not isinstance(choices, list | tuple) or not choices:
         raise _error(source, f"{key}.choices", f"needs a non-empty list, got {choices!r}")
     for i, c in enumerate(choices):
         if not isinstance(c, _SCALAR_TYPES):
-            raise _error(source, f"{key}.choices[{i}]",
-                         f"{c!r} is not a number, string, true/false or null")
+            raise _error(
+                source, f"{key}.choices[{i}]", f"{c!r} is not a number, string, true/false or null"
+            )
     seen: list[Any] = []
     for c in choices:
         if any(type(c) is type(s) and c == s for s in seen):
@@ -340,8 +355,7 @@ def _from_optuna_json(spec: Mapping[str, Any], *, key: str, source: str) -> Base
     return distribution_from_short(key, distribution_to_short(dist), source=source)
 
 
-def distribution_from_short(key: str, spec: Mapping[str, Any], *, source: str
-                            ) -> BaseDistribution:
+def distribution_from_short(key: str, spec: Mapping[str, Any], *, source: str) -> BaseDistribution:
     """Parse one distribution; ``key`` names where it sits (``"params.train.lr"``) in errors.
 
     Short form: ``{type: float, low, high, log?, step?}``, ``{type: int, low, high, log?,
@@ -351,17 +365,27 @@ def distribution_from_short(key: str, spec: Mapping[str, Any], *, source: str
     high), int ranges may be one value; log needs a positive low; step must divide the range.
     """
     if not isinstance(spec, Mapping):
-        raise _error(source, key, f"needs a distribution mapping like {{type: float, low: 0, "
-                                  f"high: 1}}, got {spec!r}")
+        raise _error(
+            source,
+            key,
+            f"needs a distribution mapping like {{type: float, low: 0, high: 1}}, got {spec!r}",
+        )
     if "type" not in spec and "name" in spec:
         return _from_optuna_json(spec, key=key, source=source)
     kind = spec.get("type")
     if kind is None:
-        raise _error(source, key, "missing 'type' (float, int or categorical), or Optuna's form "
-                                  "{name: FloatDistribution, attributes: {...}}")
+        raise _error(
+            source,
+            key,
+            "missing 'type' (float, int or categorical), or Optuna's form "
+            "{name: FloatDistribution, attributes: {...}}",
+        )
     if kind not in _SHORT_PARSERS:
-        raise _error(source, f"{key}.type", f"unknown distribution type {kind!r}; known: "
-                                            f"{', '.join(_SHORT_PARSERS)}")
+        raise _error(
+            source,
+            f"{key}.type",
+            f"unknown distribution type {kind!r}; known: {', '.join(_SHORT_PARSERS)}",
+        )
     return _SHORT_PARSERS[kind](spec, key=key, source=source)
 
 
@@ -451,8 +475,13 @@ SAMPLERS.register("qmc")(optuna.samplers.QMCSampler)
 # Arguments a space file may not set: the seed comes from study.seed, constraints from
 # study.constraints (through Trial.set_constraint; constraints_func is deprecated in Optuna 5).
 _RESERVED_OPTIONS = ("self", "seed", "constraints_func")
-_OPTION_TYPES: dict[str, Any] = {"int": int, "float": float, "bool": bool, "str": str,
-                                 "None": type(None)}
+_OPTION_TYPES: dict[str, Any] = {
+    "int": int,
+    "float": float,
+    "bool": bool,
+    "str": str,
+    "None": type(None),
+}
 
 
 def _option_hint(annotation: Any) -> Any | None:
@@ -488,8 +517,12 @@ def _check_sampler_options(study: StudySpec, *, source: str) -> dict[str, Any]:
         key = f"study.sampler_options.{arg}"
         if arg not in known:
             hint = " (set by study.seed)" if arg == "seed" else ""
-            raise _error(source, key, f"unknown option for sampler {study.sampler!r}{hint}; known: "
-                                      f"{', '.join(sorted(known))}")
+            raise _error(
+                source,
+                key,
+                f"unknown option for sampler {study.sampler!r}{hint}; known: "
+                f"{', '.join(sorted(known))}",
+            )
         checked[arg] = _coerce(value, known[arg], key=key, source=source)
     return checked
 
@@ -508,8 +541,9 @@ def build_sampler(study: StudySpec, *, source: str = "space") -> optuna.samplers
     try:
         return factory(seed=study.seed, **options)
     except (TypeError, ValueError) as err:
-        raise _error(source, "study.sampler_options", f"sampler {study.sampler!r} refused "
-                                                      f"{options}: {err}") from None
+        raise _error(
+            source, "study.sampler_options", f"sampler {study.sampler!r} refused {options}: {err}"
+        ) from None
 
 
 # ============================================================================================
@@ -538,8 +572,11 @@ class Space:
         """The config of one trial: fixed values plus ``sampled`` (keys must be searched)."""
         for key in sampled:
             if key not in self.params:
-                raise _error(str(self.path), key, "is not a searched key; searched: "
-                                                  f"{', '.join(self.params) or '(none)'}")
+                raise _error(
+                    str(self.path),
+                    key,
+                    f"is not a searched key; searched: {', '.join(self.params) or '(none)'}",
+                )
         return TrialConfig.from_flat({**self.fixed, **sampled}, source=f"{self.path}: trial")
 
     def resolved(self) -> dict[str, Any]:
@@ -576,8 +613,11 @@ class Space:
         lines.append(f"searched ({len(self.params)}):")
         lines += [f"  {k:<{width}}  {_describe_distribution(d)}" for k, d in self.params.items()]
         defaults = TrialConfig().to_flat()
-        changed = {k: v for k, v in self.base_config().to_flat().items()
-                   if k not in self.params and v != defaults[k]}
+        changed = {
+            k: v
+            for k, v in self.base_config().to_flat().items()
+            if k not in self.params and v != defaults[k]
+        }
         lines.append(f"fixed, differing from defaults ({len(changed)}):")
         lines += [f"  {k:<{width}}  {_show(v)}" for k, v in changed.items()]
         return "\n".join(lines)
@@ -594,8 +634,7 @@ def _study_to_data(s: StudySpec) -> dict[str, Any]:
         "max_concurrent": s.max_concurrent,
         "resources": dataclasses.asdict(s.resources),
         "constraints": [
-            {k: v for k, v in dataclasses.asdict(c).items() if v is not None}
-            for c in s.constraints
+            {k: v for k, v in dataclasses.asdict(c).items() if v is not None} for c in s.constraints
         ],
         "enqueue": [dict(e) for e in s.enqueue],
     }
@@ -695,7 +734,7 @@ def _unknown_key(key: str, *, where: str, source: str) -> SpaceError:
     if in_section:
         known = f"{section} has {', '.join(k.partition('.')[2] for k in in_section)}"
     else:
-        sections = sorted({k.partition('.')[0] for k in keys})
+        sections = sorted({k.partition(".")[0] for k in keys})
         known = f"keys look like 'section.name' with section one of {', '.join(sections)}"
     return _error(source, f"{where}.{key}", f"unknown key; {hint}{known}")
 
@@ -733,11 +772,19 @@ def _fit_to_key(key: str, dist: BaseDistribution, hint: Any, *, source: str) -> 
     where = f"params.{key}"
     accepts = _scalar_types(hint)
     if isinstance(dist, FloatDistribution) and float not in accepts:
-        raise _error(source, where, f"a float distribution cannot feed {key}, which takes "
-                                    f"{_type_names(accepts)}; use type: int or categorical")
+        raise _error(
+            source,
+            where,
+            f"a float distribution cannot feed {key}, which takes "
+            f"{_type_names(accepts)}; use type: int or categorical",
+        )
     if isinstance(dist, IntDistribution) and not accepts & {int, float}:
-        raise _error(source, where, f"an int distribution cannot feed {key}, which takes "
-                                    f"{_type_names(accepts)}; use type: categorical")
+        raise _error(
+            source,
+            where,
+            f"an int distribution cannot feed {key}, which takes "
+            f"{_type_names(accepts)}; use type: categorical",
+        )
     if isinstance(dist, CategoricalDistribution):
         choices = [
             _choice_value(c, hint, key=f"{where}.choices[{i}]", source=source)
@@ -752,21 +799,27 @@ def _type_names(accepts: set[Any]) -> str:
     return " or ".join(sorted(names.get(t, getattr(t, "__name__", str(t))) for t in accepts))
 
 
-def _parse_params(raw: Any, fixed: Mapping[str, Any], *, source: str
-                  ) -> dict[str, BaseDistribution]:
+def _parse_params(
+    raw: Any, fixed: Mapping[str, Any], *, source: str
+) -> dict[str, BaseDistribution]:
     hints = config_keys()
     params: dict[str, BaseDistribution] = {}
     for key, spec in _mapping(raw, key="params", source=source).items():
         if "." not in key:
-            raise _error(source, f"params.{key}", "params keys are dotted, e.g. 'train.lr: "
-                                                  "{type: float, ...}' (nesting is for fixed only)")
+            raise _error(
+                source,
+                f"params.{key}",
+                "params keys are dotted, e.g. 'train.lr: "
+                "{type: float, ...}' (nesting is for fixed only)",
+            )
         if key not in hints:
             raise _unknown_key(key, where="params", source=source)
         if key in _UNSEARCHABLE:
             raise _error(source, f"params.{key}", f"cannot be searched: {_UNSEARCHABLE[key]}")
         if key in fixed:
-            raise _error(source, f"params.{key}", "is also in fixed; a key is either fixed or "
-                                                  "searched")
+            raise _error(
+                source, f"params.{key}", "is also in fixed; a key is either fixed or searched"
+            )
         dist = distribution_from_short(f"params.{key}", spec, source=source)
         params[key] = _fit_to_key(key, dist, hints[key], source=source)
     return params
@@ -784,31 +837,45 @@ def _parse_objectives(raw: Any, metrics: set[str], *, source: str) -> tuple[Obje
         return DEFAULT_OBJECTIVES
     key = "study.objectives"
     if not isinstance(raw, Mapping) or not raw:
-        raise _error(source, key, f"needs a mapping metric -> maximize|minimize, e.g. "
-                                  f"{{test_acc: maximize, attack_auc: minimize}}; got {raw!r}")
+        raise _error(
+            source,
+            key,
+            f"needs a mapping metric -> maximize|minimize, e.g. "
+            f"{{test_acc: maximize, attack_auc: minimize}}; got {raw!r}",
+        )
     out = []
     for metric, direction in raw.items():
         _check_metric(metric, metrics, key=f"{key}.{metric}", source=source)
         normal = DIRECTION_ALIASES.get(str(direction).lower()) if direction is not None else None
         if normal is None:
-            raise _error(source, f"{key}.{metric}", f"direction {direction!r} is not maximize "
-                                                    "or minimize (max/min also work)")
+            raise _error(
+                source,
+                f"{key}.{metric}",
+                f"direction {direction!r} is not maximize or minimize (max/min also work)",
+            )
         out.append(Objective(metric, normal))
     return tuple(out)
 
 
 def _check_metric(metric: Any, metrics: set[str], *, key: str, source: str) -> None:
     if metric not in metrics:
-        raise _error(source, key, f"unknown metric {metric!r}; known (for the attacks in "
-                                  f"attack.attacks): {', '.join(sorted(metrics))}")
+        raise _error(
+            source,
+            key,
+            f"unknown metric {metric!r}; known (for the attacks in "
+            f"attack.attacks): {', '.join(sorted(metrics))}",
+        )
 
 
 def _parse_constraints(raw: Any, metrics: set[str], *, source: str) -> tuple[Constraint, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, list):
-        raise _error(source, "study.constraints", f"needs a list like [{{metric: test_acc, "
-                                                  f"min: 0.5}}], got {raw!r}")
+        raise _error(
+            source,
+            "study.constraints",
+            f"needs a list like [{{metric: test_acc, min: 0.5}}], got {raw!r}",
+        )
     out = []
     for i, item in enumerate(raw):
         key = f"study.constraints[{i}]"
@@ -819,8 +886,11 @@ def _parse_constraints(raw: Any, metrics: set[str], *, source: str) -> tuple[Con
         if "metric" not in item:
             raise _error(source, key, "missing 'metric'")
         _check_metric(item["metric"], metrics, key=f"{key}.metric", source=source)
-        bounds = {b: _number(item[b], float, key=f"{key}.{b}", source=source)
-                  for b in ("min", "max") if item.get(b) is not None}
+        bounds = {
+            b: _number(item[b], float, key=f"{key}.{b}", source=source)
+            for b in ("min", "max")
+            if item.get(b) is not None
+        }
         if not bounds:
             raise _error(source, key, "needs min, max or both")
         if bounds.get("min", -math.inf) > bounds.get("max", math.inf):
@@ -843,19 +913,22 @@ def _parse_resources(raw: Any, *, source: str) -> Resources:
     return Resources(cpus=cpus, gpus=gpus)
 
 
-def _parse_enqueue(raw: Any, fixed: Mapping[str, Any], params: Mapping[str, BaseDistribution],
-                   *, source: str) -> tuple[dict[str, Any], ...]:
+def _parse_enqueue(
+    raw: Any, fixed: Mapping[str, Any], params: Mapping[str, BaseDistribution], *, source: str
+) -> tuple[dict[str, Any], ...]:
     if raw is None:
         return ()
     if not isinstance(raw, list):
-        raise _error(source, "study.enqueue", f"needs a list of {{key: value}} mappings, got "
-                                              f"{raw!r}")
+        raise _error(
+            source, "study.enqueue", f"needs a list of {{key: value}} mappings, got {raw!r}"
+        )
     hints = config_keys()
     out = []
     for i, item in enumerate(raw):
         where = f"study.enqueue[{i}]"
-        entry = _flat_dict(_mapping(item, key=where, source=source, empty_ok=False), key=where,
-                           source=source)
+        entry = _flat_dict(
+            _mapping(item, key=where, source=source, empty_ok=False), key=where, source=source
+        )
         point = {}
         for k, v in entry.items():
             key = f"{where}.{k}"
@@ -863,17 +936,24 @@ def _parse_enqueue(raw: Any, fixed: Mapping[str, Any], params: Mapping[str, Base
                 point[k] = _enqueued_value(v, params[k], hints[k], key=key, source=source)
             elif k in fixed:
                 if _coerce(v, hints[k], key=key, source=source) != fixed[k]:
-                    raise _error(source, key, f"{_show(v)} differs from the fixed value "
-                                              f"{_show(fixed[k])}; to vary {k}, search it")
+                    raise _error(
+                        source,
+                        key,
+                        f"{_show(v)} differs from the fixed value "
+                        f"{_show(fixed[k])}; to vary {k}, search it",
+                    )
             else:
-                raise _error(source, key, "is neither searched (params) nor fixed; searched: "
-                                          f"{', '.join(params) or '(none)'}")
+                raise _error(
+                    source,
+                    key,
+                    "is neither searched (params) nor fixed; searched: "
+                    f"{', '.join(params) or '(none)'}",
+                )
         out.append(point)
     return tuple(out)
 
 
-def _enqueued_value(value: Any, dist: BaseDistribution, hint: Any, *, key: str, source: str
-                    ) -> Any:
+def _enqueued_value(value: Any, dist: BaseDistribution, hint: Any, *, key: str, source: str) -> Any:
     if isinstance(dist, CategoricalDistribution):
         value = _choice_value(value, hint, key=key, source=source)
     elif isinstance(dist, IntDistribution):
@@ -885,25 +965,40 @@ def _enqueued_value(value: Any, dist: BaseDistribution, hint: Any, *, key: str, 
     except (ValueError, TypeError):
         inside = False
     if not inside:
-        raise _error(source, key, f"{_show(value)} is outside the searched distribution "
-                                  f"{_describe_distribution(dist)}")
+        raise _error(
+            source,
+            key,
+            f"{_show(value)} is outside the searched distribution {_describe_distribution(dist)}",
+        )
     return value
 
 
-def _parse_study(raw: Any, fixed: Mapping[str, Any], params: Mapping[str, BaseDistribution],
-                 metrics: set[str], *, source: str) -> StudySpec:
+def _parse_study(
+    raw: Any,
+    fixed: Mapping[str, Any],
+    params: Mapping[str, BaseDistribution],
+    metrics: set[str],
+    *,
+    source: str,
+) -> StudySpec:
     raw = _mapping(raw, key="study", source=source, empty_ok=False)
     for k in raw:
         if k not in _STUDY_KEYS:
             raise _error(source, f"study.{k}", f"unknown key; study has {', '.join(_STUDY_KEYS)}")
     name = raw.get("name")
     if not isinstance(name, str) or not name.strip():
-        raise _error(source, "study.name", f"needs a non-empty string (the MLflow experiment and "
-                                           f"Optuna study name), got {name!r}")
+        raise _error(
+            source,
+            "study.name",
+            f"needs a non-empty string (the MLflow experiment and Optuna study name), got {name!r}",
+        )
     sampler = raw.get("sampler", "nsga2")
     if not isinstance(sampler, str) or sampler not in SAMPLERS:
-        raise _error(source, "study.sampler", f"unknown sampler {sampler!r}; known: "
-                                              f"{', '.join(sorted(SAMPLERS))}")
+        raise _error(
+            source,
+            "study.sampler",
+            f"unknown sampler {sampler!r}; known: {', '.join(sorted(SAMPLERS))}",
+        )
     localization = raw.get("localization")
     if localization is not None:
         localization = dict(_mapping(localization, key="study.localization", source=source))
@@ -911,21 +1006,23 @@ def _parse_study(raw: Any, fixed: Mapping[str, Any], params: Mapping[str, BaseDi
         name=name,
         objectives=_parse_objectives(raw.get("objectives"), metrics, source=source),
         sampler=sampler,
-        sampler_options=dict(_mapping(raw.get("sampler_options"), key="study.sampler_options",
-                                      source=source)),
+        sampler_options=dict(
+            _mapping(raw.get("sampler_options"), key="study.sampler_options", source=source)
+        ),
         seed=_coerce(raw.get("seed", 0), int, key="study.seed", source=source),
-        n_trials=_positive_int(raw.get("n_trials", 12), key="study.n_trials", source=source,
-                               minimum=1),
-        max_concurrent=_positive_int(raw.get("max_concurrent", 2), key="study.max_concurrent",
-                                     source=source, minimum=1),
+        n_trials=_positive_int(
+            raw.get("n_trials", 12), key="study.n_trials", source=source, minimum=1
+        ),
+        max_concurrent=_positive_int(
+            raw.get("max_concurrent", 2), key="study.max_concurrent", source=source, minimum=1
+        ),
         resources=_parse_resources(raw.get("resources"), source=source),
         constraints=_parse_constraints(raw.get("constraints"), metrics, source=source),
         enqueue=_parse_enqueue(raw.get("enqueue"), fixed, params, source=source),
         localization=localization,
     )
     # options coerced to the sampler's types; building the sampler once checks the values
-    study = dataclasses.replace(study, sampler_options=_check_sampler_options(study,
-                                                                              source=source))
+    study = dataclasses.replace(study, sampler_options=_check_sampler_options(study, source=source))
     build_sampler(study, source=source)
     return study
 
@@ -938,8 +1035,10 @@ def _model_exists(name: Any) -> bool:
 
 _NAME_CHECKS: dict[str, tuple[Callable[[Any], bool], Callable[[], str]]] = {
     "data.name": (lambda v: v in DATASETS, lambda: ", ".join(sorted(DATASETS))),
-    "model.name": (_model_exists,
-                   lambda: ", ".join(sorted(MODELS)) + f", or {TORCHVISION_PREFIX}<name>"),
+    "model.name": (
+        _model_exists,
+        lambda: ", ".join(sorted(MODELS)) + f", or {TORCHVISION_PREFIX}<name>",
+    ),
     "model.norm": (lambda v: v in NORMS, lambda: ", ".join(sorted(NORMS))),
     "protect.operator": (lambda v: v in OPERATORS, lambda: ", ".join(sorted(OPERATORS))),
     "protect.direction": (lambda v: v in DIRECTIONS, lambda: ", ".join(DIRECTIONS)),
@@ -950,8 +1049,9 @@ _NAME_CHECKS: dict[str, tuple[Callable[[Any], bool], Callable[[], str]]] = {
 _PER_EXAMPLE = {"protect.operator": "noise", "defense.name": "dpsgd"}
 
 
-def _possible_values(key: str, base: Mapping[str, Any], params: Mapping[str, BaseDistribution]
-                     ) -> list[tuple[str, Any]]:
+def _possible_values(
+    key: str, base: Mapping[str, Any], params: Mapping[str, BaseDistribution]
+) -> list[tuple[str, Any]]:
     """``(where, value)`` for each value ``key`` can take in the study."""
     dist = params.get(key)
     if isinstance(dist, CategoricalDistribution):
@@ -959,42 +1059,56 @@ def _possible_values(key: str, base: Mapping[str, Any], params: Mapping[str, Bas
     return [(f"fixed.{key}", base[key])]
 
 
-def _check_names(base: TrialConfig, params: Mapping[str, BaseDistribution], *, source: str
-                 ) -> None:
+def _check_names(base: TrialConfig, params: Mapping[str, BaseDistribution], *, source: str) -> None:
     flat = base.to_flat()
     for key, (exists, known) in _NAME_CHECKS.items():
         for where, value in _possible_values(key, flat, params):
             if not exists(value):
-                raise _error(source, where, f"unknown {key.replace('.', ' ')} {value!r}; "
-                                            f"known: {known()}")
+                raise _error(
+                    source, where, f"unknown {key.replace('.', ' ')} {value!r}; known: {known()}"
+                )
     attacks = base.attack.attacks
     if not attacks:
         raise _error(source, "fixed.attack.attacks", "is empty; name at least one attack")
     for a in attacks:
         if a not in ATTACKS:
-            raise _error(source, "fixed.attack.attacks", f"unknown attack {a!r}; known: "
-                                                         f"{', '.join(sorted(ATTACKS))}")
+            raise _error(
+                source,
+                "fixed.attack.attacks",
+                f"unknown attack {a!r}; known: {', '.join(sorted(ATTACKS))}",
+            )
         if ATTACKS[a].min_refs > base.attack.n_references:
-            raise _error(source, "fixed.attack.n_references",
-                         f"attack {a!r} needs at least {ATTACKS[a].min_refs} reference models, "
-                         f"got {base.attack.n_references}")
+            raise _error(
+                source,
+                "fixed.attack.n_references",
+                f"attack {a!r} needs at least {ATTACKS[a].min_refs} reference models, "
+                f"got {base.attack.n_references}",
+            )
     if "batch" in {v for _, v in _possible_values("model.norm", flat, params)}:
         for key, value in _PER_EXAMPLE.items():
             for where, v in _possible_values(key, flat, params):
                 if v == value:
-                    raise _error(source, where, f"{value} needs per-example gradients, which "
-                                                "BatchNorm (model.norm: batch, the default) makes "
-                                                "ill-defined; fix model.norm: group")
+                    raise _error(
+                        source,
+                        where,
+                        f"{value} needs per-example gradients, which "
+                        "BatchNorm (model.norm: batch, the default) makes "
+                        "ill-defined; fix model.norm: group",
+                    )
 
 
-def _check_epsilon(study: StudySpec, base: TrialConfig, params: Mapping[str, BaseDistribution],
-                   *, source: str) -> None:
+def _check_epsilon(
+    study: StudySpec, base: TrialConfig, params: Mapping[str, BaseDistribution], *, source: str
+) -> None:
     """``epsilon`` exists only for DP-SGD trials: an objective on it needs dpsgd fixed."""
     for i, o in enumerate(study.objectives):
         if o.metric == "epsilon" and ("defense.name" in params or base.defense.name != "dpsgd"):
-            raise _error(source, f"study.objectives.{o.metric}",
-                         f"objective {i + 1} needs defense.name fixed to dpsgd (only DP-SGD "
-                         "trials report epsilon)")
+            raise _error(
+                source,
+                f"study.objectives.{o.metric}",
+                f"objective {i + 1} needs defense.name fixed to dpsgd (only DP-SGD "
+                "trials report epsilon)",
+            )
 
 
 def load_space(path: str | Path) -> Space:
@@ -1003,8 +1117,10 @@ def load_space(path: str | Path) -> Space:
     source = str(path)
     data, doc = _read(path, source)
     if not isinstance(doc, Mapping):
-        raise SpaceError(f"{source}: the top level must be a mapping with keys "
-                         f"{', '.join(_TOP_LEVEL)}; got {type(doc).__name__}")
+        raise SpaceError(
+            f"{source}: the top level must be a mapping with keys "
+            f"{', '.join(_TOP_LEVEL)}; got {type(doc).__name__}"
+        )
     for k in doc:
         if k not in _TOP_LEVEL:
             raise _error(source, str(k), f"unknown top-level key; known: {', '.join(_TOP_LEVEL)}")
@@ -1022,9 +1138,14 @@ def load_space(path: str | Path) -> Space:
     if study.sampler == "nsga2":
         population = study.sampler_options.get("population_size", 50)
         if population > study.n_trials:
-            logger.warning("%s: nsga2 population_size %d exceeds n_trials %d: every trial is "
-                           "drawn at random", source, population, study.n_trials)
-    space = Space(path=path, sha256=hashlib.sha256(data).hexdigest(), study=study, fixed=fixed,
-                  params=params)
+            logger.warning(
+                "%s: nsga2 population_size %d exceeds n_trials %d: every trial is drawn at random",
+                source,
+                population,
+                study.n_trials,
+            )
+    space = Space(
+        path=path, sha256=hashlib.sha256(data).hexdigest(), study=study, fixed=fixed, params=params
+    )
     logger.info("loaded space %s (%d searched, %d fixed)", source, len(params), len(fixed))
     return space

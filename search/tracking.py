@@ -84,7 +84,12 @@ FAIL_REASON_CHARS = 500
 
 #: column order of trials.csv / pareto_front.csv after trial, run_id, pareto and the objectives
 FRONT_COLUMNS = (
-    "protected_groups", "operator", "strength", "test_acc", "attack_auc", "attack_tpr@0.1%fpr",
+    "protected_groups",
+    "operator",
+    "strength",
+    "test_acc",
+    "attack_auc",
+    "attack_tpr@0.1%fpr",
 )
 
 #: characters the project's metric names use that MLflow rejects, and what replaces them
@@ -163,7 +168,7 @@ def _sqlite_path(uri: str) -> tuple[Path | None, str]:
     prefix = "sqlite:///"
     if not rest.lower().startswith(prefix):
         return None, query
-    raw = rest[len(prefix):]
+    raw = rest[len(prefix) :]
     if raw in ("", ":memory:"):
         return None, query
     return Path(raw), query
@@ -261,7 +266,10 @@ def git_commit(repo: Path = REPO_ROOT) -> str:
 
     def git(*args: str) -> str:
         done = subprocess.run(
-            ["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10,
+            ["git", "-C", str(repo), *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
             check=True,
         )
         return done.stdout.strip()
@@ -424,8 +432,12 @@ class StudyTracker:
         if parent_run_id is None:
             run = self.client.create_run(self._experiment_id, run_name=self.study_name, tags=tags)
             self._parent_run_id = run.info.run_id
-            logger.info("MLflow parent run %s created in experiment %r (%s)",
-                        self._parent_run_id, self.study_name, self.uri)
+            logger.info(
+                "MLflow parent run %s created in experiment %r (%s)",
+                self._parent_run_id,
+                self.study_name,
+                self.uri,
+            )
         else:
             self._parent_run_id = self._reopen(parent_run_id, tags)
         self._log_space_params(resolved_space)
@@ -444,9 +456,11 @@ class StudyTracker:
             return str(existing.experiment_id)
         location = artifact_location(self.uri, self.study_name)
         try:
-            return str(self.client.create_experiment(
-                self.study_name, artifact_location=location, tags={TAG_STUDY: self.study_name}
-            ))
+            return str(
+                self.client.create_experiment(
+                    self.study_name, artifact_location=location, tags={TAG_STUDY: self.study_name}
+                )
+            )
         except MlflowException:  # another driver created it in between
             again = self.client.get_experiment_by_name(self.study_name)
             if again is None:
@@ -472,8 +486,11 @@ class StudyTracker:
             self.client.restore_run(run_id)
         old_sha = run.data.tags.get("space_sha256")
         if old_sha is not None and old_sha != tags["space_sha256"]:
-            logger.warning("space file changed since the study started (sha256 %s -> %s)",
-                           old_sha[:12], tags["space_sha256"][:12])
+            logger.warning(
+                "space file changed since the study started (sha256 %s -> %s)",
+                old_sha[:12],
+                tags["space_sha256"][:12],
+            )
             tags["previous_space_sha256"] = old_sha
         self.client.update_run(run_id, status="RUNNING")
         self._set_tags(run_id, tags)
@@ -499,12 +516,19 @@ class StudyTracker:
         existing = self.client.get_run(self.parent_run_id).data.params
         changed = {k: v for k, v in wanted.items() if k in existing and existing[k] != v}
         for key, value in changed.items():
-            logger.warning("param %s changed since the study started (%r -> %r); kept the old "
-                           "value, the new one is tag changed_param.%s", key, existing[key],
-                           value, key)
+            logger.warning(
+                "param %s changed since the study started (%r -> %r); kept the old "
+                "value, the new one is tag changed_param.%s",
+                key,
+                existing[key],
+                value,
+                key,
+            )
         if changed:
-            self._set_tags(self.parent_run_id,
-                           {metric_key(f"changed_param.{k}"): v for k, v in changed.items()})
+            self._set_tags(
+                self.parent_run_id,
+                {metric_key(f"changed_param.{k}"): v for k, v in changed.items()},
+            )
         new = [Param(k, v) for k, v in wanted.items() if k not in existing]
         for chunk in _chunks(new, MAX_PARAMS_TAGS_PER_BATCH):
             self.client.log_batch(self.parent_run_id, params=chunk, synchronous=True)
@@ -541,9 +565,7 @@ class StudyTracker:
             logger.warning("marked %d stale trial run(s) FAILED: %s", len(stale), reason)
         return len(stale)
 
-    def log_front(
-        self, rows: list[dict[str, Any]], *, objectives: list[tuple[str, str]]
-    ) -> None:
+    def log_front(self, rows: list[dict[str, Any]], *, objectives: list[tuple[str, str]]) -> None:
         """Log the Pareto front and the trial table on the parent and tag the child runs.
 
         ``rows``: one dict per finished trial with ``trial`` (Optuna number), ``run_id`` (child
@@ -561,9 +583,12 @@ class StudyTracker:
         rows = sorted(rows, key=lambda r: int(r["trial"]))
         front = [r for r in rows if r.get("pareto")]
         first, first_dir = objectives[0]
-        front.sort(key=lambda r: (_as_float(r.get(first)) is None,
-                                  (-1 if first_dir == "maximize" else 1)
-                                  * (_as_float(r.get(first)) or 0.0)))
+        front.sort(
+            key=lambda r: (
+                _as_float(r.get(first)) is None,
+                (-1 if first_dir == "maximize" else 1) * (_as_float(r.get(first)) or 0.0),
+            )
+        )
         columns = _columns(rows, objectives)
         with tempfile.TemporaryDirectory(prefix="pptp-front-") as tmp:
             folder = Path(tmp)
@@ -579,8 +604,10 @@ class StudyTracker:
                 self._pareto_tags[run_id] = value
         step = len(rows)
         now = _now_ms()
-        metrics = [Metric("n_trials", float(len(rows)), now, step),
-                   Metric("n_pareto", float(len(front)), now, step)]
+        metrics = [
+            Metric("n_trials", float(len(rows)), now, step),
+            Metric("n_pareto", float(len(front)), now, step),
+        ]
         for name, direction in objectives:
             values = [v for v in (_as_float(r.get(name)) for r in rows) if v is not None]
             if values:
@@ -657,19 +684,27 @@ def plot_front(
     fig, ax = plt.subplots(figsize=(6, 4.5))
     try:
         if every:
-            ax.scatter([p[0] for p in every], [p[1] for p in every], color="0.7", s=18,
-                       label="trials")
+            ax.scatter(
+                [p[0] for p in every], [p[1] for p in every], color="0.7", s=18, label="trials"
+            )
         if front:
             sign_x = -1.0 if x_dir == "maximize" else 1.0
             sign_y = -1.0 if y_dir == "maximize" else 1.0
             ordered = sorted(front, key=lambda f: (sign_x * f[0][0], sign_y * f[0][1]))
             xs, ys = _staircase([p for p, _ in ordered])
             ax.plot(xs, ys, color="tab:red", linewidth=1.2, zorder=2)
-            ax.scatter([p[0] for p, _ in ordered], [p[1] for p, _ in ordered],
-                       color="tab:red", s=30, zorder=3, label="Pareto front")
+            ax.scatter(
+                [p[0] for p, _ in ordered],
+                [p[1] for p, _ in ordered],
+                color="tab:red",
+                s=30,
+                zorder=3,
+                label="Pareto front",
+            )
             for (x, y), trial in ordered:
-                ax.annotate(f"#{trial}", (x, y), textcoords="offset points", xytext=(4, 4),
-                            fontsize=8)
+                ax.annotate(
+                    f"#{trial}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8
+                )
         ax.set_xlabel(f"{x_name} ({x_dir})")
         ax.set_ylabel(f"{y_name} ({y_dir})")
         ax.set_title(title or "Pareto front")
@@ -820,8 +855,9 @@ class TrialTracker:
             "epoch_seconds": log.seconds,
         }
         now = _now_ms()
-        self._pending += [Metric(k, float(v), now, int(log.epoch)) for k, v in values.items()
-                          if v is not None]
+        self._pending += [
+            Metric(k, float(v), now, int(log.epoch)) for k, v in values.items() if v is not None
+        ]
         if time.monotonic() - self._last_flush >= self.flush_every_s:
             self.flush()
 
@@ -865,9 +901,13 @@ def write_trial_artifacts(result: TrialResult, folder: Path) -> list[Path]:
     written: list[Path] = []
     if result.attacks:
         curves = {name: m.roc for name, m in result.attacks.items()}
-        written.append(plot_roc(curves, folder / "roc.png",
-                                title=f"{result.config.protect.operator} "
-                                      f"s={result.config.protect.strength:g}"))
+        written.append(
+            plot_roc(
+                curves,
+                folder / "roc.png",
+                title=f"{result.config.protect.operator} s={result.config.protect.strength:g}",
+            )
+        )
         arrays: dict[str, np.ndarray] = {"attacks": np.array(list(curves), dtype=str)}
         for name, roc in curves.items():
             arrays[f"fpr/{name}"] = np.asarray(roc.fpr, dtype=np.float64)
