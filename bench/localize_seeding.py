@@ -131,6 +131,12 @@ def main() -> None:
     print(f"trials for the seeded study to reach the unseeded final: "
           f"{[r[3] or '-' for r in rows]} (reached in {len(reached)} of {len(rows)} seeds"
           + (f", mean {statistics.mean(reached):.1f})" if reached else ")"))
+    def first_at(history: list[float], level: float) -> int | None:
+        return next((i + 1 for i, hv in enumerate(history) if hv >= level), None)
+
+    near = [(first_at(r[1], 0.99 * r[1][-1]), first_at(r[2], 0.99 * r[1][-1])) for r in rows]
+    pairs = [f"seed {r[0]}: {a}, {b or '-'}" for r, (a, b) in zip(rows, near, strict=True)]
+    print("trials to reach 99% of the unseeded final (unseeded, seeded): " + ", ".join(pairs))
     print("hypervolume after each trial (unseeded / seeded):")
     for seed, plain, seeded, _ in rows:
         print(f"  seed {seed}: " + " ".join(f"{a:.3f}/{b:.3f}" for a, b in zip(plain, seeded,
