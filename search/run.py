@@ -216,10 +216,7 @@ def execute(plan: Plan) -> int:
             print(f"trials      {remaining} to run ({plan.n_trials} in the study)", flush=True)
             _run_tuner(plan, searcher, ctx, remaining, tune)
         except KeyboardInterrupt:
-            print(
-                f"\ninterrupted. Resume with:\n  python search/run.py --space "
-                f"{shlex.quote(str(space.path))} --resume --output {shlex.quote(str(run_dir))}"
-            )
+            print(f"\ninterrupted. {_resume_hint(plan)}")
             tracker.finish(status="KILLED")
             return 130
         finally:
@@ -239,7 +236,7 @@ def execute(plan: Plan) -> int:
     print(format_front(rows, space.study.objectives))
     print(_next_steps(plan, tracker))
     if not complete:
-        print(f"\nthe study has {done} of {plan.n_trials} trials; continue it with --resume")
+        print(f"\nstopped with {done} of {plan.n_trials} trials finished. {_resume_hint(plan)}")
         return 1
     return 0
 
@@ -368,6 +365,13 @@ def _write_front_csv(run_dir: Path, rows: list[dict[str, Any]]) -> None:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(r for r in rows if r["pareto"])
+
+
+def _resume_hint(plan: Plan) -> str:
+    return (
+        f"Resume with:\n  python search/run.py --space {shlex.quote(str(plan.space.path))} "
+        f"--resume --output {shlex.quote(str(plan.run_dir))}"
+    )
 
 
 def _next_steps(plan: Plan, tracker: Any) -> str:
