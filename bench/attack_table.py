@@ -23,12 +23,9 @@ FPR" is the TPR at zero false positives, and "TPR at 1% FPR" allows 7 false posi
 from __future__ import annotations
 
 import argparse
-import datetime
 import logging
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
+from printing import footer, provenance, table
 
 from pptp.bank import ReferenceBank
 from pptp.config import TrialConfig
@@ -46,74 +43,6 @@ from pptp.signals import compute_signals
 from pptp.train import build_model, build_pool, train
 from pptp.trial import attack_target
 from search.space import load_space
-
-# --------------------------------------------------------------------------- printing helpers
-
-
-def provenance(argv: Sequence[str]) -> list[str]:
-    """Where the numbers come from: command, date, versions, threads, device, load."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    try:
-        git = ["git", "-C", os.path.dirname(os.path.abspath(__file__))]
-        commit = subprocess.run(
-            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            [*git, "status", "--porcelain", "--", "../pptp", "../search"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        commit += " (pptp/ and search/ modified)" if dirty else " (pptp/ and search/ clean)"
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    return [
-        f"command: {' '.join([os.path.basename(sys.executable), *argv])}",
-        f"date: {datetime.datetime.now().isoformat(timespec='seconds')}; git commit {commit}",
-        f"torch {torch.__version__}, torchvision {torchvision.__version__}, numpy "
-        f"{np.__version__}, python {platform.python_version()}",
-        f"device: {device} ({cpu}, {os.cpu_count()} logical CPUs); torch threads "
-        f"{torch.get_num_threads()}, interop {torch.get_num_interop_threads()}",
-        "load average (1, 5, 15 min) at start: " + ", ".join(f"{v:.2f}" for v in os.getloadavg()),
-    ]
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """Aligned columns: text left, numbers right."""
-    cells = [[str(h) for h in headers], *[[str(c) for c in r] for r in rows]]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-
-    def line(r: Sequence[str]) -> str:
-        return "  ".join(
-            c.rjust(w) if c[:1].isdigit() else c.ljust(w) for c, w in zip(r, widths, strict=True)
-        ).rstrip()
-
-    return "\n".join([line(cells[0]), "  ".join("-" * w for w in widths), *map(line, cells[1:])])
-
-
-def footer(wall0: float, cpu0: os.times_result) -> str:
-    """Wall time, this process's CPU time (children included) and the load average at the end.
-
-    CPU time / wall time near the thread count means the benchmark had the cores to itself; far
-    below it means other processes competed for them (the figures are then slower and noisier).
-    """
-    now = os.times()
-    wall = time.perf_counter() - wall0
-    cpu = sum(getattr(now, k) - getattr(cpu0, k)
-              for k in ("user", "system", "children_user", "children_system"))  # fmt: skip
-    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
-    return (
-        f"wall {wall:.0f}s, CPU {cpu:.0f}s: {cpu / wall:.2f} cores busy on average "
-        f"(torch threads {torch.get_num_threads()}); load average at end: {load}"
-    )
-
 
 # ------------------------------------------------------------------------------------- driver
 

@@ -39,9 +39,18 @@ def synthetic_pool(n: int, *, device: torch.device, seed: int = 0) -> Pool:
     y = torch.randint(0, 10, (n + 1000,), generator=g).to(device)
     empty = torch.empty(0, 3, 32, 32, device=device)
     return Pool(
-        dataset="synthetic-cifar", seed=seed, x=x[:n], y=y[:n], x_test=x[n:], y_test=y[n:],
-        x_val=empty, y_val=torch.empty(0, dtype=torch.long, device=device), num_classes=10,
-        flip=True, pool_index=np.arange(n), test_index=np.arange(n, n + 1000),
+        dataset="synthetic-cifar",
+        seed=seed,
+        x=x[:n],
+        y=y[:n],
+        x_test=x[n:],
+        y_test=y[n:],
+        x_val=empty,
+        y_val=torch.empty(0, dtype=torch.long, device=device),
+        num_classes=10,
+        flip=True,
+        pool_index=np.arange(n),
+        test_index=np.arange(n, n + 1000),
         val_index=np.arange(0),
     )
 
@@ -62,11 +71,14 @@ def main() -> int:
     device = torch.device("cuda")
     pool = synthetic_pool(n, device=device)
     members = np.arange(n)
-    print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, ResNet-18 width "
-          f"{args.width}, {n} images x {epochs} epochs, batch {args.batch_size}")
+    print(
+        f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, ResNet-18 width "
+        f"{args.width}, {n} images x {epochs} epochs, batch {args.batch_size}"
+    )
     print(f"{'config':<28} {'first epoch img/s':>18} {'steady img/s':>13} {'% of peak':>10}")
-    base = TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=0.1, warmup_epochs=0,
-                       device="cuda")
+    base = TrainConfig(
+        epochs=epochs, batch_size=args.batch_size, lr=0.1, warmup_epochs=0, device="cuda"
+    )
     configs = {
         "fp32": dataclasses.replace(base, bf16=False),
         "bf16 + channels_last": base,
@@ -82,8 +94,10 @@ def main() -> int:
         steady = [h.seconds for h in result.history[1:]] or [first.seconds]
         steady_ips = n / float(np.median(steady))
         peak = steady_ips * TRAIN_FLOP_PER_IMAGE / (args.peak_tflops * 1e12)
-        print(f"{name:<28} {n / first.seconds:>18,.0f} {steady_ips:>13,.0f} {100 * peak:>9.1f}%"
-              f"   ({time.perf_counter() - start:.0f}s total)")
+        print(
+            f"{name:<28} {n / first.seconds:>18,.0f} {steady_ips:>13,.0f} {100 * peak:>9.1f}%"
+            f"   ({time.perf_counter() - start:.0f}s total)"
+        )
     return 0
 
 

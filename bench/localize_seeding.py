@@ -45,8 +45,9 @@ def hypervolume(points: list[tuple[float, ...]], directions: list[str]) -> float
     return float(compute_hypervolume(inside, reference)) if len(inside) else 0.0
 
 
-def run_study(space: Any, first: list[dict[str, Any]], seed: int, n_trials: int,
-              references: Any) -> list[float]:
+def run_study(
+    space: Any, first: list[dict[str, Any]], seed: int, n_trials: int, references: Any
+) -> list[float]:
     """Hypervolume after each of ``n_trials`` trials of one in-process study."""
     import optuna
 
@@ -54,22 +55,27 @@ def run_study(space: Any, first: list[dict[str, Any]], seed: int, n_trials: int,
     from search.space import build_sampler
 
     study_spec = dataclasses.replace(space.study, seed=seed)
-    study = optuna.create_study(directions=study_spec.directions,
-                                sampler=build_sampler(study_spec, source=str(space.path)))
+    study = optuna.create_study(
+        directions=study_spec.directions, sampler=build_sampler(study_spec, source=str(space.path))
+    )
     for params in first:
         study.enqueue_trial(params, skip_if_exists=True)
     history = []
     for _ in range(n_trials):
         trial = study.ask(fixed_distributions=space.params)
         cfg = space.trial_config(trial.params).replace(
-            **{"attack.bank_dir": references.attack.bank_dir})
+            **{"attack.bank_dir": references.attack.bank_dir}
+        )
         metrics = run_trial(cfg, references=references).metrics()
         values = [metrics[m] for m in study_spec.metrics]
         for c in study_spec.constraints:
             trial.set_constraint(c.name, c.value(metrics))
         study.tell(trial, values)
-        feasible = [tuple(t.values) for t in study.trials
-                    if t.values and all(v <= 0 for v in t.constraints.values())]
+        feasible = [
+            tuple(t.values)
+            for t in study.trials
+            if t.values and all(v <= 0 for v in t.constraints.values())
+        ]
         history.append(hypervolume(feasible, study_spec.directions))
     return history
 
@@ -95,7 +101,8 @@ def main() -> None:
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
     n_trials = 4 if args.quick else space.study.n_trials
     base = space.base_config().replace(
-        **{"attack.bank_dir": str(Path(tempfile.mkdtemp(prefix="pptp-bench-seed-")))})
+        **{"attack.bank_dir": str(Path(tempfile.mkdtemp(prefix="pptp-bench-seed-")))}
+    )
     if args.quick:
         base = base.replace(**{"train.epochs": 3})
         space = dataclasses.replace(space, fixed={**space.fixed, "train.epochs": 3})
@@ -105,9 +112,11 @@ def main() -> None:
     else:
         result = localize(base, seeds=(0,) if args.quick else (0, 1, 2))
     seeded_first = enqueue_from_localization(result, space)
-    print(f"# {space.path}: {n_trials} trials per study, sampler {space.study.sampler}, "
-          f"sampler seeds {seeds}; localisation ranks {[g.group for g in result.ranked()]} "
-          f"({time.perf_counter() - start:.0f}s); it adds {len(seeded_first)} first trials")
+    print(
+        f"# {space.path}: {n_trials} trials per study, sampler {space.study.sampler}, "
+        f"sampler seeds {seeds}; localisation ranks {[g.group for g in result.ranked()]} "
+        f"({time.perf_counter() - start:.0f}s); it adds {len(seeded_first)} first trials"
+    )
     ReferenceBank(base.attack.bank_dir).ensure(base, references_needed(base))
     first = list(space.study.enqueue)
     rows = []
@@ -116,21 +125,29 @@ def main() -> None:
         seeded = run_study(space, [*first, *seeded_first], seed, n_trials, base)
         reach = next((i + 1 for i, hv in enumerate(seeded) if hv >= plain[-1]), None)
         rows.append((seed, plain, seeded, reach))
-        print(f"seed {seed}: final hypervolume unseeded {plain[-1]:.4f}, seeded {seeded[-1]:.4f}; "
-              f"seeded reaches the unseeded final at trial {reach or '-'} of {n_trials}",
-              flush=True)
+        print(
+            f"seed {seed}: final hypervolume unseeded {plain[-1]:.4f}, seeded {seeded[-1]:.4f}; "
+            f"seeded reaches the unseeded final at trial {reach or '-'} of {n_trials}",
+            flush=True,
+        )
     finals_plain = [r[1][-1] for r in rows]
     finals_seeded = [r[2][-1] for r in rows]
     reached = [r[3] for r in rows if r[3] is not None]
 
     def spread(xs: list[float]) -> str:
-        return f"{statistics.mean(xs):.4f} ± {statistics.stdev(xs):.4f}" if len(xs) > 1 else \
-            f"{xs[0]:.4f}"
+        return (
+            f"{statistics.mean(xs):.4f} ± {statistics.stdev(xs):.4f}"
+            if len(xs) > 1
+            else f"{xs[0]:.4f}"
+        )
 
     print(f"\nfinal hypervolume   unseeded {spread(finals_plain)}   seeded {spread(finals_seeded)}")
-    print(f"trials for the seeded study to reach the unseeded final: "
-          f"{[r[3] or '-' for r in rows]} (reached in {len(reached)} of {len(rows)} seeds"
-          + (f", mean {statistics.mean(reached):.1f})" if reached else ")"))
+    print(
+        f"trials for the seeded study to reach the unseeded final: "
+        f"{[r[3] or '-' for r in rows]} (reached in {len(reached)} of {len(rows)} seeds"
+        + (f", mean {statistics.mean(reached):.1f})" if reached else ")")
+    )
+
     def first_at(history: list[float], level: float) -> int | None:
         return next((i + 1 for i, hv in enumerate(history) if hv >= level), None)
 
@@ -139,8 +156,10 @@ def main() -> None:
     print("trials to reach 99% of the unseeded final (unseeded, seeded): " + ", ".join(pairs))
     print("hypervolume after each trial (unseeded / seeded):")
     for seed, plain, seeded, _ in rows:
-        print(f"  seed {seed}: " + " ".join(f"{a:.3f}/{b:.3f}" for a, b in zip(plain, seeded,
-                                                                             strict=True)))
+        print(
+            f"  seed {seed}: "
+            + " ".join(f"{a:.3f}/{b:.3f}" for a, b in zip(plain, seeded, strict=True))
+        )
 
 
 if __name__ == "__main__":

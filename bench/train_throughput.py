@@ -32,13 +32,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import functools
 import math
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -46,7 +43,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torchvision
+from printing import footer, provenance, table
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
@@ -55,78 +52,6 @@ from pptp.config import ModelConfig, TrainConfig
 from pptp.data import Pool, augment, batches, make_pool
 from pptp.device import channels_last
 from pptp.train import build_model, evaluate, train
-
-# --------------------------------------------------------------------------- printing helpers
-
-
-def provenance(argv: Sequence[str]) -> list[str]:
-    """Where the numbers come from: command, date, versions, threads, device, load."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    try:
-        git = ["git", "-C", os.path.dirname(os.path.abspath(__file__))]
-        commit = subprocess.run(
-            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            [*git, "status", "--porcelain", "--", "../pptp", "../search"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        commit += " (pptp/ and search/ modified)" if dirty else " (pptp/ and search/ clean)"
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    return [
-        f"command: {' '.join([os.path.basename(sys.executable), *argv])}",
-        f"date: {datetime.datetime.now().isoformat(timespec='seconds')}; git commit {commit}",
-        f"torch {torch.__version__}, torchvision {torchvision.__version__}, numpy "
-        f"{np.__version__}, python {platform.python_version()}",
-        f"device: {device} ({cpu}, {os.cpu_count()} logical CPUs); torch threads "
-        f"{torch.get_num_threads()}, interop {torch.get_num_interop_threads()}",
-        "load average (1, 5, 15 min) at start: " + ", ".join(f"{v:.2f}" for v in os.getloadavg()),
-    ]
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """Aligned columns: text left, numbers right."""
-    cells = [[str(h) for h in headers], *[[str(c) for c in r] for r in rows]]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-
-    def line(r: Sequence[str], raw: Sequence[object]) -> str:
-        out = []
-        for i, c in enumerate(r):
-            numeric = isinstance(raw[i], int | float) or c[:1].isdigit()
-            out.append(c.rjust(widths[i]) if numeric else c.ljust(widths[i]))
-        return "  ".join(out).rstrip()
-
-    lines = [line(cells[0], headers), "  ".join("-" * w for w in widths)]
-    lines += [line(c, r) for c, r in zip(cells[1:], rows, strict=True)]
-    return "\n".join(lines)
-
-
-def footer(wall0: float, cpu0: os.times_result) -> str:
-    """Wall time, this process's CPU time (children included) and the load average at the end.
-
-    CPU time / wall time near the thread count means the benchmark had the cores to itself; far
-    below it means other processes competed for them (the figures are then slower and noisier).
-    """
-    now = os.times()
-    wall = time.perf_counter() - wall0
-    cpu = sum(getattr(now, k) - getattr(cpu0, k)
-              for k in ("user", "system", "children_user", "children_system"))  # fmt: skip
-    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
-    return (
-        f"wall {wall:.0f}s, CPU {cpu:.0f}s: {cpu / wall:.2f} cores busy on average "
-        f"(torch threads {torch.get_num_threads()}); load average at end: {load}"
-    )
-
 
 # ------------------------------------------------------------------------------ the two loops
 
