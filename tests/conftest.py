@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 from fixtures_torchvision import TinyImages, write_mnist
 
-from pptp.data import Pool, make_pool
+from pptp.data import SYSTEM_DATA_ENV, Pool, make_pool
+
+
+@pytest.fixture(autouse=True)
+def _no_system_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ignore dataset copies that system packages installed (e.g. Debian's dataset-fashion-mnist),
+    so that no test depends on what the machine has: tests use the data they write."""
+    monkeypatch.setenv(SYSTEM_DATA_ENV, "0")
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,8 @@ torchvision path (tiny MNIST-format folders through the real loader; offline err
 
 from __future__ import annotations
 
+import dataclasses
+import gzip
 import itertools
 import urllib.error
 import urllib.request
@@ -16,6 +18,7 @@ from fixtures_torchvision import TinyImages, write_fake_cifar10, write_idx, writ
 
 from pptp.data import (
     DATASETS,
+    SYSTEM_DATA_ENV,
     DatasetSpec,
     Pool,
     augment,
@@ -25,6 +28,7 @@ from pptp.data import (
     load_raw,
     make_pool,
 )
+from pptp.data import _run_loader as _run_loader  # the loader with its checks and messages
 from pptp.errors import ConfigError, DataUnavailableError
 
 ON_DISK = sorted(name for name, spec in DATASETS.items() if not spec.bundled)
@@ -317,6 +321,78 @@ def test_fashion_mnist_loads_from_its_own_folder(tmp_path: Path) -> None:
         load_raw("mnist", data_dir=tmp_path)  # MNIST is not there
 
 
+def gzip_originals(data: TinyImages, folder: Path) -> None:
+    """The four files as the dataset's authors (and Debian's package) ship them: IDX, gzipped."""
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {
+        "train-images-idx3-ubyte": data.x_train,
+        "train-labels-idx1-ubyte": data.y_train,
+        "t10k-images-idx3-ubyte": data.x_test,
+        "t10k-labels-idx1-ubyte": data.y_test,
+    }
+    for name, array in arrays.items():
+        write_idx(folder / name, array)
+        raw = (folder / name).read_bytes()
+        (folder / f"{name}.gz").write_bytes(gzip.compress(raw))
+        (folder / name).unlink()
+
+
+def test_fashion_mnist_reads_the_original_gzipped_files_in_data_dir(tmp_path: Path) -> None:
+    data = write_mnist(tmp_path / "source", folder="FashionMNIST", n_train=12, n_test=4, seed=6)
+    gzip_originals(data, tmp_path / "debian")
+    x, y = load_raw("fashion_mnist", data_dir=tmp_path / "debian")
+    x_w, y_w = written(data)
+    assert x.dtype == torch.uint8 and torch.equal(x, x_w) and torch.equal(y, y_w)
+
+
+def test_fashion_mnist_falls_back_to_the_system_package_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = write_mnist(tmp_path / "source", folder="FashionMNIST", n_train=10, n_test=5, seed=7)
+    gzip_originals(data, tmp_path / "usr-share")
+    spec = dataclasses.replace(
+        DATASETS["fashion_mnist"], system_dirs=(str(tmp_path / "usr-share"),)
+    )
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataUnavailableError) as err:  # PPTP_SYSTEM_DATA=0: not looked at
+        _run_loader(spec, empty, False)
+    assert str(tmp_path / "usr-share") not in str(err.value)
+    monkeypatch.delenv(SYSTEM_DATA_ENV)
+    x, y = _run_loader(spec, empty, False)
+    x_w, y_w = written(data)
+    assert torch.equal(x, x_w) and torch.equal(y, y_w)
+
+
+def test_torchvision_layout_wins_over_original_files(tmp_path: Path) -> None:
+    data = write_mnist(tmp_path, folder="FashionMNIST", n_train=8, n_test=4, seed=8)
+    other = write_mnist(tmp_path / "other", folder="x", n_train=3, n_test=2, seed=9)
+    gzip_originals(other, tmp_path)  # original files directly in the root as well
+    x, _ = load_raw("fashion_mnist", data_dir=tmp_path)
+    assert torch.equal(x, written(data)[0])
+
+
+def test_missing_fashion_mnist_names_the_debian_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = dataclasses.replace(DATASETS["fashion_mnist"], system_dirs=(str(tmp_path / "none"),))
+    monkeypatch.delenv(SYSTEM_DATA_ENV)
+    with pytest.raises(DataUnavailableError) as err:
+        _run_loader(spec, tmp_path, False)
+    message = str(err.value)
+    assert "apt-get install dataset-fashion-mnist" in message
+    assert str(tmp_path / "none") in message and "download" in message
+    assert DATASETS["fashion_mnist"].system_dirs == ("/usr/share/datasets/fashion-mnist",)
+
+
+def test_a_truncated_idx_file_is_unavailable(tmp_path: Path) -> None:
+    data = write_mnist(tmp_path / "source", folder="x", n_train=6, n_test=2, seed=10)
+    gzip_originals(data, tmp_path / "orig")
+    (tmp_path / "orig" / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(b"\0\0\x08\x03"))
+    with pytest.raises(DataUnavailableError, match=r"IDX|header"):
+        load_raw("fashion_mnist", data_dir=tmp_path / "orig")
+
+
 @pytest.mark.parametrize("name", ON_DISK)
 def test_missing_dataset_names_directory_and_layout(name: str, tmp_path: Path) -> None:
     with pytest.raises(DataUnavailableError) as err:
@@ -365,3 +441,10 @@ def test_download_offline_is_unavailable(
     message = str(err.value)
     assert str(tmp_path) in message and LAYOUT_KEY[name] in message
     assert "Downloading failed" in message
+
+
+def test_bundled_dataset_size_is_declared() -> None:
+    """``n_examples`` lets space validation size pools before any data is loaded."""
+    x, y = load_raw("digits")
+    assert DATASETS["digits"].n_examples == len(y) == len(x)
+    assert all(spec.n_examples > 0 for spec in DATASETS.values())
