@@ -411,6 +411,7 @@ def load_raw(
 # The pool.
 
 _KEEP_SALT = 0x6B656570  # "keep" in ASCII: keeps membership draws apart from the pool shuffle
+_CANARY_SALT = 0x63616E79  # "cany": keeps canary draws apart from the pool shuffle and keep rows
 
 
 @dataclass(frozen=True, eq=False)
@@ -422,6 +423,10 @@ class Pool:
     and of every reference model are drawn from the pool (:meth:`keep`), so test and validation
     are disjoint from every member set. ``pool_index``, ``test_index``, ``val_index`` (int64
     numpy) give each example's index in the raw pooled dataset (:func:`load_raw`): provenance.
+
+    ``canary`` (n_pool,) bool marks the planted canaries (None when none were planted): pool
+    examples whose label was replaced by another class (:func:`plant_canaries`); ``y`` holds the
+    planted labels, ``canary_true_y`` the original ones of the canaries, in pool order.
     """
 
     dataset: str
@@ -437,6 +442,12 @@ class Pool:
     pool_index: np.ndarray
     test_index: np.ndarray
     val_index: np.ndarray
+    canary: np.ndarray | None = None
+    canary_true_y: np.ndarray | None = None
+
+    @property
+    def n_canaries(self) -> int:
+        return 0 if self.canary is None else int(self.canary.sum())
 
     def keep(self, n_models: int) -> np.ndarray:
         """Membership ``keep[model, example]`` (n_models, n_pool) bool; row 0 = target."""
@@ -479,14 +490,16 @@ def make_pool(
     data_dir: str | Path = "data",
     download: bool = False,
     device: str | torch.device = "cpu",
+    canaries: int = 0,
 ) -> Pool:
     """Shuffle the pooled dataset with ``numpy.random.default_rng(seed)`` and cut it.
 
     The first ``test_size`` shuffled examples are the test set, the next ``val_size`` the
     validation set, the next ``pool_size`` (all the rest when None) the pool. ``image_size``
     resizes every image to ``image_size x image_size`` (bilinear; e.g. digits 8x8 -> 32x32 for
-    CNNs) before normalising. The result is a pure function of (dataset, seed, sizes,
-    image_size); ``device`` only says where the tensors live.
+    CNNs) before normalising. ``canaries`` mislabels that many pool examples
+    (:func:`plant_canaries`). The result is a pure function of (dataset, seed, sizes,
+    image_size, canaries); ``device`` only says where the tensors live.
     """
     spec = DATASETS[name]
     _check_size("seed", seed, minimum=0)
@@ -494,6 +507,7 @@ def make_pool(
     _check_size("val_size", val_size, minimum=0)
     _check_size("pool_size", pool_size, minimum=2)
     _check_size("image_size", image_size, minimum=1)
+    _check_size("canaries", canaries, minimum=0)
 
     x_raw, y_raw = load_raw(name, data_dir=data_dir, download=download)
     n = len(y_raw)
@@ -520,6 +534,15 @@ def make_pool(
     x, y = cut(pool_index)
     x_test, y_test = cut(test_index)
     x_val, y_val = cut(val_index)
+    canary = canary_true_y = None
+    if canaries:
+        if canaries > len(pool_index):
+            raise ConfigError(
+                f"data.canaries = {canaries} exceeds the pool's {len(pool_index)} examples"
+            )
+        canary, planted = plant_canaries(y.cpu().numpy(), canaries, seed, spec.num_classes)
+        canary_true_y = y.cpu().numpy()[canary]
+        y = torch.from_numpy(planted).to(dev)
     logger.info(
         "pool %s seed=%d: pool %d, val %d, test %d, images %s on %s",
         name, seed, len(pool_index), len(val_index), len(test_index), tuple(x.shape[1:]), dev,
@@ -538,7 +561,32 @@ def make_pool(
         pool_index=pool_index,
         test_index=test_index,
         val_index=val_index,
+        canary=canary,
+        canary_true_y=canary_true_y,
     )
+
+
+def plant_canaries(
+    y: np.ndarray, n: int, seed: int, num_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mislabel ``n`` examples: ``(canary (len(y),) bool, labels (len(y),) int64)``.
+
+    Canaries after Aerni et al. 2024 ("Evaluations of Machine Learning Privacy Defenses are
+    Misleading", CCS 2024): a mislabeled example can only be fitted by memorising it, so it is
+    the kind of record membership inference finds first, and auditing a defense on canaries
+    shows the leakage that population averages hide. The ``n`` examples are drawn without
+    replacement from ``default_rng([seed, _CANARY_SALT])``; each gets a label drawn uniformly
+    from the *other* classes. Every model trains on a random half of the pool (:func:`keep_row`),
+    so each canary is a member of about half of the models, like every other example.
+    """
+    rng = np.random.default_rng([seed, _CANARY_SALT])
+    canary = np.zeros(len(y), dtype=bool)
+    chosen = rng.choice(len(y), size=n, replace=False)
+    canary[chosen] = True
+    labels = np.asarray(y, dtype=np.int64).copy()
+    shift = rng.integers(1, num_classes, size=n)  # 1..C-1: never the original class
+    labels[chosen] = (labels[chosen] + shift) % num_classes
+    return canary, labels
 
 
 # ---------------------------------------------------------------------------------------------

@@ -448,3 +448,24 @@ def test_bundled_dataset_size_is_declared() -> None:
     x, y = load_raw("digits")
     assert DATASETS["digits"].n_examples == len(y) == len(x)
     assert all(spec.n_examples > 0 for spec in DATASETS.values())
+
+
+def test_canaries_are_mislabeled_pool_examples_in_half_the_models() -> None:
+    clean = make_pool("digits", seed=3, test_size=300, val_size=100)
+    pool = make_pool("digits", seed=3, test_size=300, val_size=100, canaries=200)
+    assert clean.canary is None and clean.n_canaries == 0
+    assert pool.canary is not None and pool.n_canaries == 200
+    changed = (pool.y != clean.y).numpy()
+    assert np.array_equal(changed, pool.canary)  # every canary, and only canaries, relabelled
+    assert np.array_equal(pool.canary_true_y, clean.y.numpy()[pool.canary])
+    assert torch.equal(pool.y_test, clean.y_test) and torch.equal(pool.x, clean.x)
+    # membership is the ordinary keep matrix: each canary is in about half of the models
+    share = pool.keep(64)[:, pool.canary].mean(0)
+    assert 0.3 < share.mean() < 0.7
+    again = make_pool("digits", seed=3, test_size=300, val_size=100, canaries=200)
+    assert torch.equal(again.y, pool.y)  # a pure function of the seed
+
+
+def test_too_many_canaries_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="canaries"):
+        make_pool("digits", seed=0, test_size=300, val_size=100, pool_size=50, canaries=51)
