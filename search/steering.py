@@ -46,7 +46,7 @@ from optuna.distributions import (
 
 from pptp.errors import ConfigError
 from pptp.localize import LocalizationResult, check_matches
-from search.space import Space, SpaceError
+from search.space import Space, SpaceError, contains
 
 logger = logging.getLogger(__name__)
 
@@ -178,12 +178,12 @@ def _as_split(
         return None
     k = len(chosen)
     for direction, block in (("prefix", names[:k]), ("suffix", names[len(names) - k :])):
-        if set(block) != chosen or not _inside(split, k):
+        if set(block) != chosen or not contains(split, k):
             continue
         dist = params.get(_DIRECTION)
         if dist is None and direction == fixed_direction:
             return {_SPLIT: k}
-        if dist is not None and _inside(dist, direction):
+        if dist is not None and contains(dist, direction):
             return {_SPLIT: k, _DIRECTION: direction}
     return None
 
@@ -198,13 +198,6 @@ def _as_mask(
     if isinstance(dist, CategoricalDistribution) and name in dist.choices:
         return {_GROUPS: name}
     return None
-
-
-def _inside(dist: BaseDistribution, value: Any) -> bool:
-    try:
-        return bool(dist._contains(dist.to_internal_repr(value)))
-    except (ValueError, TypeError):
-        return False
 
 
 def _middle(dist: BaseDistribution) -> Any:

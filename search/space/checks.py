@@ -1,0 +1,129 @@
+"""Checks across sections: every name a study can use is registered, and the combinations make
+sense, before anything is built or loaded.
+
+- each name (dataset, model, norm, operator, direction, defense, attack) the study fixes or can
+  sample is in its registry (cheap lookups only);
+- the attacks have the reference models they need;
+- per-example gradients (``noise``, ``dpsgd``) never meet BatchNorm, which makes them ill-defined;
+- an ``epsilon`` objective has DP-SGD fixed (only DP-SGD trials report epsilon);
+- NSGA-II's population fits in the study (a warning otherwise: every trial would be random).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from optuna.distributions import BaseDistribution, CategoricalDistribution
+
+from pptp.attacks import ATTACKS
+from pptp.config import TrialConfig
+from pptp.data import DATASETS
+from pptp.defenses import DEFENSES
+from pptp.layers import DIRECTIONS
+from pptp.models import MODELS, NORMS, TORCHVISION_PREFIX
+from pptp.operators import OPERATORS
+from search.space.errors import space_error
+from search.space.study import StudySpec
+
+logger = logging.getLogger(__name__)
+
+
+def _model_exists(name: Any) -> bool:
+    return name in MODELS or (isinstance(name, str) and name.startswith(TORCHVISION_PREFIX))
+
+
+# key -> (predicate, what to list when wrong)
+_NAME_CHECKS: dict[str, tuple[Callable[[Any], bool], Callable[[], str]]] = {
+    "data.name": (lambda v: v in DATASETS, lambda: ", ".join(sorted(DATASETS))),
+    "model.name": (
+        _model_exists,
+        lambda: ", ".join(sorted(MODELS)) + f", or {TORCHVISION_PREFIX}<name>",
+    ),
+    "model.norm": (lambda v: v in NORMS, lambda: ", ".join(sorted(NORMS))),
+    "protect.operator": (lambda v: v in OPERATORS, lambda: ", ".join(sorted(OPERATORS))),
+    "protect.direction": (lambda v: v in DIRECTIONS, lambda: ", ".join(DIRECTIONS)),
+    "defense.name": (lambda v: v in DEFENSES, lambda: ", ".join(sorted(DEFENSES))),
+}
+
+# Values that need per-example gradients, which BatchNorm makes ill-defined (pptp.operators).
+_PER_EXAMPLE = {"protect.operator": "noise", "defense.name": "dpsgd"}
+
+
+def possible_values(
+    key: str, base: Mapping[str, Any], params: Mapping[str, BaseDistribution]
+) -> list[tuple[str, Any]]:
+    """``(where, value)`` for each value ``key`` can take in the study: its categorical choices
+    when searched, else its fixed (or default) value."""
+    dist = params.get(key)
+    if isinstance(dist, CategoricalDistribution):
+        return [(f"params.{key}.choices[{i}]", c) for i, c in enumerate(dist.choices)]
+    return [(f"fixed.{key}", base[key])]
+
+
+def check_names(base: TrialConfig, params: Mapping[str, BaseDistribution], *, source: str) -> None:
+    """Registered names, enough references per attack, no per-example gradients with BatchNorm."""
+    flat = base.to_flat()
+    for key, (exists, known) in _NAME_CHECKS.items():
+        for where, value in possible_values(key, flat, params):
+            if not exists(value):
+                raise space_error(
+                    source, where, f"unknown {key.replace('.', ' ')} {value!r}; known: {known()}"
+                )
+    attacks = base.attack.attacks
+    if not attacks:
+        raise space_error(source, "fixed.attack.attacks", "is empty; name at least one attack")
+    for a in attacks:
+        if a not in ATTACKS:
+            raise space_error(
+                source,
+                "fixed.attack.attacks",
+                f"unknown attack {a!r}; known: {', '.join(sorted(ATTACKS))}",
+            )
+        if ATTACKS[a].min_refs > base.attack.n_references:
+            raise space_error(
+                source,
+                "fixed.attack.n_references",
+                f"attack {a!r} needs at least {ATTACKS[a].min_refs} reference models, "
+                f"got {base.attack.n_references}",
+            )
+    if "batch" in {v for _, v in possible_values("model.norm", flat, params)}:
+        for key, value in _PER_EXAMPLE.items():
+            for where, v in possible_values(key, flat, params):
+                if v == value:
+                    raise space_error(
+                        source,
+                        where,
+                        f"{value} needs per-example gradients, which "
+                        "BatchNorm (model.norm: batch, the default) makes "
+                        "ill-defined; fix model.norm: group",
+                    )
+
+
+def check_epsilon(
+    study: StudySpec, base: TrialConfig, params: Mapping[str, BaseDistribution], *, source: str
+) -> None:
+    """``epsilon`` exists only for DP-SGD trials: an objective on it needs dpsgd fixed."""
+    for i, o in enumerate(study.objectives):
+        if o.metric == "epsilon" and ("defense.name" in params or base.defense.name != "dpsgd"):
+            raise space_error(
+                source,
+                f"study.objectives.{o.metric}",
+                f"objective {i + 1} needs defense.name fixed to dpsgd (only DP-SGD "
+                "trials report epsilon)",
+            )
+
+
+def warn_small_population(study: StudySpec, *, source: str) -> None:
+    """NSGA-II draws its first ``population_size`` trials at random: say so when that is all."""
+    if study.sampler != "nsga2":
+        return
+    population = study.sampler_options.get("population_size", 50)
+    if population > study.n_trials:
+        logger.warning(
+            "%s: nsga2 population_size %d exceeds n_trials %d: every trial is drawn at random",
+            source,
+            population,
+            study.n_trials,
+        )

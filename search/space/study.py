@@ -1,0 +1,191 @@
+"""What a study optimises: objectives, constraints, resources, and the validated ``study`` section.
+
+These are the frozen values the rest of ``search/`` reads (:class:`StudySpec` and its parts);
+:mod:`search.space.sections` builds them from a space file. Metric names are those of
+:meth:`pptp.trial.TrialResult.metrics` (:func:`known_metrics`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pptp.config import TrialConfig
+
+Direction = Literal["maximize", "minimize"]
+
+DIRECTION_ALIASES: dict[str, Direction] = {
+    "maximize": "maximize",
+    "max": "maximize",
+    "minimize": "minimize",
+    "min": "minimize",
+}
+"""Accepted spellings of an objective's direction -> Optuna's direction."""
+
+INFEASIBLE = 1.0e9
+"""Constraint value of a missing or NaN metric: above any real violation (Optuna forbids NaN)."""
+
+
+def direction_sign(direction: str) -> float:
+    """+1 for ``"maximize"``, -1 for ``"minimize"``: ``sign * value`` is larger when better.
+
+    Sorting by ``-sign * value`` puts the best first, whatever the direction.
+    """
+    if direction not in ("maximize", "minimize"):
+        raise ValueError(f"objective direction must be maximize or minimize: {direction!r}")
+    return 1.0 if direction == "maximize" else -1.0
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One objective: a metric of :meth:`pptp.trial.TrialResult.metrics` and its direction."""
+
+    metric: str
+    direction: Direction
+
+    @property
+    def mode(self) -> str:
+        """Ray Tune's spelling of the direction: ``"max"`` or ``"min"``."""
+        return "max" if self.direction == "maximize" else "min"
+
+    @property
+    def sign(self) -> float:
+        """:func:`direction_sign` of the direction: +1 maximise, -1 minimise."""
+        return direction_sign(self.direction)
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """A bound on a metric that the sampler must respect (Optuna's ``Trial.set_constraint``)."""
+
+    metric: str
+    min: float | None = None
+    max: float | None = None
+
+    @property
+    def name(self) -> str:
+        """A readable key for ``Trial.set_constraint``: ``"test_acc>=0.5"``, ``"epsilon<=8"``."""
+        parts = []
+        if self.min is not None:
+            parts.append(f"{self.metric}>={self.min:g}")
+        if self.max is not None:
+            parts.append(f"{self.metric}<={self.max:g}")
+        return ",".join(parts)
+
+    def value(self, metrics: Mapping[str, float]) -> float:
+        """Optuna's convention: <= 0 is feasible, the size of a positive value is the violation.
+
+        ``min 0.9`` with ``test_acc = 0.95`` gives ``-0.05``; with both bounds it is the larger of
+        ``min - v`` and ``v - max``. A missing or NaN metric gives :data:`INFEASIBLE`.
+        """
+        v = metrics.get(self.metric)
+        if v is None or not math.isfinite(float(v)):
+            return INFEASIBLE
+        violations = []
+        if self.min is not None:
+            violations.append(self.min - float(v))
+        if self.max is not None:
+            violations.append(float(v) - self.max)
+        return max(violations)
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What Ray reserves per trial; ``gpus`` may be fractional (4 trials share a GPU at 0.25)."""
+
+    cpus: float = 1.0
+    gpus: float = 0.0
+
+
+DEFAULT_OBJECTIVES = (Objective("test_acc", "maximize"), Objective("attack_auc", "minimize"))
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """The ``study`` section, validated.
+
+    ``enqueue`` holds the first trials to run, as ``{searched key: value}`` dicts (keys of an
+    entry that were fixed are checked to equal the fixed value and dropped): pass them to
+    Optuna's ``enqueue_trial`` or Ray's ``points_to_evaluate`` as they are.
+    ``localization`` is read by :mod:`search.steering`: kept as given, only checked to be a
+    mapping here.
+    """
+
+    name: str
+    objectives: tuple[Objective, ...] = DEFAULT_OBJECTIVES
+    sampler: str = "nsga2"
+    sampler_options: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    n_trials: int = 12
+    max_concurrent: int = 2
+    resources: Resources = field(default_factory=Resources)
+    constraints: tuple[Constraint, ...] = ()
+    enqueue: tuple[dict[str, Any], ...] = ()
+    localization: dict[str, Any] | None = None
+
+    @property
+    def metrics(self) -> list[str]:
+        """Objective metric names, in order (Ray's ``OptunaSearch(metric=...)``)."""
+        return [o.metric for o in self.objectives]
+
+    @property
+    def directions(self) -> list[Direction]:
+        """Optuna directions, in order (``optuna.create_study(directions=...)``)."""
+        return [o.direction for o in self.objectives]
+
+    @property
+    def modes(self) -> list[str]:
+        """Ray modes ``"max"``/``"min"``, in order (Ray's ``OptunaSearch(mode=...)``)."""
+        return [o.mode for o in self.objectives]
+
+    def to_data(self) -> dict[str, Any]:
+        """The section as a space file writes it (plain data; loads back as an equal spec)."""
+        out: dict[str, Any] = {
+            "name": self.name,
+            "objectives": {o.metric: o.direction for o in self.objectives},
+            "sampler": self.sampler,
+            "sampler_options": dict(self.sampler_options),
+            "seed": self.seed,
+            "n_trials": self.n_trials,
+            "max_concurrent": self.max_concurrent,
+            "resources": {"cpus": self.resources.cpus, "gpus": self.resources.gpus},
+            "constraints": [
+                {
+                    k: v
+                    for k, v in (("metric", c.metric), ("min", c.min), ("max", c.max))
+                    if v is not None
+                }
+                for c in self.constraints
+            ],
+            "enqueue": [dict(e) for e in self.enqueue],
+        }
+        if self.localization is not None:
+            out["localization"] = self.localization
+        return out
+
+
+# ============================================================================================
+# Metrics a study may optimise or constrain
+
+
+METRIC_NAMES = (
+    "test_acc",
+    "train_acc",
+    "generalization_gap",
+    "attack_auc",
+    "attack_tpr@0.1%fpr",
+    "attack_tpr@1%fpr",
+    "epsilon",
+)
+"""Metrics of every trial (``epsilon`` only with ``defense.name: dpsgd``)."""
+
+PER_ATTACK_METRICS = ("auc", "tpr@0.1%fpr", "tpr@1%fpr", "balanced_acc")
+"""Per-attack metrics, named ``<metric>/<attack>`` for each attack in ``attack.attacks``."""
+
+
+def known_metrics(cfg: TrialConfig) -> set[str]:
+    """Every metric name :meth:`pptp.trial.TrialResult.metrics` reports for ``cfg``'s attacks."""
+    per_attack = {f"{m}/{a}" for m in PER_ATTACK_METRICS for a in cfg.attack.attacks}
+    return set(METRIC_NAMES) | per_attack

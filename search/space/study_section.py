@@ -1,0 +1,229 @@
+"""The ``study`` section of a space file -> :class:`~search.space.study.StudySpec`.
+
+Its shape (keys, types, bounds, defaults) is the pydantic model :class:`StudySection`; what
+depends on the rest of the file is checked here after it: objective and constraint metrics exist
+for the attacks the file fixes, the sampler is registered and accepts its options, and each
+enqueued first trial lies inside the searched distributions (keys it fixes must equal the fixed
+value and are dropped).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
+from pydantic import ConfigDict, Field, model_validator
+
+from pptp.config import config_keys
+from search.space.distributions import contains, describe_distribution
+from search.space.errors import coerce_value, show, space_error
+from search.space.reading import flat_dict
+from search.space.sampler_registry import SAMPLERS, build_sampler, check_sampler_options
+from search.space.study import (
+    DEFAULT_OBJECTIVES,
+    DIRECTION_ALIASES,
+    Constraint,
+    Objective,
+    Resources,
+    StudySpec,
+)
+from search.space.trial_keys import choice_value
+from search.space.validation import EmptyIfNone, Int, NoneAsEmptyList, Section, validate
+
+
+class ResourcesSection(Section):
+    model_config = ConfigDict(title="study.resources")
+
+    cpus: Annotated[float, Field(gt=0)] = 1.0
+    gpus: Annotated[float, Field(ge=0)] = 0.0
+
+
+class ConstraintSection(Section):
+    model_config = ConfigDict(title="a constraint")
+
+    metric: str
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ConstraintSection:
+        if self.min is None and self.max is None:
+            raise ValueError("needs min, max or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min:g} is above max {self.max:g}")
+        return self
+
+
+class StudySection(Section):
+    """The keys of ``study`` (their meaning: :class:`~search.space.study.StudySpec`).
+
+    Defaults that are sections are plain instances (mypy checks them without pydantic's
+    plugin; sections are frozen, so sharing one is safe).
+    """
+
+    model_config = ConfigDict(title="study")
+
+    name: Annotated[
+        str,
+        Field(
+            pattern=r"\S",
+            description="a non-empty string (the MLflow experiment and Optuna study name)",
+        ),
+    ]
+    objectives: Annotated[
+        dict[str, Any] | None,
+        Field(
+            min_length=1,
+            description="a mapping metric -> maximize|minimize, e.g. "
+            "{test_acc: maximize, attack_auc: minimize}",
+        ),
+    ] = None
+    sampler: str = "nsga2"
+    sampler_options: Annotated[dict[str, Any], EmptyIfNone] = Field(
+        default_factory=dict, description="a mapping option -> value"
+    )
+    seed: Int = 0
+    n_trials: Annotated[Int, Field(ge=1)] = 12
+    max_concurrent: Annotated[Int, Field(ge=1)] = 2
+    resources: Annotated[ResourcesSection, EmptyIfNone] = ResourcesSection()
+    constraints: Annotated[list[ConstraintSection], NoneAsEmptyList] = Field(
+        default_factory=list, description="a list like [{metric: test_acc, min: 0.5}]"
+    )
+    enqueue: Annotated[list[dict[str, Any]], NoneAsEmptyList] = Field(
+        default_factory=list, description="a list of {key: value} mappings"
+    )
+    localization: Annotated[
+        dict[str, Any] | None,
+        Field(description="a mapping like {run: path/to/localization.json, top_k: 3}"),
+    ] = None
+
+
+def parse_study(
+    raw: Any,
+    fixed: Mapping[str, Any],
+    params: Mapping[str, BaseDistribution],
+    metrics: set[str],
+    *,
+    source: str,
+) -> StudySpec:
+    """Validate ``study`` against :class:`StudySection`, then against the rest of the file."""
+    section = validate(StudySection, raw, key="study", source=source)
+    if section.sampler not in SAMPLERS:
+        raise space_error(
+            source,
+            "study.sampler",
+            f"unknown sampler {section.sampler!r}; known: {', '.join(sorted(SAMPLERS))}",
+        )
+    study = StudySpec(
+        name=section.name,
+        objectives=_objectives(section.objectives, metrics, source=source),
+        sampler=section.sampler,
+        sampler_options=dict(section.sampler_options),
+        seed=section.seed,
+        n_trials=section.n_trials,
+        max_concurrent=section.max_concurrent,
+        resources=Resources(cpus=section.resources.cpus, gpus=section.resources.gpus),
+        constraints=tuple(
+            _constraint(c, metrics, key=f"study.constraints[{i}]", source=source)
+            for i, c in enumerate(section.constraints)
+        ),
+        enqueue=_enqueue(section.enqueue, fixed, params, source=source),
+        localization=dict(section.localization) if section.localization is not None else None,
+    )
+    # options coerced to the sampler's types; building the sampler once checks the values
+    study = dataclasses.replace(study, sampler_options=check_sampler_options(study, source=source))
+    build_sampler(study, source=source)
+    return study
+
+
+def check_metric(metric: str, metrics: set[str], *, key: str, source: str) -> None:
+    """SpaceError at ``key`` listing the known metrics unless ``metric`` is one of them."""
+    if metric not in metrics:
+        raise space_error(
+            source,
+            key,
+            f"unknown metric {metric!r}; known (for the attacks in "
+            f"attack.attacks): {', '.join(sorted(metrics))}",
+        )
+
+
+def _objectives(
+    raw: Mapping[str, Any] | None, metrics: set[str], *, source: str
+) -> tuple[Objective, ...]:
+    if raw is None:
+        return DEFAULT_OBJECTIVES
+    out = []
+    for metric, direction in raw.items():
+        key = f"study.objectives.{metric}"
+        check_metric(metric, metrics, key=key, source=source)
+        normal = DIRECTION_ALIASES.get(str(direction).lower()) if direction is not None else None
+        if normal is None:
+            raise space_error(
+                source,
+                key,
+                f"direction {direction!r} is not maximize or minimize (max/min also work)",
+            )
+        out.append(Objective(metric, normal))
+    return tuple(out)
+
+
+def _constraint(c: ConstraintSection, metrics: set[str], *, key: str, source: str) -> Constraint:
+    check_metric(c.metric, metrics, key=f"{key}.metric", source=source)
+    return Constraint(c.metric, min=c.min, max=c.max)
+
+
+def _enqueue(
+    raw: list[dict[str, Any]],
+    fixed: Mapping[str, Any],
+    params: Mapping[str, BaseDistribution],
+    *,
+    source: str,
+) -> tuple[dict[str, Any], ...]:
+    hints = config_keys()
+    out = []
+    for i, item in enumerate(raw):
+        where = f"study.enqueue[{i}]"
+        point = {}
+        for k, v in flat_dict(item, key=where, source=source).items():
+            key = f"{where}.{k}"
+            if k in params:
+                point[k] = _enqueued_value(v, params[k], hints[k], key=key, source=source)
+            elif k in fixed:
+                if coerce_value(v, hints[k], key=key, source=source) != fixed[k]:
+                    raise space_error(
+                        source,
+                        key,
+                        f"{show(v)} differs from the fixed value "
+                        f"{show(fixed[k])}; to vary {k}, search it",
+                    )
+            else:
+                raise space_error(
+                    source,
+                    key,
+                    "is neither searched (params) nor fixed; searched: "
+                    f"{', '.join(params) or '(none)'}",
+                )
+        out.append(point)
+    return tuple(out)
+
+
+def _enqueued_value(value: Any, dist: BaseDistribution, hint: Any, *, key: str, source: str) -> Any:
+    if isinstance(dist, CategoricalDistribution):
+        value = choice_value(value, hint, key=key, source=source)
+    else:
+        number = int if isinstance(dist, IntDistribution) else float
+        if isinstance(value, str):  # "1e-4": coerce's YAML 1.1 hint, for ints too
+            coerce_value(value, float, key=key, source=source)
+        value = coerce_value(value, number, key=key, source=source)
+        if not math.isfinite(value):
+            raise space_error(source, key, f"{value!r} is not a finite number")
+    if not contains(dist, value):
+        raise space_error(
+            source,
+            key,
+            f"{show(value)} is outside the searched distribution {describe_distribution(dist)}",
+        )
+    return value
