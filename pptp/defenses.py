@@ -1,19 +1,24 @@
 """Baseline defenses, run in the same training loop as PPTP so the Pareto front is fair.
 
-Each is a :class:`~pptp.hooks.TrainingHooks` built from a :class:`~pptp.config.DefenseConfig`;
-they act on the whole model. They compose with a protection operator (e.g. weight decay plus
-``damp``), except that only one of them may define the loss.
+Each is a :class:`~pptp.hooks.Mechanism` built from a :class:`~pptp.config.DefenseConfig`; they act
+on the whole model. What each needs from the loop is declared on its class
+(:class:`~pptp.hooks.Needs`); :func:`pptp.compose.check_pair` says which protection operators it
+composes with, and why the others are refused.
 
 ===================  ======================================================================
 ``none``             undefended training
 ``weight_decay``     L2 weight decay ``defense.weight_decay`` instead of ``train.weight_decay``
 ``label_smoothing``  cross-entropy with label smoothing ``defense.label_smoothing``
 ``early_stopping``   stop when validation accuracy has not improved for ``defense.patience``
-                     epochs; keep the best epoch's weights
+                     epochs; the training phase ends with the best epoch's weights (an
+                     operator's fine-tune phase, e.g. rewind's, starts from them and is not
+                     early-stopped)
 ``dpsgd``            full-model DP-SGD through Opacus (flat clipping ``max_grad_norm``, noise
                      multiplier ``noise_multiplier``); the PRV accountant's epsilon at
                      ``delta`` is reported. Batches are shuffled fixed-size batches, not Poisson
                      samples, so epsilon is the usual approximation that practice reports.
+                     Every step runs through the private optimizer, an operator's fine-tune
+                     steps included, and is counted by the accountant.
 ``relaxloss``        RelaxLoss (Chen et al., ICLR 2022, "RelaxLoss: Defending Membership
                      Inference Attacks without Losing Utility", Algorithm 1)
 ===================  ======================================================================
@@ -22,7 +27,7 @@ they act on the whole model. They compose with a protection operator (e.g. weigh
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -30,59 +35,75 @@ from torch import nn
 
 from pptp.config import DefenseConfig
 from pptp.errors import ConfigError
-from pptp.hooks import TrainContext, TrainingHooks
+from pptp.hooks import Mechanism, Needs, TrainContext
 from pptp.registry import Registry
 
 logger = logging.getLogger(__name__)
 
-DefenseFactory = Callable[[DefenseConfig], TrainingHooks]
 
-#: defense name -> factory building its hooks
-DEFENSES: Registry[DefenseFactory] = Registry("defense")
+class Defense(Mechanism):
+    """A baseline defense, built from a :class:`DefenseConfig`."""
+
+    def __init__(self, cfg: DefenseConfig) -> None:
+        self.cfg = cfg
 
 
-def build_defense(cfg: DefenseConfig) -> TrainingHooks:
-    """The hooks for ``cfg.name``."""
+#: defense name -> its class (``needs`` on the class, built with a :class:`DefenseConfig`)
+DEFENSES: Registry[type[Defense]] = Registry("defense")
+
+
+def build_defense(cfg: DefenseConfig) -> Defense:
+    """The defense ``cfg.name``."""
     return DEFENSES[cfg.name](cfg)
 
 
 @DEFENSES.register("none")
-def _none(cfg: DefenseConfig) -> TrainingHooks:
-    return TrainingHooks()
+class NoDefense(Defense):
+    """Undefended training."""
 
 
-class WeightDecay(TrainingHooks):
+@DEFENSES.register("weight_decay")
+class WeightDecay(Defense):
+    """``defense.weight_decay`` as the optimizer's weight decay, in every group and phase."""
+
     def __init__(self, cfg: DefenseConfig) -> None:
+        super().__init__(cfg)
         if cfg.weight_decay < 0:
             raise ConfigError(f"defense.weight_decay = {cfg.weight_decay} must be >= 0")
         self.value = cfg.weight_decay
 
-    def param_group_overrides(self, *, protected: bool) -> dict[str, Any]:
+    def optimizer_options(self, *, protected: bool) -> dict[str, Any]:
         return {"weight_decay": self.value}
 
 
-DEFENSES.register("weight_decay")(WeightDecay)
+@DEFENSES.register("label_smoothing")
+class LabelSmoothing(Defense):
+    """Mean cross-entropy with label smoothing ``defense.label_smoothing`` (a per-example loss)."""
 
+    needs = Needs(loss=True)
 
-class LabelSmoothing(TrainingHooks):
     def __init__(self, cfg: DefenseConfig) -> None:
+        super().__init__(cfg)
         if not 0.0 <= cfg.label_smoothing < 1.0:
             raise ConfigError(f"defense.label_smoothing = {cfg.label_smoothing} must be in [0, 1)")
         self.value = cfg.label_smoothing
 
-    def setup(self, ctx: TrainContext) -> None:
-        ctx.label_smoothing = self.value
+    def loss(self, ctx: TrainContext, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(logits, y, label_smoothing=self.value)
 
 
-DEFENSES.register("label_smoothing")(LabelSmoothing)
+@DEFENSES.register("early_stopping")
+class EarlyStopping(Defense):
+    """Patience on validation accuracy (the pool's held-out ``val`` split, never the test set).
 
+    The training phase stops when validation accuracy has not improved for ``patience`` epochs
+    and ends with the best epoch's weights (model state: parameters and buffers).
+    """
 
-class EarlyStopping(TrainingHooks):
-    """Patience on validation accuracy (the pool's held-out ``val`` split, never the test set)."""
-
-    needs_validation = True
+    needs = Needs(validation=True, restores_weights=True)
 
     def __init__(self, cfg: DefenseConfig) -> None:
+        super().__init__(cfg)
         if cfg.patience < 1:
             raise ConfigError(f"defense.patience = {cfg.patience} must be >= 1")
         self.patience = cfg.patience
@@ -90,7 +111,7 @@ class EarlyStopping(TrainingHooks):
         self.best_epoch = 0
         self.best_state: dict[str, torch.Tensor] | None = None
 
-    def end_epoch(self, ctx: TrainContext) -> bool:
+    def should_stop(self, ctx: TrainContext) -> bool:
         if ctx.val_acc is None:
             raise ConfigError(
                 "defense 'early_stopping' needs a validation set: set data.val_size > 0"
@@ -109,34 +130,43 @@ class EarlyStopping(TrainingHooks):
             )
         return stop
 
-    def finish(self, ctx: TrainContext) -> None:
-        if self.best_state is not None:
-            ctx.model.load_state_dict(self.best_state)
+    def end_training(self, ctx: TrainContext) -> Mapping[str, torch.Tensor] | None:
+        return self.best_state
 
     def summary(self) -> dict[str, float]:
         return {"best_epoch": float(self.best_epoch)}
 
 
-DEFENSES.register("early_stopping")(EarlyStopping)
+@DEFENSES.register("dpsgd")
+class DPSGD(Defense):
+    """Opacus DP-SGD on the whole model; the model must be free of BatchNorm (model.norm: group).
 
+    The loop's one SGD is wrapped in Opacus' ``DPOptimizer`` (``PrivacyEngine.make_private``),
+    which at every ``step()`` rebuilds each ``.grad`` from clipped per-sample gradients plus
+    noise, then lets the accountant count the step. When a phase freezes parameters (rewind's
+    fine-tuning), Opacus' per-sample hooks are re-attached to the trainable modules only, so the
+    same private optimizer clips and noises the free parameters and counts every step.
 
-class DPSGD(TrainingHooks):
-    """Opacus DP-SGD on the whole model; the model must be free of BatchNorm (model.norm: group)."""
+    The model trains in NCHW layout (``Needs.nchw``): Opacus' conv grad sampler reads
+    channels_last activations wrongly (its ``unfold2d`` assumes NCHW strides, opacus 1.6.0), which
+    made every conv after the first train on noise alone while the loop used channels_last.
+    """
+
+    needs = Needs(per_example_grads=True, rebuilds_grads=True, nchw=True)
 
     def __init__(self, cfg: DefenseConfig) -> None:
+        super().__init__(cfg)
         if cfg.noise_multiplier < 0 or cfg.max_grad_norm <= 0 or not 0 < cfg.delta < 1:
             raise ConfigError(
                 "defense.noise_multiplier must be >= 0, defense.max_grad_norm > 0 and "
                 f"defense.delta in (0, 1); got {cfg.noise_multiplier}, {cfg.max_grad_norm}, "
                 f"{cfg.delta}"
             )
-        self.cfg = cfg
         self.engine: Any = None
         self.hooks: Any = None
 
-    def setup(self, ctx: TrainContext) -> None:
-        from opacus import PrivacyEngine
-        from opacus.validators import ModuleValidator
+    def attach(self, ctx: TrainContext) -> None:
+        from opacus.validators import ModuleValidator  # 1 s import, only needed here
 
         errors = ModuleValidator.validate(ctx.model, strict=False)
         if errors:
@@ -144,49 +174,77 @@ class DPSGD(TrainingHooks):
                 f"defense 'dpsgd': Opacus cannot train this model ({errors[0]}); set "
                 "model.norm: group"
             )
-        loader = torch.utils.data.DataLoader(
+
+    def wrap_optimizer(
+        self, ctx: TrainContext, optimizer: torch.optim.Optimizer
+    ) -> torch.optim.Optimizer:
+        from opacus import PrivacyEngine
+
+        loader = torch.utils.data.DataLoader(  # only tells Opacus the batch size and steps
             torch.utils.data.TensorDataset(torch.arange(ctx.n_members)),
             batch_size=ctx.cfg.batch_size,
         )
         self.engine = PrivacyEngine(accountant="prv")
-        self.hooks, ctx.optimizer, _ = self.engine.make_private(
+        self.hooks, private, _ = self.engine.make_private(
             module=ctx.model,
-            optimizer=ctx.optimizer,
+            optimizer=optimizer,
             data_loader=loader,
             noise_multiplier=self.cfg.noise_multiplier,
             max_grad_norm=self.cfg.max_grad_norm,
             poisson_sampling=False,
             wrap_model=False,
-            noise_generator=ctx.generator,
+            noise_generator=ctx.defense_generator,
         )
+        return private  # type: ignore[no-any-return]
 
-    def finish(self, ctx: TrainContext) -> None:
+    def start_phase(self, ctx: TrainContext) -> None:
+        if ctx.phase == "train" or self.hooks is None:
+            return
+        from opacus.grad_sample import GradSampleHooks
+
+        # hooks on frozen modules would wait for activations they never capture; re-attach to
+        # the modules that still train (Opacus skips modules without trainable parameters)
+        self.hooks.remove_hooks()
+        self.hooks = GradSampleHooks(ctx.model, batch_first=True, loss_reduction="mean")
+
+    def steps(self) -> int:
+        """Optimisation steps the accountant has counted."""
+        if self.engine is None:
+            return 0
+        return sum(int(n) for _, _, n in self.engine.accountant.history)
+
+    def detach(self, ctx: TrainContext) -> None:
         if self.hooks is not None:
             self.hooks.remove_hooks()
         for p in ctx.model.parameters():  # Opacus leaves per-sample gradients behind
-            for attr in ("grad_sample", "_forward_counter"):
+            for attr in ("grad_sample", "_forward_counter", "summed_grad"):
                 if hasattr(p, attr):
                     delattr(p, attr)
 
     def summary(self) -> dict[str, float]:
         if self.engine is None:
             return {}
-        return {"epsilon": float(self.engine.get_epsilon(self.cfg.delta))}
+        return {
+            "epsilon": float(self.engine.get_epsilon(self.cfg.delta)),
+            "dp_steps": float(self.steps()),
+        }
 
 
-DEFENSES.register("dpsgd")(DPSGD)
-
-
-class RelaxLoss(TrainingHooks):
+@DEFENSES.register("relaxloss")
+class RelaxLoss(Defense):
     """RelaxLoss (Chen et al., ICLR 2022), Algorithm 1, with target loss level alpha.
 
     Even epochs: minimise |CE - alpha| (gradient ascent once the loss is below alpha).
     Odd epochs: plain descent while CE > alpha; below it, "posterior flattening": soft targets that
     keep the true class's (clamped) confidence and spread the rest evenly, applied to the
-    misclassified examples, minus the plain CE of every example.
+    misclassified examples, minus the plain CE of every example. The objective is batch-level
+    (|mean CE - alpha| and the branch on the batch's mean), not a mean of per-example losses.
     """
 
+    needs = Needs(loss=True, batch_level_loss=True)
+
     def __init__(self, cfg: DefenseConfig) -> None:
+        super().__init__(cfg)
         if cfg.relaxloss_alpha <= 0:
             raise ConfigError(f"defense.relaxloss_alpha = {cfg.relaxloss_alpha} must be > 0")
         self.alpha = cfg.relaxloss_alpha
@@ -208,6 +266,3 @@ class RelaxLoss(TrainingHooks):
             wrong = (logits.argmax(1) != y).to(logits.dtype)
         soft_ce = -(soft * logits.log_softmax(1)).sum(1)
         return (wrong * soft_ce - per_example).mean()
-
-
-DEFENSES.register("relaxloss")(RelaxLoss)

@@ -1,11 +1,20 @@
 """The one training loop: plain training, every protection operator and every baseline defense.
 
-Read top to bottom: seed, partition the parameters into protected and free optimizer groups, build
-the operator's and the defense's hooks (:mod:`pptp.hooks`), then epochs of device-side batches
-(sliced from the in-memory pool and augmented on the device, no DataLoader, no per-sample Python),
-one log line per epoch. On CUDA the forward runs under bf16 autocast; channels_last is used for
-image inputs on every device (on 2 CPU cores it trains a small CNN about 1.4x faster,
-STACK-NOTES.md), and ``train.compile`` wraps the model in ``torch.compile`` on CUDA.
+Read :func:`train` top to bottom: check that the operator and the defense compose
+(:mod:`pptp.compose`), build both (:mod:`pptp.hooks` says what the loop asks them), partition the
+parameters into the protected and free groups of the one SGD optimizer, then the **training
+phase** (epochs on the learning-rate schedule, until a mechanism stops it), the weights the
+mechanisms hold at its end (the defense's, e.g. early stopping's best epoch, then the operator's,
+e.g. rewind's interpolation), and the **fine-tune phase** an operator may declare (constant lr,
+fresh momentum, some groups frozen, through the same optimizer, so DP-SGD counts it).
+
+Batches are sliced from the in-memory pool and augmented on the device (no DataLoader, no
+per-sample Python); one log line per epoch. On CUDA the training forward runs under bf16 autocast
+(``train.bf16``); evaluation always runs in fp32, so accuracy does not depend on the device's
+precision. channels_last is used for image inputs on every device (on 2 CPU cores it trains a
+small CNN about 1.4x faster, STACK-NOTES.md), except under Opacus' DP-SGD, whose per-sample
+convolutions need NCHW (:attr:`pptp.hooks.Needs.nchw`); ``train.compile`` wraps the model in
+``torch.compile`` on CUDA.
 """
 
 from __future__ import annotations
@@ -13,27 +22,30 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
+from pptp.compose import check_pair
 from pptp.config import DataConfig, DefenseConfig, ModelConfig, ProtectConfig, TrainConfig
 from pptp.data import Pool, augment, batches, load_raw, make_pool
 from pptp.defenses import build_defense
 from pptp.device import autocast, channels_last, resolve_device
 from pptp.errors import ConfigError
-from pptp.hooks import TrainContext, TrainingHooks, default_loss, snapshot
-from pptp.layers import Selection, partition
+from pptp.hooks import FineTune, Mechanism, TrainContext, snapshot
+from pptp.layers import Partition, Selection, partition
 from pptp.models import create_model
-from pptp.operators import build_operator
+from pptp.operators import Operator, build_operator
+from pptp.per_example import refuse_batchnorm
 
 logger = logging.getLogger(__name__)
 
-#: offsets that give the data order, augmentation and operators independent random streams
-_DATA_STREAM, _AUG_STREAM, _OPERATOR_STREAM = 0, 1, 2
+#: offsets that give the data order, augmentation, the operator and the defense independent
+#: random streams (so an operator at strength 0 that draws zeros leaves DP-SGD's noise alone)
+_DATA_STREAM, _AUG_STREAM, _OPERATOR_STREAM, _DEFENSE_STREAM = 0, 1, 2, 3
 
 
 class TrainingDiverged(FloatingPointError):
@@ -47,8 +59,9 @@ class EpochLog:
     train_acc: float  # accuracy on the epoch's augmented training batches
     test_acc: float
     val_acc: float | None
-    lr: float  # the scheduled learning rate at the epoch's last step
+    lr: float  # the learning rate at the epoch's last step (free group)
     seconds: float  # training time of the epoch, evaluation excluded
+    phase: str = "train"  # "train" or "finetune" (pptp.hooks.PHASES)
 
 
 @dataclass(frozen=True)
@@ -56,12 +69,12 @@ class TrainResult:
     history: tuple[EpochLog, ...]
     test_acc: float  # final model on the pool's held-out test set
     train_acc: float  # final model on its own members, no augmentation
-    epochs_run: int
+    epochs_run: int  # epochs of both phases (len(history))
     train_seconds: float  # all epochs, fine-tuning included, evaluation excluded
     images_per_second: float
     protected_groups: tuple[str, ...]
     mask: dict[str, bool]  # group -> protected
-    extras: dict[str, float] = field(default_factory=dict)  # e.g. epsilon (dpsgd)
+    extras: dict[str, float] = field(default_factory=dict)  # e.g. epsilon, dp_steps (dpsgd)
 
 
 def build_model(cfg: ModelConfig, pool: Pool, *, seed: int) -> nn.Module:
@@ -112,15 +125,14 @@ def selection_of(cfg: ProtectConfig) -> Selection | None:
 def evaluate(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 1024
 ) -> float:
-    """Accuracy of ``model`` (eval mode) on ``x: (n, C, H, W)``, ``y: (n,)``."""
+    """Accuracy of ``model`` on ``x: (n, C, H, W)``, ``y: (n,)``; eval mode, fp32 everywhere."""
     if len(y) == 0:
         return float("nan")
     was_training = model.training
     model.eval()
     correct = torch.zeros((), device=y.device, dtype=torch.long)
     for start in range(0, len(y), batch_size):
-        with autocast(x.device):
-            logits = model(channels_last(x[start : start + batch_size]))
+        logits = model(channels_last(x[start : start + batch_size]))
         correct += (logits.argmax(1) == y[start : start + batch_size]).sum()
     model.train(was_training)
     return correct.item() / len(y)
@@ -141,168 +153,344 @@ def train(
 
     ``members: (n_members,)`` indices into the pool (e.g. ``np.flatnonzero(pool.keep(1)[0])``).
     The protect config picks the protected groups and the operator; the defense config adds a
-    baseline defense. Everything random is seeded from ``cfg.seed``. ``on_epoch`` receives each
-    epoch's log as soon as it is measured (trackers stream curves through it).
+    baseline defense; a pair that does not compose is a :class:`ConfigError` naming both.
+    Everything random is seeded from ``cfg.seed``. ``on_epoch`` receives each epoch's log (both
+    phases) as soon as it is measured (trackers stream curves through it).
     """
     protect = protect or ProtectConfig()
     defense = defense or DefenseConfig()
+    check_pair(protect.operator, defense.name)  # defence in depth: search/ checks it first
+    operator, guard = build_operator(protect), build_defense(defense)
+    mechanisms: tuple[Mechanism, ...] = (operator, guard)
     device = device or resolve_device(cfg.device)
     _check_recipe(cfg, len(members))
-    model.to(device)
-    if pool.x.dim() == 4:
-        model.to(memory_format=torch.channels_last)
-    x_members = pool.x[torch.as_tensor(members, device=pool.x.device)].to(device)
-    y_members = pool.y[torch.as_tensor(members, device=pool.y.device)].to(device)
-    x_test, y_test = pool.x_test.to(device), pool.y_test.to(device)
-
+    layout = _prepare(model, pool, device, {protect.operator: operator, defense.name: guard})
     selection = selection_of(protect)
     part = partition(model, selection) if selection is not None else None
-    params = dict(model.named_parameters())
-    protected_names = set(part.protected) if part is not None else set()
-    protected = {n: p for n, p in params.items() if n in protected_names}
-    free = {n: p for n, p in params.items() if n not in protected_names}
+    ctx = _context(model, part, cfg, device, n_members=len(members))
+    data = _Data.of(pool, members, device, mechanisms)
+    # the one optimizer: a free and a protected parameter group (STYLE.md lesson 5)
+    base = _sgd(cfg, ctx, mechanisms)
+    if any(m.needs.grad_terms for m in mechanisms):
+        base.register_step_pre_hook(_grad_terms_hook(ctx, mechanisms))
+    try:
+        for m in mechanisms:
+            m.attach(ctx)
+        optimizer: torch.optim.Optimizer = base
+        for m in mechanisms:
+            optimizer = m.wrap_optimizer(ctx, optimizer)  # DP-SGD: Opacus' private optimizer
+        loop = _Loop(ctx, data, mechanisms, optimizer, base, layout=layout, on_epoch=on_epoch)
 
-    hooks: list[TrainingHooks] = [build_operator(protect), build_defense(defense)]
-    groups = [
-        {"params": list(free.values()), "protected": False, "lr_scale": 1.0},
-        {"params": list(protected.values()), "protected": True, "lr_scale": 1.0},
-    ]
-    for g in groups:
-        for h in hooks:
-            g.update(h.param_group_overrides(protected=bool(g["protected"])))
-    groups = [g for g in groups if g["params"]]
-    optimizer = torch.optim.SGD(
-        groups,
-        lr=cfg.lr,
-        momentum=cfg.momentum,
-        nesterov=cfg.nesterov and cfg.momentum > 0,
-        weight_decay=cfg.weight_decay,
+        # training phase: epochs on the schedule, until they run out or a mechanism stops it
+        ctx.warmup = snapshot(ctx.protected) if cfg.warmup_epochs == 0 else None
+        for epoch in range(1, cfg.epochs + 1):
+            loop.run_epoch(epoch)
+            if epoch == cfg.warmup_epochs:
+                ctx.warmup = snapshot(ctx.protected)
+            if any([m.should_stop(ctx) for m in mechanisms]):  # every one sees every epoch
+                break
+        if ctx.warmup is None:  # stopped during the warm-up: the operators never acted
+            ctx.warmup = snapshot(ctx.protected)
+
+        # the weights the training phase ends with: the defense's (early stopping's best
+        # epoch), then the operator's, computed from those (rewind's interpolation)
+        for holder in (guard, operator):
+            _load(model, holder.end_training(ctx))
+
+        # fine-tune phase, when the operator declares one (rewind)
+        tune = operator.fine_tune(ctx)
+        if tune is not None:
+            loop.fine_tune(tune)
+    finally:
+        for m in mechanisms:
+            m.detach(ctx)
+
+    extras: dict[str, float] = {}
+    for m in mechanisms:
+        extras.update(m.summary())
+    history = tuple(loop.history)
+    return TrainResult(
+        history=history,
+        test_acc=evaluate(model, data.x_test, data.y_test),
+        train_acc=evaluate(model, data.x, data.y),
+        epochs_run=len(history),
+        train_seconds=loop.seconds,
+        images_per_second=len(history) * len(members) / max(loop.seconds, 1e-9),
+        protected_groups=ctx.protected_groups,
+        mask=dict(part.mask) if part is not None else {},
+        extras=extras,
     )
-    steps_per_epoch = math.ceil(len(members) / cfg.batch_size)
-    ctx = TrainContext(
+
+
+def _prepare(
+    model: nn.Module, pool: Pool, device: torch.device, mechanisms: Mapping[str, Mechanism]
+) -> torch.memory_format:
+    """Move the model to the device and its training layout (returned); refuse BatchNorm for
+    per-example gradients. channels_last is faster, but Opacus' per-sample convolutions need
+    NCHW (:attr:`~pptp.hooks.Needs.nchw`)."""
+    model.to(device)
+    nchw = any(m.needs.nchw for m in mechanisms.values())
+    layout = torch.contiguous_format if nchw else torch.channels_last
+    if pool.x.dim() == 4:
+        model.to(memory_format=layout)
+    for name, m in mechanisms.items():
+        if m.needs.per_example_grads:
+            kind = "operator" if isinstance(m, Operator) else "defense"
+            refuse_batchnorm(model, f"{kind} {name!r}")
+    return layout
+
+
+def _context(
+    model: nn.Module,
+    part: Partition | None,
+    cfg: TrainConfig,
+    device: torch.device,
+    *,
+    n_members: int,
+) -> TrainContext:
+    """The shared state: the protected / free partition (everything free without a
+    selection), the step counts and the mechanisms' random streams."""
+    protected = set(part.protected) if part is not None else set()
+    params = dict(model.named_parameters())
+    return TrainContext(
         model=model,
-        optimizer=optimizer,
         cfg=cfg,
         device=device,
-        protected=protected,
-        free=free,
+        protected={n: p for n, p in params.items() if n in protected},
+        free={n: p for n, p in params.items() if n not in protected},
         protected_groups=part.protected_groups if part is not None else (),
-        n_members=len(members),
-        steps_per_epoch=steps_per_epoch,
+        n_members=n_members,
+        steps_per_epoch=math.ceil(n_members / cfg.batch_size),
         generator=_generator(device, cfg.seed, _OPERATOR_STREAM),
+        defense_generator=_generator(device, cfg.seed, _DEFENSE_STREAM),
     )
-    if cfg.warmup_epochs == 0:
-        ctx.warmup = snapshot(protected)
-    loss_hooks = [h for h in hooks if type(h).loss is not TrainingHooks.loss]
-    if len(loss_hooks) > 1:
-        raise ConfigError("only one of the operator and the defense may replace the loss")
-    custom_loss = loss_hooks[0].loss if loss_hooks else None
 
-    def loss_fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        loss = custom_loss(ctx, logits, y) if custom_loss is not None else None
-        return loss if loss is not None else default_loss(ctx, logits, y)
-    needs_val = any(h.needs_validation for h in hooks)
-    for h in hooks:
-        h.setup(ctx)
-    forward = _compiled(model, cfg, device)
 
-    data_gen = torch.Generator().manual_seed(_seed(cfg.seed, _DATA_STREAM))
-    aug_gen = _generator(device, cfg.seed, _AUG_STREAM)
-    total_steps = cfg.epochs * steps_per_epoch
-    step = 0
-    history: list[EpochLog] = []
-    train_seconds = 0.0
+@dataclass(frozen=True)
+class _Data:
+    """The members ``x: (n, C, H, W)``, ``y: (n,)``, the test set and (only when a mechanism
+    needs it) the validation set, on the training device."""
 
-    def run_epoch(epoch: int) -> tuple[float, float, float, float]:
-        """One pass over the members; returns (mean loss, accuracy, seconds, last lr)."""
-        nonlocal step
-        ctx.epoch = epoch
-        model.train()
-        scheduled = epoch <= cfg.epochs  # rewind's fine-tuning keeps its optimizer's own lr
-        scales = {bool(g.get("protected")): 1.0 for g in ctx.optimizer.param_groups}
-        for prot in scales:
-            for h in hooks:
-                scales[prot] *= h.lr_scale(ctx, protected=prot)
-        start = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        lr = float(ctx.optimizer.param_groups[0]["lr"])
-        for idx in batches(len(members), cfg.batch_size, generator=data_gen):
-            idx = idx.to(device)
-            x, y = x_members[idx], y_members[idx]
-            if cfg.augment:
-                x = augment(x, generator=aug_gen, crop_pad=cfg.crop_pad, flip=pool.flip)
-            x = channels_last(x)
-            if scheduled:
-                lr = _scheduled_lr(cfg, step, total_steps)
-                for g in ctx.optimizer.param_groups:
-                    g["lr"] = lr * scales[bool(g.get("protected"))]
-            with autocast(device, enabled=cfg.bf16):
-                logits = forward(x)
-                loss = loss_fn(logits.float(), y)
-                for h in hooks:
-                    extra = h.penalty(ctx)
-                    if extra is not None:
-                        loss = loss + extra
-            ctx.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            for h in hooks:
-                h.after_backward(ctx, x, y)
-            ctx.optimizer.step()
-            loss_sum += loss.detach() * len(y)
-            correct += (logits.detach().argmax(1) == y).sum()
-            step += 1
-        seconds = time.perf_counter() - start
-        mean_loss = loss_sum.item() / len(members)
-        if not math.isfinite(mean_loss):
-            raise TrainingDiverged(f"training loss is {mean_loss} at epoch {epoch}")
-        return mean_loss, correct.item() / len(members), seconds, lr
+    x: torch.Tensor
+    y: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    x_val: torch.Tensor | None
+    y_val: torch.Tensor | None
+    flip: bool
 
-    def epoch_and_log(epoch: int) -> None:
-        nonlocal train_seconds
-        mean_loss, train_acc, seconds, lr = run_epoch(epoch)
-        train_seconds += seconds
-        if epoch == cfg.warmup_epochs:
-            ctx.warmup = snapshot(protected)
-        test_acc = evaluate(model, x_test, y_test)
-        ctx.val_acc = (
-            evaluate(model, pool.x_val.to(device), pool.y_val.to(device)) if needs_val else None
+    @classmethod
+    def of(
+        cls,
+        pool: Pool,
+        members: np.ndarray,
+        device: torch.device,
+        mechanisms: tuple[Mechanism, ...],
+    ) -> _Data:
+        validation = any(m.needs.validation for m in mechanisms)
+        return cls(
+            x=pool.x[torch.as_tensor(members, device=pool.x.device)].to(device),
+            y=pool.y[torch.as_tensor(members, device=pool.y.device)].to(device),
+            x_test=pool.x_test.to(device),
+            y_test=pool.y_test.to(device),
+            x_val=pool.x_val.to(device) if validation else None,
+            y_val=pool.y_val.to(device) if validation else None,
+            flip=pool.flip,
         )
-        history.append(EpochLog(epoch, mean_loss, train_acc, test_acc, ctx.val_acc, lr, seconds))
-        if on_epoch is not None:
-            on_epoch(history[-1])
+
+
+class _Loop:
+    """Epochs and steps of both phases: the data order, augmentation, the learning rate, the
+    per-step protocol of :mod:`pptp.hooks`, evaluation and the epoch log."""
+
+    def __init__(
+        self,
+        ctx: TrainContext,
+        data: _Data,
+        mechanisms: tuple[Mechanism, ...],
+        optimizer: torch.optim.Optimizer,
+        base: torch.optim.Optimizer,
+        *,
+        layout: torch.memory_format,
+        on_epoch: Callable[[EpochLog], None] | None,
+    ) -> None:
+        cfg = ctx.cfg
+        self.ctx, self.data, self.mechanisms, self.on_epoch = ctx, data, mechanisms, on_epoch
+        self.optimizer = optimizer  # what step() is called on (DP-SGD: Opacus' wrapper)
+        self.base = base  # the SGD inside it: learning rates, momentum state
+        self.layout = layout
+        self.forward = _compiled(ctx.model, cfg, ctx.device)
+        self.data_gen = torch.Generator().manual_seed(_seed(cfg.seed, _DATA_STREAM))
+        self.aug_gen = _generator(ctx.device, cfg.seed, _AUG_STREAM)
+        self.total_steps = cfg.epochs * ctx.steps_per_epoch  # the schedule's length
+        self.step = 0
+        self.history: list[EpochLog] = []
+        self.seconds = 0.0
+        losses = [m for m in mechanisms if m.needs.loss]
+        if len(losses) > 1:
+            raise ConfigError("only one of the operator and the defense may replace the loss")
+        self.custom_loss = losses[0].loss if losses else None
+
+    def run_epoch(self, epoch: int) -> None:
+        """One training-phase epoch: the scheduled lr times each group's mechanism factors."""
+        self.ctx.epoch = epoch
+        scales = {}
+        for protected in (False, True):
+            scales[protected] = math.prod(
+                m.lr_scale(self.ctx, protected=protected) for m in self.mechanisms
+            )
+
+        def lr_of(group: dict[str, object]) -> float:
+            return (
+                _scheduled_lr(self.ctx.cfg, self.step, self.total_steps)
+                * scales[bool(group.get("protected"))]
+            )
+
+        self._epoch(lr_of)
+
+    def fine_tune(self, tune: FineTune) -> None:
+        """The fine-tune phase: frozen parameters, constant lr, fresh momentum, same optimizer."""
+        ctx = self.ctx
+        frozen = [p for n in tune.frozen if (p := ctx.model.get_parameter(n)).requires_grad]
+        try:
+            for p in frozen:
+                p.requires_grad_(False)
+            self.base.state.clear()  # fresh momentum
+            ctx.phase = "finetune"
+            for m in self.mechanisms:
+                m.start_phase(ctx)
+            first = ctx.epoch + 1
+            for epoch in range(first, first + tune.epochs):
+                ctx.epoch = epoch
+                self._epoch(lambda group: tune.lr)
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+
+    def _epoch(self, lr_of: Callable[[dict[str, object]], float]) -> None:
+        ctx, data = self.ctx, self.data
+        ctx.model.train()
+        start = time.perf_counter()
+        loss_sum = torch.zeros((), device=ctx.device)
+        correct = torch.zeros((), device=ctx.device, dtype=torch.long)
+        lr = float("nan")
+        for idx in batches(len(data.y), ctx.cfg.batch_size, generator=self.data_gen):
+            idx = idx.to(ctx.device)
+            x, y = data.x[idx], data.y[idx]
+            if ctx.cfg.augment:
+                x = augment(x, generator=self.aug_gen, crop_pad=ctx.cfg.crop_pad, flip=data.flip)
+            for g in self.base.param_groups:
+                g["lr"] = lr_of(g)
+            lr = float(self.base.param_groups[0]["lr"])
+            if x.dim() == 4:
+                x = x.contiguous(memory_format=self.layout)
+            batch_loss, batch_correct = self._step(x, y)
+            loss_sum += batch_loss
+            correct += batch_correct
+            self.step += 1
+        seconds = time.perf_counter() - start
+        mean_loss = loss_sum.item() / len(data.y)
+        if not math.isfinite(mean_loss):
+            raise TrainingDiverged(f"training loss is {mean_loss} at epoch {ctx.epoch}")
+        self.seconds += seconds
+        self._log(mean_loss, correct.item() / len(data.y), lr, seconds)
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimisation step on ``x: (B, C, H, W)``, ``y: (B,)``; returns the summed loss
+        and the number of correct predictions (0-dim tensors, no sync)."""
+        ctx, batch = self.ctx, len(y)
+        ctx.batch_size = batch
+        chunk = min(m.chunk_size(ctx, batch) for m in self.mechanisms)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum = torch.zeros((), device=ctx.device)
+        correct = torch.zeros((), device=ctx.device, dtype=torch.long)
+        for start in range(0, batch, chunk):
+            end = start + chunk
+            xc, yc = (x, y) if chunk >= batch else (x[start:end], y[start:end])
+            with autocast(ctx.device, enabled=ctx.cfg.bf16):
+                logits = self.forward(xc)
+                loss = self._loss(logits.float(), yc)
+            # the chunks' gradients add up to the batch mean's (chunks only for per-example loss)
+            (loss if chunk >= batch else loss * (len(yc) / batch)).backward()
+            for m in self.mechanisms:
+                m.after_backward(ctx)
+            loss_sum += loss.detach() * len(yc)
+            correct += (logits.detach().argmax(1) == yc).sum()
+        for m in self.mechanisms:
+            m.before_step(ctx)
+        self.optimizer.step()
+        return loss_sum, correct
+
+    def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        loss = self.custom_loss(self.ctx, logits, y) if self.custom_loss is not None else None
+        return loss if loss is not None else nn.functional.cross_entropy(logits, y)
+
+    def _log(self, loss: float, train_acc: float, lr: float, seconds: float) -> None:
+        ctx, data = self.ctx, self.data
+        test_acc = evaluate(ctx.model, data.x_test, data.y_test)
+        if data.x_val is not None and data.y_val is not None:
+            ctx.val_acc = evaluate(ctx.model, data.x_val, data.y_val)
+        log = EpochLog(ctx.epoch, loss, train_acc, test_acc, ctx.val_acc, lr, seconds, ctx.phase)
+        self.history.append(log)
+        if self.on_epoch is not None:
+            self.on_epoch(log)
         logger.info(
-            "epoch %3d/%d  loss %.4f  train_acc %.4f  test_acc %.4f%s  %.1fs",
-            epoch,
-            cfg.epochs,
-            mean_loss,
+            "epoch %3d/%d%s  loss %.4f  train_acc %.4f  test_acc %.4f%s  %.1fs",
+            ctx.epoch,
+            ctx.cfg.epochs,
+            "" if ctx.phase == "train" else f" ({ctx.phase})",
+            loss,
             train_acc,
             test_acc,
             f"  val_acc {ctx.val_acc:.4f}" if ctx.val_acc is not None else "",
             seconds,
         )
 
-    ctx.run_epoch = epoch_and_log  # lets rewind fine-tune through the same loop
-    for epoch in range(1, cfg.epochs + 1):
-        epoch_and_log(epoch)
-        if any([h.end_epoch(ctx) for h in hooks]):
-            break
-    for h in hooks:
-        h.finish(ctx)
-    extras: dict[str, float] = {}
-    for h in hooks:
-        extras.update(h.summary())
-    return TrainResult(
-        history=tuple(history),
-        test_acc=evaluate(model, x_test, y_test),
-        train_acc=evaluate(model, x_members, y_members),
-        epochs_run=len(history),
-        train_seconds=train_seconds,
-        images_per_second=len(history) * len(members) / max(train_seconds, 1e-9),
-        protected_groups=ctx.protected_groups,
-        mask=dict(part.mask) if part is not None else {},
-        extras=extras,
+
+def _sgd(cfg: TrainConfig, ctx: TrainContext, mechanisms: tuple[Mechanism, ...]) -> torch.optim.SGD:
+    """SGD with a free and a protected parameter group (``"protected": bool``), each with the
+    mechanisms' options (e.g. a defense's weight decay); empty groups are left out."""
+    groups: list[dict[str, object]] = []
+    for protected, params in ((False, ctx.free), (True, ctx.protected)):
+        group: dict[str, object] = {"params": list(params.values()), "protected": protected}
+        for m in mechanisms:
+            group.update(m.optimizer_options(protected=protected))
+        if params:
+            groups.append(group)
+    return torch.optim.SGD(
+        groups,  # type: ignore[arg-type]
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov and cfg.momentum > 0,
+        weight_decay=cfg.weight_decay,
     )
+
+
+def _grad_terms_hook(ctx: TrainContext, mechanisms: tuple[Mechanism, ...]) -> Callable[..., None]:
+    """A step pre-hook for the base SGD: adds the mechanisms' data-independent gradient terms.
+    Opacus' DPOptimizer.step privatises ``.grad`` (pre_step) and then calls the base SGD's
+    step, so the terms land after privatisation; without DP they land before the plain step."""
+
+    params = {**ctx.free, **ctx.protected}
+
+    def add_terms(optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
+        for m in mechanisms:
+            for name, term in m.grad_terms(ctx).items():
+                grad = params[name].grad
+                if grad is not None:
+                    grad.add_(term.to(grad.dtype))
+
+    return add_terms
+
+
+def _load(model: nn.Module, weights: Mapping[str, torch.Tensor] | None) -> None:
+    """Copy ``weights`` (``state_dict`` names, all or some) into the model in place."""
+    if weights is None:
+        return
+    state = model.state_dict()
+    with torch.no_grad():
+        for name, value in weights.items():
+            state[name].copy_(value)
 
 
 def _check_recipe(cfg: TrainConfig, n_members: int) -> None:
