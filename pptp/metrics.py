@@ -8,11 +8,25 @@ scikit-learn (``roc_curve`` with every threshold kept, ``roc_auc_score``); on to
   (``tpr[np.where(fpr < target)[0][-1]]``, here with ``<=`` so a target hit exactly counts);
 - balanced accuracy at the best threshold: ``max over thresholds of (TPR + 1 - FPR) / 2``, the
   membership advantage of Yeom et al. 2018 mapped to ``[0.5, 1]``.
+
+**Resolution.** With ``N`` non-members the only false-positive rates a threshold can reach are
+``0, 1/N, 2/N, ...``; ``fpr_resolution = 1 / N``. A target FPR below it (0.1 % with 700
+non-members) can only be met with zero false positives, so "TPR at 0.1 % FPR" would really be "TPR
+at no false positive", a different and noisier number. :func:`evaluate` reports such a TPR as NaN
+and records ``fpr_resolution`` (:func:`resolvable` is the rule; the space validator applies it
+before anything runs).
+
+**Direction.** An attack whose scores are inverted (members score LOWER, as RelaxLoss' gradient
+ascent on members can cause) leaks as much as one that is not: an attacker who knows the direction
+flips it. :meth:`RocCurve.inverted` is the ROC of the negated scores, and
+:meth:`AttackMetrics.value` gives every headline number in either direction; the trial's
+worst case takes both (:meth:`pptp.trial.TrialResult.metrics`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +37,13 @@ from sklearn import metrics as skm
 logger = logging.getLogger(__name__)
 
 HEADLINE_FPRS = (0.001, 0.01)
+
+#: headline metric names (as in ``TrialResult.metrics()``) and the FPR each TPR is read at
+TPR_METRICS: dict[str, float] = {"tpr@0.1%fpr": 0.001, "tpr@1%fpr": 0.01}
+_TPR_FIELDS = {"tpr@0.1%fpr": "tpr_at_0_1pct_fpr", "tpr@1%fpr": "tpr_at_1pct_fpr"}
+
+#: FPRs are multiples of 1/N; this absorbs the rounding of ``1 - fpr`` (inverted curves)
+_FPR_TOLERANCE = 1e-12
 
 
 @dataclass(frozen=True)
@@ -37,16 +58,59 @@ class RocCurve:
     tpr: np.ndarray
     thresholds: np.ndarray
 
+    def inverted(self) -> RocCurve:
+        """The ROC of the negated scores, without recomputing it.
+
+        Calling members the examples with ``-score >= t`` is calling them ``score < -t``, the
+        complement of a threshold of this curve, so the operating points are exactly ``(1 - fpr,
+        1 - tpr)`` of this curve's, in reverse order, ties included; ``thresholds`` are those of
+        the negated scores (``inf``, then minus this curve's in reverse, without its ``inf``).
+        """
+        return RocCurve(
+            fpr=1.0 - self.fpr[::-1],
+            tpr=1.0 - self.tpr[::-1],
+            thresholds=np.concatenate(([np.inf], -self.thresholds[:0:-1])),
+        )
+
 
 @dataclass(frozen=True)
 class AttackMetrics:
-    """Headline numbers of one attack on one target; rates are fractions in ``[0, 1]``."""
+    """Headline numbers of one attack on one target; rates are fractions in ``[0, 1]``.
+
+    One-sided (the attack's own direction: higher score = member). A TPR whose FPR the scored set
+    cannot resolve (below ``fpr_resolution = 1 / n_non_members``) is NaN. ``fpr_resolution`` is NaN
+    only for metrics built by hand without it; then no TPR is treated as unresolved.
+    """
 
     auc: float
     tpr_at_0_1pct_fpr: float
     tpr_at_1pct_fpr: float
     balanced_accuracy: float
     roc: RocCurve
+    fpr_resolution: float = math.nan
+
+    def value(self, metric: str, *, inverted: bool = False) -> float:
+        """``auc``, ``tpr@0.1%fpr`` or ``tpr@1%fpr``, of the scores or (``inverted``) of their
+        negation: AUC ``1 - auc`` (exact, ties count 1/2 either way), TPRs read off
+        :meth:`RocCurve.inverted` under the same resolution rule."""
+        if metric == "auc":
+            return 1.0 - self.auc if inverted else self.auc
+        if metric not in TPR_METRICS:
+            raise ValueError(f"unknown metric {metric!r}; known: auc, {', '.join(TPR_METRICS)}")
+        if not inverted:
+            return float(getattr(self, _TPR_FIELDS[metric]))
+        fpr = TPR_METRICS[metric]
+        if math.isfinite(self.fpr_resolution) and fpr < self.fpr_resolution * (1 - 1e-9):
+            return math.nan
+        return tpr_at_fpr(self.roc.inverted(), fpr)
+
+
+def resolvable(fpr: float, n_non_members: int) -> bool:
+    """Whether a TPR at ``fpr`` means what it says with ``n_non_members`` non-members: at least
+    one false positive is allowed, ``fpr >= 1 / n_non_members``."""
+    if n_non_members < 1:
+        raise ValueError(f"n_non_members must be >= 1, got {n_non_members}")
+    return fpr * n_non_members >= 1 - 1e-9
 
 
 def _checked(scores: np.ndarray, is_member: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -86,10 +150,11 @@ def roc_curve(scores: np.ndarray, is_member: np.ndarray) -> RocCurve:
 
 
 def tpr_at_fpr(roc: RocCurve, fpr_target: float) -> float:
-    """Largest TPR among ROC points with ``FPR <= fpr_target``."""
+    """Largest TPR among ROC points with ``FPR <= fpr_target`` (no resolution rule: see
+    :func:`evaluate`)."""
     if not 0 <= fpr_target <= 1:
         raise ValueError(f"fpr_target must lie in [0, 1], got {fpr_target}")
-    reachable = roc.fpr <= fpr_target
+    reachable = roc.fpr <= fpr_target + _FPR_TOLERANCE
     return float(roc.tpr[reachable].max()) if reachable.any() else 0.0
 
 
@@ -99,16 +164,25 @@ def balanced_accuracy(roc: RocCurve) -> float:
 
 
 def evaluate(scores: np.ndarray, is_member: np.ndarray) -> AttackMetrics:
-    """All headline metrics of ``scores (n,)`` (higher = member) against ``is_member (n,)``."""
+    """All headline metrics of ``scores (n,)`` (higher = member) against ``is_member (n,)``.
+
+    A TPR at an FPR below ``1 / (number of non-members)`` is NaN (see :func:`resolvable`).
+    """
     scores, members = _checked(scores, is_member)
     roc = roc_curve(scores, members)
+    n_non_members = int((~members).sum())
     low, high = HEADLINE_FPRS
+
+    def tpr(fpr: float) -> float:
+        return tpr_at_fpr(roc, fpr) if resolvable(fpr, n_non_members) else math.nan
+
     return AttackMetrics(
         auc=float(skm.roc_auc_score(members, scores)),
-        tpr_at_0_1pct_fpr=tpr_at_fpr(roc, low),
-        tpr_at_1pct_fpr=tpr_at_fpr(roc, high),
+        tpr_at_0_1pct_fpr=tpr(low),
+        tpr_at_1pct_fpr=tpr(high),
         balanced_accuracy=balanced_accuracy(roc),
         roc=roc,
+        fpr_resolution=1.0 / n_non_members,
     )
 
 

@@ -7,11 +7,13 @@ import pytest
 from sklearn import metrics as skm
 
 from pptp.metrics import (
+    TPR_METRICS,
     AttackMetrics,
     RocCurve,
     balanced_accuracy,
     evaluate,
     plot_roc,
+    resolvable,
     roc_curve,
     tpr_at_fpr,
 )
@@ -50,8 +52,9 @@ def test_evaluate_by_hand() -> None:
     assert result.auc == pytest.approx(HAND_AUC)
     # Best threshold: every point (0,.5), (.25,.75), (.5,1) gives (tpr + 1 - fpr) / 2 = 0.75.
     assert result.balanced_accuracy == pytest.approx(0.75)
-    assert result.tpr_at_0_1pct_fpr == 0.5
-    assert result.tpr_at_1pct_fpr == 0.5
+    # 4 non-members: FPRs 0, 1/4, ...; neither 0.1% nor 1% can be resolved.
+    assert result.fpr_resolution == 0.25
+    assert math.isnan(result.tpr_at_0_1pct_fpr) and math.isnan(result.tpr_at_1pct_fpr)
 
 
 def test_balanced_accuracy_by_hand() -> None:
@@ -93,11 +96,15 @@ def test_perfect_separation() -> None:
 
 
 def test_reversed_scores() -> None:
-    members = np.arange(100) < 50
+    members = np.arange(200) < 100
     result = evaluate(-members.astype(float), members)
     assert result.auc == 0.0
     assert result.tpr_at_1pct_fpr == 0.0
     assert result.balanced_accuracy == 0.5  # the threshold that calls nobody a member
+    # an attacker who knows the direction flips the scores: perfect separation
+    assert result.value("auc", inverted=True) == 1.0
+    assert result.value("tpr@1%fpr", inverted=True) == 1.0
+    assert math.isnan(result.value("tpr@0.1%fpr", inverted=True))  # 100 non-members
 
 
 def test_random_scores_are_at_chance() -> None:
@@ -168,7 +175,119 @@ def test_plot_roc_needs_a_curve(tmp_path) -> None:
 
 
 def test_headline_constants() -> None:
-    assert math.isclose(
-        evaluate(HAND_SCORES, HAND_MEMBERS).tpr_at_1pct_fpr,
-        tpr_at_fpr(roc_curve(HAND_SCORES, HAND_MEMBERS), 0.01),
+    rng = np.random.default_rng(3)
+    members = rng.random(4000) < 0.5
+    scores = rng.normal(size=4000) + members
+    result = evaluate(scores, members)
+    roc = roc_curve(scores, members)
+    assert result.tpr_at_1pct_fpr == tpr_at_fpr(roc, 0.01) == result.value("tpr@1%fpr")
+    assert result.tpr_at_0_1pct_fpr == tpr_at_fpr(roc, 0.001) == result.value("tpr@0.1%fpr")
+    assert TPR_METRICS == {"tpr@0.1%fpr": 0.001, "tpr@1%fpr": 0.01}
+    with pytest.raises(ValueError, match="unknown metric 'tpr@5%fpr'"):
+        result.value("tpr@5%fpr")
+
+
+# --- TPR at FPR against a brute-force count, with tied scores ---------------------------------
+
+
+def brute_force_tpr_at_fpr(scores: np.ndarray, members: np.ndarray, fpr: float) -> float:
+    """Try every threshold t (member iff score >= t, t = +inf calls nobody) and count: the largest
+    TPR whose false positives are at most fpr * (number of non-members)."""
+    pos, neg = scores[members], scores[~members]
+    best = 0.0
+    for t in [np.inf, *np.unique(scores)]:
+        false_positives = int(np.sum(neg >= t))
+        if false_positives <= fpr * len(neg) + 1e-9:
+            best = max(best, float(np.sum(pos >= t)) / len(pos))
+    return best
+
+
+def tied_scores(seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scores on a coarse grid (many ties, including across members and non-members)."""
+    rng = np.random.default_rng(seed)
+    members = rng.random(n) < 0.45
+    scores = np.round(rng.normal(size=n) + 0.8 * members, 1)
+    return scores, members
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_tpr_at_fpr_matches_brute_force_with_ties(seed: int) -> None:
+    scores, members = tied_scores(seed, 2600)  # about 1,430 non-members: both FPRs resolvable
+    assert len(np.unique(scores)) < 100  # ties everywhere
+    result = evaluate(scores, members)
+    for metric, fpr in TPR_METRICS.items():
+        expected = brute_force_tpr_at_fpr(scores, members, fpr)
+        assert result.value(metric) == pytest.approx(expected, abs=1e-12), metric
+        # the inverted direction: the brute force on the negated scores
+        inverted = brute_force_tpr_at_fpr(-scores, members, fpr)
+        assert result.value(metric, inverted=True) == pytest.approx(inverted, abs=1e-12), metric
+
+
+def test_a_target_hit_exactly_counts_in_both_directions() -> None:
+    # 1,000 non-members: 1% FPR allows exactly 10 false positives, 0.1% exactly 1.
+    # Non-members take the 1,000 grid values k / 1000 (every count of false positives is reachable
+    # from either side). Members sit on the same grid, some tied with the non-member whose
+    # inclusion makes exactly 1 or 10 false positives, from above (0.999, 0.990) and from below
+    # (0.000, 0.009): they count only if a target hit exactly counts.
+    rng = np.random.default_rng(4)
+    ties = np.repeat([999, 990, 0, 9], [20, 30, 40, 50])
+    member_scores = np.concatenate([ties, rng.integers(0, 1000, size=360)])
+    scores = np.concatenate([member_scores, rng.permutation(1000)]) / 1000
+    members = np.arange(scores.size) < member_scores.size
+    result = evaluate(scores, members)
+    assert result.value("tpr@0.1%fpr") >= 20 / 500 and result.value("tpr@1%fpr") >= 50 / 500
+    for metric, fpr in TPR_METRICS.items():
+        assert result.value(metric) == brute_force_tpr_at_fpr(scores, members, fpr)
+        assert result.value(metric, inverted=True) == pytest.approx(
+            brute_force_tpr_at_fpr(-scores, members, fpr), abs=1e-12
+        )
+
+
+def test_inverted_roc_is_the_roc_of_negated_scores() -> None:
+    scores, members = tied_scores(5, 400)
+    roc = roc_curve(scores, members)
+    fpr, tpr, thresholds = skm.roc_curve(members, -scores, drop_intermediate=False)
+    inverted = roc.inverted()
+    np.testing.assert_allclose(inverted.fpr, fpr, atol=1e-12)
+    np.testing.assert_allclose(inverted.tpr, tpr, atol=1e-12)
+    np.testing.assert_array_equal(inverted.thresholds, thresholds)
+    result = evaluate(scores, members)
+    assert result.value("auc", inverted=True) == pytest.approx(
+        skm.roc_auc_score(members, -scores), abs=1e-12
     )
+
+
+# --- resolution ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fpr", "n_non_members", "expected"),
+    [
+        (0.001, 1000, True),  # one false positive allowed
+        (0.001, 999, False),
+        (0.001, 700, False),  # digits: the TPR at zero false positives
+        (0.01, 100, True),
+        (0.01, 99, False),
+        (0.01, 700, True),
+        (1.0, 1, True),
+    ],
+)
+def test_resolvable(fpr: float, n_non_members: int, expected: bool) -> None:
+    assert resolvable(fpr, n_non_members) is expected
+
+
+def test_resolvable_refuses_an_empty_set() -> None:
+    with pytest.raises(ValueError, match="n_non_members"):
+        resolvable(0.01, 0)
+
+
+@pytest.mark.parametrize(("n_non", "low_is_nan"), [(999, True), (1000, False)])
+def test_unresolved_tpr_is_nan_and_resolution_recorded(n_non: int, low_is_nan: bool) -> None:
+    rng = np.random.default_rng(6)
+    members = np.arange(n_non + 300) < 300
+    scores = rng.normal(size=members.size) + 2 * members
+    result = evaluate(scores, members)
+    assert result.fpr_resolution == 1 / n_non
+    assert math.isnan(result.tpr_at_0_1pct_fpr) is low_is_nan
+    assert math.isnan(result.value("tpr@0.1%fpr", inverted=True)) is low_is_nan
+    assert result.tpr_at_1pct_fpr == brute_force_tpr_at_fpr(scores, members, 0.01)
