@@ -1,4 +1,8 @@
-"""Exceptions for bad input. Entry points turn these into one line and exit status 2."""
+"""Exceptions with a message that says what to do.
+
+:class:`ConfigError` is bad input: entry points turn it into one line and exit status 2.
+:class:`ModelAtChance` fails a trial (the search records its message as the reason).
+"""
 
 from __future__ import annotations
 
@@ -9,3 +13,11 @@ class ConfigError(ValueError):
 
 class DataUnavailableError(ConfigError):
     """A dataset is not on disk (or is corrupt) and cannot or may not be downloaded."""
+
+
+class ModelAtChance(RuntimeError):
+    """A trained model's held-out accuracy is not clearly above chance (see :mod:`pptp.chance`).
+
+    Its attack numbers would look private (AUC near 0.5) only because it learned nothing; the
+    trial fails with this reason instead of reporting them.
+    """
