@@ -11,9 +11,11 @@ models, as ``pptp.trial.attack_target`` does with ``attack.n_references = K``.
 Attacks: ``loss`` (Yeom et al. 2018; needs no references), ``lira_offline``, ``lira_online`` and
 ``lira_fixed_variance`` (online with one global variance per side, the paper's advice for few
 references; Carlini et al. 2022), ``rmia_offline`` and ``rmia_online`` (Zarifzadeh et al. 2024),
-all scored on the whole pool (members = the target's keep row). The digits pool holds 1,400
-examples, 700 of them non-members, so the smallest non-zero FPR is 1/700 = 0.14%: "TPR at 0.1%
-FPR" is the TPR at zero false positives, and "TPR at 1% FPR" allows 7 false positives.
+all scored on the whole pool (members = the target's keep row). Targets and references are queried
+as ``pptp.trial`` does (``pptp.signals.resolve_queries``: the queries follow training). The digits
+pool holds 1,400 examples, 700 of them non-members, so the smallest non-zero FPR is 1/700 = 0.14%:
+"TPR at 0.1% FPR" cannot be resolved and prints as "-" (``pptp.metrics`` reports it as NaN), and
+"TPR at 1% FPR" allows 7 false positives.
 
     .venv/bin/python bench/attack_table.py                  # ~1 minute on 2 idle CPU cores
     .venv/bin/python bench/attack_table.py --quick          # seconds: 2 epochs, 1 seed, K 2,4
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import statistics
 import sys
@@ -39,7 +42,7 @@ from printing import footer, provenance, table
 from pptp.bank import ReferenceBank
 from pptp.config import TrialConfig
 from pptp.metrics import AttackMetrics
-from pptp.signals import compute_signals
+from pptp.signals import compute_signals, resolve_queries
 from pptp.train import build_model, build_pool, train
 from pptp.trial import attack_target
 from search.space import load_space
@@ -68,9 +71,7 @@ def attack_one_seed(
     members = np.flatnonzero(pool.keep(1)[0])
     model = build_model(cfg.model, pool, seed=seed)
     result = train(model, pool, members, cfg.train, device=torch.device("cpu"))
-    signals = compute_signals(
-        model, pool.x, pool.y, augment=cfg.attack.query_augment, flip=pool.flip
-    )
+    signals = compute_signals(model, pool.x, pool.y, queries=resolve_queries(cfg))
     by_k: dict[int, dict[str, AttackMetrics]] = {}
     start = time.perf_counter()
     for k in ks:
@@ -90,6 +91,8 @@ def attack_one_seed(
 
 
 def mean_sd(values: Sequence[float], scale: float = 1.0) -> str:
+    if any(math.isnan(v) for v in values):
+        return "-"  # not resolved by the pool (pptp.metrics)
     m = statistics.fmean(values) * scale
     if len(values) < 2:
         return f"{m:.3f}" if scale == 1 else f"{m:.1f}"
@@ -139,8 +142,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(
         f"# recipe: {base.data.name} (pool seed = target seed), {base.model.name} width "
         f"{base.model.width} norm {base.model.norm}; {t.epochs} epochs, batch {t.batch_size}, "
-        f"lr {t.lr}, crop_pad {t.crop_pad}, weight decay {t.weight_decay}; query augmentations "
-        f"{base.attack.query_augment}; seeds {seeds}; K {ks} (first K of one bank of {max(ks)})",
+        f"lr {t.lr}, crop_pad {t.crop_pad}, weight decay {t.weight_decay}; queries "
+        f"{','.join(resolve_queries(base))}; seeds {seeds}; K {ks} (first K of one bank of "
+        f"{max(ks)})",
         flush=True,
     )
 
@@ -186,8 +190,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     n_out = int(min(i["n_nonmembers"] for i in infos))
     print(
         f"# resolution: {n_out} non-members, so the smallest non-zero FPR is 1/{n_out} = "
-        f"{100 / n_out:.2f}%: TPR@0.1%FPR is the TPR at zero false positives, and "
-        f"TPR@1%FPR allows {int(0.01 * n_out)} false positives"
+        f"{100 / n_out:.2f}%; a TPR at a lower FPR is not resolved ('-'), and TPR@1%FPR "
+        f"allows {int(0.01 * n_out + 1e-9)} false positives"
     )
     gap = statistics.fmean(i["train_acc"] - i["test_acc"] for i in infos)
     print(f"# mean train-test accuracy gap of the targets: {gap:.3f}")

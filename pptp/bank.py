@@ -2,46 +2,58 @@
 
 Strong attacks (LiRA, RMIA) need reference models trained on random halves of the pool. They do
 not depend on the trial being scored, so they are trained once per *recipe* (dataset, pool seed and
-sizes, model, training recipe, query augmentation; plus the defense for adaptive audits) and reused
-by every trial, run and study (DESIGN.md §3).
+sizes, model, training recipe; plus protect and defense for adaptive audits) and reused by every
+trial, run and study (DESIGN.md §3), queried the same way as the target.
 
-Layout, one folder per recipe, keyed by a hash of everything that determines it::
+Layout, one folder per entry, keyed by a hash of everything that determines it::
 
-    <root>/<key>/recipe.json        the flat config the key was computed from
-    <root>/<key>/ref-0003.npz       logits (n_pool, n_aug, n_classes) float32, keep (n_pool,) bool
+    <root>/<key>/recipe.json        the flat dict the key was computed from
+    <root>/<key>/ref-0003.npz       logits (n_pool, n_queries, n_classes) float32, keep (n_pool,)
     <root>/<key>/ref-0003.json      index, sha256 of the .npz, accuracy, seconds (the commit marker)
 
-Reference ``i`` trains on keep row ``i + 1`` of the pool (row 0 is the target) with its own seed, so
-growing the bank from K = 4 to K = 16 trains only references 4..15. Every file is written to a
-temporary name and renamed into place, the ``.json`` last, so a killed writer leaves no entry that
-looks finished. On load the checksum, shapes and keep row are verified; an entry that fails is
-deleted and counted as missing (retrained, never used). Only ``.json`` (parsed as JSON) and ``.npz``
-(``allow_pickle=False``) files of the bank's own names are read: a foreign file is never unpickled.
+The key hashes (:func:`recipe_key`): the recipe's config keys; the resolved queries
+(:func:`pptp.signals.resolve_queries`, e.g. ``["clean"]``); :data:`BANK_FORMAT`, the version of
+this layout; and :func:`code_fingerprint`, a hash of the code that determines how a reference is
+trained and queried. A change to training therefore never silently reuses references trained by
+older code: it makes a new entry. Reference ``i`` trains on keep row ``i + 1`` of the pool (row 0
+is the target) with a seed derived from the recipe alone (not from the code, format or queries), so
+a refactor that keeps training identical retrains identical models, and growing the bank from
+K = 4 to K = 16 trains only references 4..15.
+
+Every file is written to a temporary name and renamed into place, the ``.json`` last, so a killed
+writer leaves no entry that looks finished. On load the checksum, shapes and keep row are
+verified; an entry that fails is deleted and counted as missing (retrained, never used). Only
+``.json`` (parsed as JSON) and ``.npz`` (``allow_pickle=False``) files of the bank's own names are
+read: a foreign file is never unpickled.
 
 The training device, ``torch.compile`` and bf16 do not enter the key: they change no distribution,
-only rounding. ``train.seed`` does not either: it seeds the target, and references get their own.
+only rounding (signals are always computed in float32, :mod:`pptp.signals`). Nor do the versions of
+torch and numpy. ``train.seed`` does not either: it seeds the target, and references get their own.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pptp.chance import chance_level
 from pptp.config import AttackConfig, DefenseConfig, ProtectConfig, TrialConfig
 from pptp.data import Pool, keep_row
 from pptp.device import resolve_device
-from pptp.signals import compute_signals
+from pptp.signals import compute_signals, resolve_queries
 from pptp.train import build_model, build_pool, train
 
 logger = logging.getLogger(__name__)
@@ -54,6 +66,55 @@ _NOT_IN_KEY = {
     "train.bf16",
     "train.seed",
 }
+
+#: version of the bank's layout and key; bump it when either changes
+BANK_FORMAT = 2
+
+#: modules of ``pptp`` that cannot change how a reference is trained or queried: every other
+#: module (present or future) enters :func:`code_fingerprint`
+_NOT_TRAINING = ("attacks", "chance.py", "errors.py", "localize.py", "metrics.py", "trial.py")
+
+
+@functools.cache
+def code_fingerprint() -> str:
+    """A hash (16 hex digits) of the ``pptp`` code that determines a reference's signals.
+
+    The files of :func:`fingerprinted_files`, by relative path and syntax tree: comments,
+    docstrings and formatting do not count, any change to code does (so does the Python version's
+    AST format, which a Ray cluster shares anyway). Computed once per process.
+    """
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in fingerprinted_files():
+        rel = str(path.relative_to(root))
+        digest.update(rel.encode() + b"\0" + _code_only(path.read_text()).encode() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def fingerprinted_files() -> list[Path]:
+    """Every ``.py`` file under ``pptp/`` except :data:`_NOT_TRAINING` (attacks and metrics read
+    signals, they do not make them), sorted: a new module counts unless it is listed there."""
+    root = Path(__file__).resolve().parent
+    return [
+        path
+        for path in sorted(root.rglob("*.py"))
+        if path.relative_to(root).parts[0] not in _NOT_TRAINING
+    ]
+
+
+def _code_only(source: str) -> str:
+    """The syntax tree of ``source`` without docstrings, dumped (no comments, no positions)."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            first = node.body[0] if node.body else None
+            if (
+                isinstance(first, ast.Expr)
+                and isinstance(first.value, ast.Constant)
+                and isinstance(first.value.value, str)
+            ):
+                node.body = node.body[1:] or [ast.Pass()]
+    return ast.dump(tree, include_attributes=False)
 
 
 @dataclass(frozen=True)
@@ -82,51 +143,90 @@ def recipe(cfg: TrialConfig, *, adaptive: bool) -> TrialConfig:
     )
 
 
-def recipe_key(cfg: TrialConfig, *, adaptive: bool) -> tuple[str, dict[str, Any]]:
-    """The entry's key (16 hex digits) and the flat dict it hashes."""
+def recipe_key(
+    cfg: TrialConfig, *, adaptive: bool, queries: Sequence[str] | None = None
+) -> tuple[str, dict[str, Any]]:
+    """The entry's key (16 hex digits) and the flat dict it hashes.
+
+    ``queries`` default to :func:`~pptp.signals.resolve_queries` of ``cfg``; a trial passes its
+    target's, so references are queried as the target is.
+    """
+    determining = _recipe_fields(cfg, adaptive=adaptive)
+    determining["bank.format"] = BANK_FORMAT
+    determining["bank.code"] = code_fingerprint()
+    determining["attack.queries"] = list(resolve_queries(cfg) if queries is None else queries)
+    return _hash(determining), determining
+
+
+def _recipe_fields(cfg: TrialConfig, *, adaptive: bool) -> dict[str, Any]:
+    """The config keys that determine how a reference trains (the seed depends on these only)."""
     flat = recipe(cfg, adaptive=adaptive).to_flat()
-    determining = {
+    return {
         k: v
         for k, v in flat.items()
         if k not in _NOT_IN_KEY
         and (
             k.startswith(("data.", "model.", "train."))
-            or k in {"attack.query_augment"}
             or (adaptive and k.startswith(("protect.", "defense.")))
         )
     }
-    text = json.dumps(determining, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16], determining
+
+
+def _hash(fields: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class ReferenceBank:
-    """A folder of reference entries. Safe to share between processes (atomic renames)."""
+    """A folder of reference entries. Safe to share between processes (atomic renames).
+
+    Every method takes the config whose recipe the references follow, ``adaptive`` (references
+    trained with its protect/defense sections too) and ``queries`` (default: resolved from the
+    config; a trial passes its target's).
+    """
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
 
-    def entry_dir(self, cfg: TrialConfig, *, adaptive: bool = False) -> Path:
-        key, _ = recipe_key(cfg, adaptive=adaptive)
+    def entry_dir(
+        self, cfg: TrialConfig, *, adaptive: bool = False, queries: Sequence[str] | None = None
+    ) -> Path:
+        key, _ = recipe_key(cfg, adaptive=adaptive, queries=queries)
         return self.root / key
 
-    def missing(self, cfg: TrialConfig, n_refs: int, *, adaptive: bool = False) -> list[int]:
+    def missing(
+        self,
+        cfg: TrialConfig,
+        n_refs: int,
+        *,
+        adaptive: bool = False,
+        queries: Sequence[str] | None = None,
+    ) -> list[int]:
         """Indices in ``range(n_refs)`` without a valid stored reference (corrupt ones deleted)."""
-        folder = self.entry_dir(cfg, adaptive=adaptive)
+        folder = self.entry_dir(cfg, adaptive=adaptive, queries=queries)
         return [i for i in range(n_refs) if self._read(folder, i) is None]
 
-    def train_one(self, cfg: TrialConfig, index: int, *, adaptive: bool = False) -> Path:
+    def train_one(
+        self,
+        cfg: TrialConfig,
+        index: int,
+        *,
+        adaptive: bool = False,
+        queries: Sequence[str] | None = None,
+    ) -> Path:
         """Train reference ``index`` for ``cfg``'s recipe and store it; returns its ``.json``.
 
-        Picklable and self-contained, so ``search/`` can run it as a Ray task.
+        Picklable and self-contained, so ``search/`` can run it as a Ray task. A reference at
+        chance level is stored all the same (retraining would give the same model) with a warning;
+        the trial that uses it fails (:func:`pptp.trial.attack_target`).
         """
-        key, determining = recipe_key(cfg, adaptive=adaptive)
+        key, determining = recipe_key(cfg, adaptive=adaptive, queries=queries)
         folder = self.root / key
         folder.mkdir(parents=True, exist_ok=True)
         if not (folder / "recipe.json").exists():
             _atomic_write(folder / "recipe.json", json.dumps(determining, indent=1).encode())
         rcfg = recipe(cfg, adaptive=adaptive)
         pool = build_pool(rcfg.data, device=resolve_device(rcfg.train.device))
-        seed = reference_seed(key, index)
+        seed = reference_seed(_hash(_recipe_fields(cfg, adaptive=adaptive)), index)
         members = np.flatnonzero(keep_row(len(pool.y), rcfg.data.seed, index + 1))
         start = time.perf_counter()
         model = build_model(rcfg.model, pool, seed=seed)
@@ -138,9 +238,7 @@ class ReferenceBank:
             protect=rcfg.protect,
             defense=rcfg.defense,
         )
-        signals = compute_signals(
-            model, pool.x, pool.y, augment=rcfg.attack.query_augment, flip=pool.flip
-        )
+        signals = compute_signals(model, pool.x, pool.y, queries=determining["attack.queries"])
         keep = np.zeros(len(pool.y), dtype=bool)
         keep[members] = True
         npz = folder / f"ref-{index:04d}.npz"
@@ -159,19 +257,43 @@ class ReferenceBank:
         logger.info(
             "reference %d of %s: test_acc %.4f, %.1fs", index, key, result.test_acc, meta["seconds"]
         )
+        if len(pool.y_test):
+            level = chance_level(pool.y_test.cpu().numpy())
+            if not result.test_acc > level.threshold:
+                logger.warning(
+                    "reference %d of %s is at chance level (test accuracy %.4f, must exceed "
+                    "%.4f): trials that use it will fail",
+                    index,
+                    key,
+                    result.test_acc,
+                    level.threshold,
+                )
         return marker
 
     def load(
-        self, cfg: TrialConfig, n_refs: int, *, pool: Pool | None = None, adaptive: bool = False
+        self,
+        cfg: TrialConfig,
+        n_refs: int,
+        *,
+        pool: Pool | None = None,
+        adaptive: bool = False,
+        queries: Sequence[str] | None = None,
+        train_missing: bool = False,
     ) -> ReferenceSignals:
-        """The first ``n_refs`` references; raises if any is missing (see :meth:`ensure`).
+        """The first ``n_refs`` references, each read and verified once.
 
-        With ``pool`` given, each stored keep row is checked against the pool's.
+        A missing (or corrupt) reference is trained here, one after another, with
+        ``train_missing``, and raises ``FileNotFoundError`` without (see :meth:`ensure`). With
+        ``pool`` given, each stored keep row is checked against the pool's.
         """
-        folder = self.entry_dir(cfg, adaptive=adaptive)
+        folder = self.entry_dir(cfg, adaptive=adaptive, queries=queries)
         logits, keeps, accs = [], [], []
         for i in range(n_refs):
             entry = self._read(folder, i)
+            if entry is None and train_missing:
+                logger.info("training reference %d of %s", i, folder.name)
+                self.train_one(cfg, i, adaptive=adaptive, queries=queries)
+                entry = self._read(folder, i)
             if entry is None:
                 raise FileNotFoundError(f"reference {i} is missing from {folder}; call ensure()")
             ref_logits, keep, meta = entry
@@ -192,13 +314,14 @@ class ReferenceBank:
         n_refs: int,
         *,
         adaptive: bool = False,
+        queries: Sequence[str] | None = None,
         progress: Callable[[int, int], None] | None = None,
     ) -> list[int]:
         """Train (here, one after another) every missing reference; returns what was trained."""
-        todo = self.missing(cfg, n_refs, adaptive=adaptive)
+        todo = self.missing(cfg, n_refs, adaptive=adaptive, queries=queries)
         for done, i in enumerate(todo):
             logger.info("training reference %d (%d of %d missing)", i, done + 1, len(todo))
-            self.train_one(cfg, i, adaptive=adaptive)
+            self.train_one(cfg, i, adaptive=adaptive, queries=queries)
             if progress is not None:
                 progress(done + 1, len(todo))
         return todo
@@ -230,7 +353,8 @@ class ReferenceBank:
 
 
 def reference_seed(key: str, index: int) -> int:
-    """The training seed of reference ``index`` of entry ``key`` (independent of the target's)."""
+    """The training seed of reference ``index`` of a recipe whose config fields hash to ``key``
+    (16 hex digits; independent of the target's seed, the code version and the queries)."""
     return int(np.random.SeedSequence([int(key, 16), index]).generate_state(1)[0] % 2**31)
 
 

@@ -98,9 +98,17 @@ class DefenseConfig:
 
 @dataclass(frozen=True)
 class AttackConfig:
-    attacks: tuple[str, ...] = ("loss", "lira_offline", "lira_online", "rmia_online")
+    """How the target is attacked (see :mod:`pptp.attacks`, :mod:`pptp.signals`, :mod:`pptp.bank`).
+
+    ``attacks``: None chooses the strongest set for ``n_references``
+    (:func:`pptp.attacks.defaults.attack_names`). ``query_augment``: None queries the models with
+    the augmentations they trained with (:func:`pptp.signals.resolve_queries`); true/false force
+    the augmented queries on or off.
+    """
+
+    attacks: tuple[str, ...] | None = None
     n_references: int = 4
-    query_augment: bool = True  # query flips/shifts as extra signals (LiRA)
+    query_augment: bool | None = None
     bank_dir: str = "bank"
     adaptive: bool = False  # references trained with the trial's own protect/defense config
 

@@ -1,19 +1,24 @@
 """``run_trial(config) -> TrialResult``: the unit the search calls, as its stages in order.
 
 1. **data**: build the pool (raw datasets are cached in-process).
-2. **train**: train the target on keep row 0 with the trial's protection and defense.
-3. **signals**: query the target on every pool example (clean and augmented queries).
-4. **references**: load the K reference models' signals from the bank, training what is missing
-   (``search/`` trains missing references as parallel Ray tasks before the trials start).
-5. **attack**: every configured attack scores every pool example; the target's keep row is the
-   ground truth; ROC, AUC and TPR at 0.1% / 1% FPR per attack.
+2. **train**: train the target on keep row 0 with the trial's protection and defense; a target
+   whose test accuracy is not clearly above chance fails the trial (:mod:`pptp.chance`).
+3. **signals**: query the target on every pool example, in float32, with the queries that follow
+   its training (:func:`pptp.signals.resolve_queries`).
+4. **references**: load the K reference models' signals (same queries) from the bank, training
+   what is missing (``search/`` trains missing references as parallel Ray tasks before the trials
+   start); a reference at chance level fails the trial too.
+5. **attack**: every attack of :func:`pptp.attacks.attack_names` scores every pool example; the
+   target's keep row is the ground truth; ROC, AUC and TPR at 0.1% / 1% FPR per attack, and the
+   two-sided worst case over attacks (:meth:`TrialResult.metrics`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,22 +26,50 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from pptp.attacks import ATTACKS, AttackInput
+from pptp.attacks import ATTACKS, AttackInput, attack_names, check_attacks
 from pptp.bank import ReferenceBank
-from pptp.config import TrialConfig
-from pptp.data import Pool
+from pptp.chance import require_above_chance
+from pptp.config import DataConfig, TrialConfig
+from pptp.data import DATASETS, Pool
 from pptp.device import resolve_device
 from pptp.errors import ConfigError
-from pptp.metrics import AttackMetrics, evaluate
-from pptp.signals import Signals, compute_signals
+from pptp.metrics import TPR_METRICS, AttackMetrics, evaluate, resolvable
+from pptp.signals import Signals, compute_signals, resolve_queries
 from pptp.train import EpochLog, build_model, build_pool, train
 
 logger = logging.getLogger(__name__)
 
+#: the headline metrics whose worst case over attacks a trial reports as ``attack_<metric>``
+WORST_CASE_METRICS = ("auc", *TPR_METRICS)
+
+
+@dataclass(frozen=True)
+class WorstCase:
+    """The strongest attack on one headline metric, in either score direction.
+
+    ``value`` is NaN (``attack`` empty) when the metric is NaN for some attack (not resolved).
+    ``inverted``: the attack's negated scores gave it (members scored LOWER than non-members).
+    """
+
+    metric: str
+    value: float
+    attack: str
+    inverted: bool
+
+    def describe(self) -> str:
+        """``rmia_online``, ``lira_offline (inverted)`` or ``unresolved``."""
+        if not self.attack:
+            return "unresolved"
+        return f"{self.attack} (inverted)" if self.inverted else self.attack
+
 
 @dataclass(frozen=True)
 class TrialResult:
-    """What one trial measured. Rates are fractions in [0, 1]; timings are seconds per stage."""
+    """What one trial measured. Rates are fractions in [0, 1]; timings are seconds per stage.
+
+    ``queries`` are the query names the target and its references were asked (``("clean",)``,
+    or with ``flip`` and shifts; empty for results built by hand).
+    """
 
     config: TrialConfig
     test_acc: float
@@ -48,14 +81,41 @@ class TrialResult:
     mask: dict[str, bool]
     epsilon: float | None = None
     extras: dict[str, float] = field(default_factory=dict)
+    queries: tuple[str, ...] = ()
     model: nn.Module | None = field(default=None, repr=False, compare=False)  # keep_model=True
+
+    def worst_case(self, metric: str) -> WorstCase:
+        """The largest ``metric`` (``auc``, ``tpr@0.1%fpr``, ``tpr@1%fpr``) over attacks and both
+        score directions; NaN if it is NaN for any attack."""
+        if not self.attacks:
+            raise ValueError("the trial ran no attack")
+        candidates = [
+            (m.value(metric, inverted=inverted), name, inverted)
+            for name, m in self.attacks.items()
+            for inverted in (False, True)
+        ]
+        if any(math.isnan(value) for value, _, _ in candidates):
+            return WorstCase(metric, math.nan, "", False)
+        value, name, inverted = max(candidates, key=lambda c: c[0])  # first of ties: one-sided
+        return WorstCase(metric, value, name, inverted)
 
     def metrics(self) -> dict[str, float]:
         """Flat numbers for trackers and samplers.
 
-        ``auc/<attack>``, ``tpr@0.1%fpr/<attack>``, ``tpr@1%fpr/<attack>`` per attack, and the
-        worst case over attacks as ``attack_auc``, ``attack_tpr@0.1%fpr``, ``attack_tpr@1%fpr``
-        (the defender must survive the strongest attack it was scored against).
+        Per attack, one-sided (the attack's own direction): ``auc/<attack>``,
+        ``tpr@0.1%fpr/<attack>``, ``tpr@1%fpr/<attack>``, ``balanced_acc/<attack>``.
+
+        The worst case over attacks, **two-sided**: ``attack_auc`` is ``max over attacks of
+        max(auc, 1 - auc)``, and ``attack_tpr@0.1%fpr``, ``attack_tpr@1%fpr`` take the larger of
+        the TPR of the scores and of the negated scores. An attack whose scores are inverted
+        (RelaxLoss' gradient ascent on members can cause it) leaks as much as one that is not: the
+        attacker who knows the direction flips it, and the defender must survive the strongest
+        attack it was scored against. :meth:`tags` names the attack and direction that gave it.
+
+        Resolution: a TPR at an FPR below ``fpr_resolution = 1 / (number of non-members)`` is NaN
+        (a target FPR that only zero false positives can meet), per attack and in the worst case.
+        ``fpr_resolution`` is reported once, or per attack as ``fpr_resolution/<attack>`` when the
+        attacks were scored on different sets.
         """
         out: dict[str, float] = {
             "test_acc": self.test_acc,
@@ -68,13 +128,32 @@ class TrialResult:
             out[f"tpr@1%fpr/{name}"] = m.tpr_at_1pct_fpr
             out[f"balanced_acc/{name}"] = m.balanced_accuracy
         if self.attacks:
-            out["attack_auc"] = max(m.auc for m in self.attacks.values())
-            out["attack_tpr@0.1%fpr"] = max(m.tpr_at_0_1pct_fpr for m in self.attacks.values())
-            out["attack_tpr@1%fpr"] = max(m.tpr_at_1pct_fpr for m in self.attacks.values())
+            for metric in WORST_CASE_METRICS:
+                out[f"attack_{metric}"] = self.worst_case(metric).value
+            resolutions = {
+                name: m.fpr_resolution
+                for name, m in self.attacks.items()
+                if math.isfinite(m.fpr_resolution)
+            }
+            if len(set(resolutions.values())) == 1:
+                out["fpr_resolution"] = next(iter(resolutions.values()))
+            else:
+                out.update({f"fpr_resolution/{name}": r for name, r in resolutions.items()})
         if self.epsilon is not None:
             out["epsilon"] = self.epsilon
         for stage, seconds in self.timings.items():
             out[f"seconds/{stage}"] = seconds
+        return out
+
+    def tags(self) -> dict[str, str]:
+        """Text facts for trackers: ``queries`` (comma separated) and, per worst-case metric,
+        the attack and direction that gave it: ``attack_worst`` (AUC), ``attack_worst/<metric>``
+        (TPRs); values like ``rmia_online``, ``lira_offline (inverted)`` or ``unresolved``."""
+        out = {"queries": ",".join(self.queries)}
+        if self.attacks:
+            for metric in WORST_CASE_METRICS:
+                key = "attack_worst" if metric == "auc" else f"attack_worst/{metric}"
+                out[key] = self.worst_case(metric).describe()
         return out
 
 
@@ -95,8 +174,12 @@ def run_trial(
     base recipe, so they are trained once (screening); ``search/pick.py`` re-audits finalists with
     references trained under their own config. ``keep_model`` returns the trained target (on the
     CPU) in ``TrialResult.model``, for export and registration.
+
+    Raises :class:`~pptp.errors.ModelAtChance` when the target or a reference model is not clearly
+    above chance on the held-out test set (:mod:`pptp.chance`).
     """
-    _check_attacks(cfg)
+    check_attacks(cfg.attack)
+    queries = resolve_queries(cfg)
     bank = bank or ReferenceBank(Path(cfg.attack.bank_dir))
     timings: dict[str, float] = {}
     device = resolve_device(cfg.train.device)
@@ -116,17 +199,19 @@ def run_trial(
             device=device,
             on_epoch=on_epoch,
         )
+    _check_chance(trained.test_acc, pool, what="target model")
     with _timed(timings, "signals"):
-        signals = compute_signals(
-            model, pool.x, pool.y, augment=cfg.attack.query_augment, flip=pool.flip
-        )
-    results = attack_target(cfg, pool, signals, bank=bank, timings=timings, references=references)
+        signals = compute_signals(model, pool.x, pool.y, queries=queries)
+    results = attack_target(
+        cfg, pool, signals, bank=bank, timings=timings, references=references, queries=queries
+    )
     extras = dict(trained.extras)
     epsilon = extras.pop("epsilon", None)
     logger.info(
-        "trial done: test_acc %.4f, %s; %s",
+        "trial done: test_acc %.4f, %s; queries %s; %s",
         trained.test_acc,
         ", ".join(f"{k} auc {m.auc:.3f}" for k, m in results.items()),
+        ",".join(queries),
         ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()),
     )
     return TrialResult(
@@ -140,6 +225,7 @@ def run_trial(
         mask=trained.mask,
         epsilon=epsilon,
         extras=extras,
+        queries=queries,
         model=model.cpu() if keep_model else None,
     )
 
@@ -152,50 +238,116 @@ def attack_target(
     bank: ReferenceBank,
     timings: dict[str, float] | None = None,
     references: TrialConfig | None = None,
+    queries: Sequence[str] | None = None,
 ) -> dict[str, AttackMetrics]:
-    """Run every configured attack on a target's signals; ground truth is keep row 0.
+    """Run every attack of ``cfg`` on a target's signals; ground truth is keep row 0.
 
-    With ``cfg.attack.adaptive`` the references are trained under the target's own
-    protect/defense config: the audit of an attacker who knows the defense.
+    ``queries`` name the signals' queries (default: resolved from ``cfg``); the references are
+    loaded (trained if missing) with the same queries. With ``cfg.attack.adaptive`` the references
+    are trained under the target's own protect/defense config: the audit of an attacker who knows
+    the defense. A reference model at chance level raises :class:`~pptp.errors.ModelAtChance`.
     """
     timings = timings if timings is not None else {}
+    queries = tuple(resolve_queries(cfg) if queries is None else queries)
+    n, n_queries, n_classes = signals.logits.shape
+    if n_queries != len(queries):
+        raise ValueError(
+            f"the signals hold {n_queries} queries per example but queries names {len(queries)}: "
+            f"{', '.join(queries)}"
+        )
     adaptive = cfg.attack.adaptive
     ref_cfg = cfg if adaptive else references or cfg
     if (ref_cfg.data, ref_cfg.model) != (cfg.data, cfg.model):
         raise ConfigError("reference models must share the trial's data and model sections")
     n_refs = references_needed(cfg)
+    ref_logits = np.zeros((0, n, n_queries, n_classes), np.float32)
+    ref_keep = np.zeros((0, n), dtype=bool)
     with _timed(timings, "references"):
         if n_refs:
-            bank.ensure(ref_cfg, n_refs, adaptive=adaptive)
-        refs = bank.load(ref_cfg, n_refs, pool=pool, adaptive=adaptive)
+            refs = bank.load(
+                ref_cfg, n_refs, pool=pool, adaptive=adaptive, queries=queries, train_missing=True
+            )
+            folder = bank.entry_dir(ref_cfg, adaptive=adaptive, queries=queries)
+            for i, acc in enumerate(refs.test_acc):
+                _check_chance(float(acc), pool, what=_reference_name(ref_cfg, i, folder, adaptive))
+            ref_logits, ref_keep = refs.logits, refs.keep
     with _timed(timings, "attack"):
-        n, n_aug, n_classes = signals.logits.shape
         inputs = AttackInput(
             target_logits=signals.logits,
             labels=signals.labels,
-            ref_logits=refs.logits if n_refs else np.zeros((0, n, n_aug, n_classes), np.float32),
-            ref_keep=refs.keep if n_refs else np.zeros((0, n), dtype=bool),
+            ref_logits=ref_logits,
+            ref_keep=ref_keep,
         )
         is_member = pool.keep(1)[0]
-        return {name: evaluate(ATTACKS[name](inputs), is_member) for name in cfg.attack.attacks}
+        return {
+            name: evaluate(ATTACKS[name](inputs), is_member) for name in attack_names(cfg.attack)
+        }
 
 
 def references_needed(cfg: TrialConfig) -> int:
-    """How many reference models the configured attacks need (0 for threshold attacks only)."""
-    needs = max((ATTACKS[a].min_refs for a in cfg.attack.attacks), default=0)
+    """How many reference models the trial's attacks need (0 for threshold attacks only)."""
+    needs = max((ATTACKS[a].min_refs for a in attack_names(cfg.attack)), default=0)
     return cfg.attack.n_references if needs > 0 else 0
 
 
-def _check_attacks(cfg: TrialConfig) -> None:
-    if not cfg.attack.attacks:
-        raise ConfigError("attack.attacks is empty; name at least one attack, e.g. loss")
-    for name in cfg.attack.attacks:
-        spec = ATTACKS[name]  # unknown names list the known ones
-        if spec.min_refs > cfg.attack.n_references:
-            raise ConfigError(
-                f"attack {name!r} needs at least {spec.min_refs} reference models but "
-                f"attack.n_references = {cfg.attack.n_references}"
+def expected_non_members(data: DataConfig) -> int:
+    """The target's non-members in the pool ``data`` names, before anything is loaded.
+
+    The pool holds ``data.pool_size`` examples, or all of the dataset's
+    (``DatasetSpec.n_examples``, train and test pooled) left after the test and validation sets;
+    the target trains on ``n_pool // 2`` of them (:func:`pptp.data.keep_row`).
+    """
+    spec = DATASETS[data.name]
+    n_pool = data.pool_size
+    if n_pool is None:
+        n_pool = spec.n_examples - data.test_size - data.val_size
+    if n_pool < 2:
+        raise ConfigError(
+            f"data: a pool of {n_pool} examples ({data.name!r}, {spec.n_examples} examples, "
+            f"test_size {data.test_size}, val_size {data.val_size}) cannot hold members and "
+            "non-members; make test_size or val_size smaller"
+        )
+    return n_pool - n_pool // 2
+
+
+def unresolvable_metrics(cfg: TrialConfig, metrics: Iterable[str]) -> dict[str, str]:
+    """Which of the named metrics the trial's pool cannot resolve, each with the reason.
+
+    A TPR at FPR ``f`` (``attack_tpr@0.1%fpr``, ``tpr@0.1%fpr/<attack>``, ...) needs at least
+    ``1 / f`` non-members, or it is always NaN (:func:`pptp.metrics.resolvable`). Other metrics
+    are always resolved. Pure: the space validator calls it before anything runs.
+    """
+    n = expected_non_members(cfg.data)
+    out: dict[str, str] = {}
+    for name in metrics:
+        base = name.split("/", 1)[0].removeprefix("attack_")
+        fpr = TPR_METRICS.get(base)
+        if fpr is not None and not resolvable(fpr, n):
+            out[name] = (
+                f"{name} cannot be resolved: the target has {n} non-members, so the smallest "
+                f"non-zero FPR is 1/{n} = {100 / n:.2g}% > {100 * fpr:g}% and the metric is always "
+                f"NaN; it needs at least {math.ceil(1 / fpr - 1e-9)} non-members (a pool of "
+                f"{2 * math.ceil(1 / fpr - 1e-9)} examples), or use a TPR at a larger FPR"
             )
+    return out
+
+
+def _check_chance(accuracy: float, pool: Pool, *, what: str) -> None:
+    if len(pool.y_test) == 0:
+        logger.warning("no held-out test set: cannot check that the %s is above chance", what)
+        return
+    require_above_chance(accuracy, pool.y_test.cpu().numpy(), what=what)
+
+
+def _reference_name(cfg: TrialConfig, index: int, folder: Path, adaptive: bool) -> str:
+    t = cfg.train
+    recipe = (
+        f"{cfg.model.name} on {cfg.data.name}, {t.epochs} epochs, lr {t.lr:g}, batch "
+        f"{t.batch_size}, augment {t.augment}"
+    )
+    if adaptive:
+        recipe += f", protect {cfg.protect.operator}, defense {cfg.defense.name}"
+    return f"reference model {index} of bank entry {folder} ({recipe}; recipe.json there)"
 
 
 @contextmanager

@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from pptp.attacks import ATTACKS, AttackInput
+from pptp.attacks import ATTACKS, AttackInput, attack_names, check_attacks, default_attacks
 from pptp.attacks.base import logit_scaled_confidence, true_class_log_prob
+from pptp.attacks.defaults import LIRA_ONLINE_MIN_REFS
 from pptp.attacks.lira import lira_offline, lira_online
 from pptp.attacks.rmia import rmia_offline, rmia_online
 from pptp.attacks.threshold import confidence, entropy, loss, modified_entropy
+from pptp.config import AttackConfig
 from pptp.errors import ConfigError
 from pptp.metrics import evaluate
 
@@ -146,6 +148,48 @@ def test_registry_flags() -> None:
 def test_unknown_attack_lists_known_ones() -> None:
     with pytest.raises(ConfigError, match="lira_online"):
         ATTACKS["lira"]
+
+
+# --- which attacks a trial runs --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("k", "expected"),
+    [
+        (0, ("loss",)),
+        (1, ("loss", "lira_offline_fixed_variance", "rmia_offline")),
+        (2, ("loss", "lira_fixed_variance", "rmia_online")),
+        (8, ("loss", "lira_fixed_variance", "rmia_online")),
+        (15, ("loss", "lira_fixed_variance", "rmia_online")),
+        (16, ("loss", "lira_online", "rmia_online")),
+        (64, ("loss", "lira_online", "rmia_online")),
+    ],
+)
+def test_default_attacks_follow_the_number_of_references(k: int, expected: tuple) -> None:
+    assert default_attacks(k) == expected
+    assert attack_names(AttackConfig(n_references=k)) == expected  # attacks: null
+    assert check_attacks(AttackConfig(n_references=k)) == expected
+    for name in expected:
+        assert ATTACKS[name].min_refs <= k  # every default runs with its K
+
+
+def test_configured_attacks_are_kept_and_checked(caplog: pytest.LogCaptureFixture) -> None:
+    assert attack_names(AttackConfig(attacks=("rmia_online", "loss"))) == ("rmia_online", "loss")
+    with pytest.raises(ConfigError, match="unknown attack 'lira2'; known: confidence"):
+        check_attacks(AttackConfig(attacks=("lira2",)))
+    with pytest.raises(ConfigError, match="'rmia_online' needs at least 2 reference models"):
+        check_attacks(AttackConfig(attacks=("rmia_online",), n_references=1))
+    with pytest.raises(ConfigError, match=r"attack\.attacks is empty"):
+        check_attacks(AttackConfig(attacks=()))
+    with pytest.raises(ConfigError, match="must be >= 0"):
+        default_attacks(-1)
+    with caplog.at_level("WARNING", logger="pptp.attacks.defaults"):
+        check_attacks(AttackConfig(attacks=("lira_online",), n_references=8))
+    assert "lira_online with 8 reference models" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="pptp.attacks.defaults"):
+        check_attacks(AttackConfig(attacks=("lira_online",), n_references=LIRA_ONLINE_MIN_REFS))
+    assert caplog.text == ""
 
 
 def test_direct_calls_are_checked_too() -> None:

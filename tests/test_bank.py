@@ -1,15 +1,18 @@
-"""The reference bank: hashing, reuse, growth, corruption recovery, foreign files."""
+"""The reference bank: hashing (recipe, queries, format, code), reuse, growth, one read per
+entry, corruption recovery, foreign files."""
 
 from __future__ import annotations
 
 import json
 import pickle
+import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from pptp.bank import ReferenceBank, recipe_key
+import pptp.bank
+from pptp.bank import ReferenceBank, _code_only, fingerprinted_files, recipe_key
 from pptp.config import TrialConfig
 from pptp.data import keep_row
 from pptp.train import build_pool
@@ -39,6 +42,8 @@ def test_key_depends_on_what_determines_the_references() -> None:
         {"protect.operator": "damp", "protect.strength": 0.5, "protect.split": 1},
         {"defense.name": "relaxloss"},
         {"attack.n_references": 16},
+        {"attack.attacks": ["loss"]},
+        {"train.bf16": False},
     ]
     for change in same:
         assert recipe_key(TINY.replace(**change), adaptive=False)[0] == key, change
@@ -54,6 +59,114 @@ def test_key_depends_on_what_determines_the_references() -> None:
     defended = TINY.replace(**{"defense.name": "relaxloss"})
     assert recipe_key(defended, adaptive=True)[0] != key
     assert recipe_key(defended, adaptive=True)[0] != recipe_key(TINY, adaptive=True)[0]
+
+
+def test_key_carries_the_resolved_queries() -> None:
+    # TINY trains with 1-pixel crops on digits: following training means clean + 3 shifts,
+    # the same queries that forcing them gives, so both share one entry.
+    follow = TINY.replace(**{"attack.query_augment": None})
+    forced = TINY.replace(**{"attack.query_augment": True})
+    clean = TINY  # query_augment: false
+    assert recipe_key(follow, adaptive=False)[0] == recipe_key(forced, adaptive=False)[0]
+    assert recipe_key(follow, adaptive=False)[0] != recipe_key(clean, adaptive=False)[0]
+    key, fields = recipe_key(clean, adaptive=False, queries=("clean", "shift+x"))
+    assert fields["attack.queries"] == ["clean", "shift+x"]
+    assert key != recipe_key(clean, adaptive=False)[0]
+    assert recipe_key(clean, adaptive=False)[1]["attack.queries"] == ["clean"]
+
+
+def test_key_changes_with_the_code_and_the_format(monkeypatch: pytest.MonkeyPatch) -> None:
+    key, fields = recipe_key(TINY, adaptive=False)
+    assert fields["bank.code"] == pptp.bank.code_fingerprint()
+    assert fields["bank.format"] == pptp.bank.BANK_FORMAT
+    monkeypatch.setattr(pptp.bank, "code_fingerprint", lambda: "0123456789abcdef")
+    changed_code = recipe_key(TINY, adaptive=False)[0]
+    assert changed_code != key
+    monkeypatch.setattr(pptp.bank, "BANK_FORMAT", pptp.bank.BANK_FORMAT + 1)
+    assert recipe_key(TINY, adaptive=False)[0] not in (key, changed_code)
+
+
+def test_fingerprint_covers_training_code_not_attacks() -> None:
+    root = Path(pptp.bank.__file__).parent
+    names = {str(p.relative_to(root)) for p in fingerprinted_files()}
+    for training in (
+        "train.py",
+        "data.py",
+        "models.py",
+        "layers.py",
+        "operators.py",
+        "defenses.py",
+        "hooks.py",
+        "signals.py",
+        "config.py",
+        "bank.py",
+    ):
+        assert training in names, training
+    for reader in ("metrics.py", "trial.py", "localize.py", "attacks/lira.py"):
+        assert reader not in names, reader
+
+
+def test_fingerprint_ignores_comments_and_docstrings_not_code() -> None:
+    source = textwrap.dedent('''
+        """Module docstring."""
+        def f(x):
+            """Doubles."""
+            return 2 * x  # a comment
+    ''')
+    reworded = textwrap.dedent('''
+        """Another module docstring."""
+
+        def f(x):
+            """Twice x, reworded."""
+            # why: a new comment
+            return 2 * x
+    ''')
+    changed = source.replace("2 * x", "3 * x")
+    assert _code_only(source) == _code_only(reworded)
+    assert _code_only(source) != _code_only(changed)
+    assert _code_only('"""Only a docstring."""\ndef g():\n    """Doc."""\n') == _code_only(
+        "def g():\n    pass\n"
+    )
+
+
+def test_new_code_retrains_the_same_models_in_a_new_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bank = ReferenceBank(tmp_path)
+    bank.ensure(TINY, 1)
+    old_folder = bank.entry_dir(TINY)
+    monkeypatch.setattr(pptp.bank, "code_fingerprint", lambda: "0123456789abcdef")
+    assert bank.missing(TINY, 1) == [0]  # never silently reused
+    bank.ensure(TINY, 1)
+    new_folder = bank.entry_dir(TINY)
+    assert new_folder != old_folder
+    seeds = [
+        json.loads((f / "ref-0000.json").read_text())["seed"] for f in (old_folder, new_folder)
+    ]
+    assert seeds[0] == seeds[1]  # the seed depends on the recipe, not on the code version
+    with np.load(old_folder / "ref-0000.npz") as a, np.load(new_folder / "ref-0000.npz") as b:
+        np.testing.assert_array_equal(a["logits"], b["logits"])
+
+
+def test_load_reads_and_checksums_each_entry_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bank = ReferenceBank(tmp_path)
+    pool = build_pool(TINY.data)
+    refs = bank.load(TINY, 2, pool=pool, train_missing=True)  # cold: trains both
+    assert refs.logits.shape == (2, 200, 1, 10)
+    calls: list[Path] = []
+    real = pptp.bank._sha256
+
+    def counted(path: Path) -> str:
+        calls.append(path)
+        return real(path)
+
+    monkeypatch.setattr(pptp.bank, "_sha256", counted)
+    monkeypatch.setattr(ReferenceBank, "train_one", lambda *a, **k: pytest.fail("warm: trains"))
+    again = bank.load(TINY, 2, pool=pool, train_missing=True)
+    assert len(calls) == 2  # one checksum per entry
+    np.testing.assert_array_equal(again.logits, refs.logits)
 
 
 def test_reuse_and_growth(tmp_path: Path) -> None:

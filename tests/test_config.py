@@ -26,6 +26,16 @@ def test_round_trip_through_flat_keys() -> None:
     assert cfg.replace(**{"train.seed": 4}).train.seed == 4
 
 
+def test_attack_defaults_are_resolved_later_and_round_trip() -> None:
+    cfg = TrialConfig()
+    assert cfg.attack.attacks is None and cfg.attack.query_augment is None
+    flat = cfg.to_flat()
+    assert flat["attack.attacks"] is None and flat["attack.query_augment"] is None
+    assert TrialConfig.from_flat(flat) == cfg
+    forced = TrialConfig.from_flat({"attack.query_augment": False, "attack.attacks": None})
+    assert forced.attack.query_augment is False and forced.attack.attacks is None
+
+
 def test_digest_is_stable_and_section_scoped() -> None:
     a = TrialConfig()
     b = a.replace(**{"train.lr": 0.3})
@@ -43,7 +53,8 @@ def test_digest_is_stable_and_section_scoped() -> None:
         ({"train.epochs": 2.5}, r"train\.epochs = 2\.5 is not an int"),
         ({"train.augment": "yes"}, r"train\.augment = 'yes' is not a bool"),
         ({"data.pool_size": "all"}, r"data\.pool_size = 'all' is not an int or null"),
-        ({"attack.attacks": 3}, r"attack\.attacks = 3 is not a list of strings"),
+        ({"attack.attacks": 3}, r"attack\.attacks = 3 is not a list of strings or null"),
+        ({"attack.query_augment": "auto"}, r"attack\.query_augment = 'auto' is not a bool or null"),
     ],
 )
 def test_bad_keys_and_types_name_the_source_and_key(flat: dict[str, object], message: str) -> None:
