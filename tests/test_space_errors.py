@@ -190,6 +190,13 @@ ERRORS: dict[str, tuple[str, str]] = {
     "enqueue differs from fixed": (
         "study: {name: t, enqueue: [{train.epochs: 4}]}\nfixed: {train.epochs: 3}\n",
         "study.enqueue[0].train.epochs"),
+    "unresolvable objective": ("study: {name: t, objectives: {attack_tpr@0.1%fpr: min}}\n",
+                               "study.objectives.attack_tpr@0.1%fpr"),
+    "unresolvable constraint": (
+        "study: {name: t, constraints: [{metric: tpr@0.1%fpr/loss, max: 0.1}]}\n",
+        "study.constraints[0].metric"),
+    "pool without non-members": ("study: {name: t}\nfixed: {data.pool_size: 1}\n",
+                                 "fixed.data"),
     "bad yaml": ("study:\n  name: t\n   bad: [1\n", "line"),
     "duplicate key": ("study: {name: t}\nfixed:\n  train.lr: 0.1\n  train.lr: 0.2\n",
                       "duplicate key 'train.lr'"),
@@ -214,12 +221,13 @@ def test_error_names_file_and_key(case: str, tmp_path: Path) -> None:
         ("study: {name: t}\nparams: {train.lr: {type: float, low: 1e-4, high: 0.1}}\n",
          "1.0e-4"),
         ("study: {name: t, objectives: {accuracy: max}}\n", "test_acc"),  # lists valid ones
-        ("study: {name: t, objectives: {accuracy: max}}\n", "auc/lira_online"),
+        ("study: {name: t, objectives: {accuracy: max}}\n", "auc/rmia_online"),
         ("study: {name: t, sampler: foo}\n",
          "study.sampler: unknown sampler 'foo'; known: gp, nsga2, qmc, random, tpe"),
         ("study: {name: t, sampler_options: {pop: 3}}\n", "population_size"),
         ("study:\n  name: t\n   bad: [1\n", "line 3"),
         ("study: {name: t}\nfixed: {train.lrr: 0.1}\n", "did you mean 'train.lr'"),
+        ("study: {name: t, objectives: {attack_tpr@0.1%fpr: min}}\n", "at least 1000 non-members"),
     ],
 )
 def test_error_messages_help(text: str, expected: str, tmp_path: Path) -> None:

@@ -77,3 +77,14 @@ def test_constraint_missing_metric_is_infeasible() -> None:
     assert c.value({"test_acc": 0.9}) == INFEASIBLE > 0
     assert c.name == "epsilon<=8"
     assert Constraint("test_acc", min=0.5, max=0.9).name == "test_acc>=0.5,test_acc<=0.9"
+
+
+def test_known_metrics_of_the_default_attack_set() -> None:
+    """attack.attacks: null runs the default set for attack.n_references (pptp.attacks)."""
+    from pptp.attacks import default_attacks
+
+    for k in (0, 4, 16):
+        cfg = TrialConfig.from_flat({"attack.attacks": None, "attack.n_references": k})
+        expected = {f"auc/{a}" for a in default_attacks(k)}
+        assert {m for m in known_metrics(cfg) if m.startswith("auc/")} == expected
+

@@ -3,7 +3,9 @@ sense, before anything is built or loaded.
 
 - each name (dataset, model, norm, operator, direction, defense, attack) the study fixes or can
   sample is in its registry (cheap lookups only);
-- the attacks have the reference models they need;
+- the attacks have the reference models they need (``attack.attacks: null``: the default set for
+  ``attack.n_references``, :func:`pptp.attacks.attack_names`);
+- no objective or constraint is a TPR at an FPR the pool cannot resolve (always NaN);
 - per-example gradients (``noise``, ``dpsgd``) never meet BatchNorm, which makes them ill-defined;
 - an ``epsilon`` objective has DP-SGD fixed (only DP-SGD trials report epsilon);
 - NSGA-II's population fits in the study (a warning otherwise: every trial would be random).
@@ -17,13 +19,15 @@ from typing import Any
 
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 
-from pptp.attacks import ATTACKS
+from pptp.attacks import ATTACKS, attack_names
 from pptp.config import TrialConfig
 from pptp.data import DATASETS
 from pptp.defenses import DEFENSES
+from pptp.errors import ConfigError
 from pptp.layers import DIRECTIONS
 from pptp.models import MODELS, NORMS, TORCHVISION_PREFIX
 from pptp.operators import OPERATORS
+from pptp.trial import unresolvable_metrics
 from search.space.errors import space_error
 from search.space.study import StudySpec
 
@@ -71,9 +75,13 @@ def check_names(base: TrialConfig, params: Mapping[str, BaseDistribution], *, so
                 raise space_error(
                     source, where, f"unknown {key.replace('.', ' ')} {value!r}; known: {known()}"
                 )
-    attacks = base.attack.attacks
+    attacks = attack_names(base.attack)  # attack.attacks: null -> the default set for K
     if not attacks:
-        raise space_error(source, "fixed.attack.attacks", "is empty; name at least one attack")
+        raise space_error(
+            source,
+            "fixed.attack.attacks",
+            "is empty; name at least one attack, or leave it null for the default set",
+        )
     for a in attacks:
         if a not in ATTACKS:
             raise space_error(
@@ -99,6 +107,23 @@ def check_names(base: TrialConfig, params: Mapping[str, BaseDistribution], *, so
                         "BatchNorm (model.norm: batch, the default) makes "
                         "ill-defined; fix model.norm: group",
                     )
+
+
+def check_resolution(study: StudySpec, base: TrialConfig, *, source: str) -> None:
+    """A TPR at an FPR below 1 / (non-members) is never resolved (always NaN, DESIGN.md §3):
+    an objective or constraint on one is an error naming the key and what would resolve it."""
+    try:
+        unresolved = unresolvable_metrics(
+            base, [*study.metrics, *(c.metric for c in study.constraints)]
+        )
+    except ConfigError as err:  # a pool that cannot hold members and non-members
+        raise space_error(source, "fixed.data", str(err)) from None
+    for metric in study.metrics:
+        if metric in unresolved:
+            raise space_error(source, f"study.objectives.{metric}", unresolved[metric])
+    for i, c in enumerate(study.constraints):
+        if c.metric in unresolved:
+            raise space_error(source, f"study.constraints[{i}].metric", unresolved[c.metric])
 
 
 def check_epsilon(

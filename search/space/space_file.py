@@ -18,7 +18,12 @@ from optuna.distributions import BaseDistribution
 
 from pptp.config import TrialConfig
 from pptp.errors import ConfigError
-from search.space.checks import check_epsilon, check_names, warn_small_population
+from search.space.checks import (
+    check_epsilon,
+    check_names,
+    check_resolution,
+    warn_small_population,
+)
 from search.space.distributions import describe_distribution, distribution_to_short
 from search.space.errors import SpaceError, show, space_error
 from search.space.reading import read_yaml
@@ -131,6 +136,7 @@ def load_space(path: str | Path) -> Space:
     study = parse_study(doc["study"], fixed, params, known_metrics(base), source=source)
     check_names(base, params, source=source)
     check_epsilon(study, base, params, source=source)
+    check_resolution(study, base, source=source)
     warn_small_population(study, source=source)
     space = Space(
         path=path, sha256=hashlib.sha256(data).hexdigest(), study=study, fixed=fixed, params=params

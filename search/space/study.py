@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from pptp.attacks import attack_names
 from pptp.config import TrialConfig
 
 Direction = Literal["maximize", "minimize"]
@@ -186,6 +187,8 @@ PER_ATTACK_METRICS = ("auc", "tpr@0.1%fpr", "tpr@1%fpr", "balanced_acc")
 
 
 def known_metrics(cfg: TrialConfig) -> set[str]:
-    """Every metric name :meth:`pptp.trial.TrialResult.metrics` reports for ``cfg``'s attacks."""
-    per_attack = {f"{m}/{a}" for m in PER_ATTACK_METRICS for a in cfg.attack.attacks}
+    """Every metric name :meth:`pptp.trial.TrialResult.metrics` reports for ``cfg``'s attacks
+    (``attack.attacks: null`` means the default set for ``attack.n_references``:
+    :func:`pptp.attacks.attack_names`)."""
+    per_attack = {f"{m}/{a}" for m in PER_ATTACK_METRICS for a in attack_names(cfg.attack)}
     return set(METRIC_NAMES) | per_attack
