@@ -27,6 +27,7 @@ composes with, and why the others are refused.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -224,10 +225,13 @@ class DPSGD(Defense):
     def summary(self) -> dict[str, float]:
         if self.engine is None:
             return {}
-        return {
-            "epsilon": float(self.engine.get_epsilon(self.cfg.delta)),
-            "dp_steps": float(self.steps()),
-        }
+        # without noise there is no privacy guarantee (the PRV accountant overflows on it)
+        epsilon = (
+            float(self.engine.get_epsilon(self.cfg.delta))
+            if self.cfg.noise_multiplier > 0
+            else math.inf
+        )
+        return {"epsilon": epsilon, "dp_steps": float(self.steps())}
 
 
 @DEFENSES.register("relaxloss")

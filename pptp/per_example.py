@@ -66,7 +66,7 @@ class PerExampleGrads:
 
     def __init__(self, model: nn.Module, params: Mapping[str, nn.Parameter]) -> None:
         from opacus.grad_sample import GradSampleModule  # 1 s import, only needed here
-        from opacus.grad_sample.functorch import ft_compute_per_sample_gradient
+        from opacus.grad_sample.functorch import ft_compute_per_sample_gradient, prepare_layer
 
         self._samplers: dict[type, Any] = dict(GradSampleModule.GRAD_SAMPLERS)
         self._fallback = ft_compute_per_sample_gradient
@@ -78,6 +78,7 @@ class PerExampleGrads:
         for mname, module in _owners(model, set(params), self._samplers):
             if type(module) not in self._samplers:
                 _check_fallback(mname, module)
+                prepare_layer(module)  # before the hook: it copies the module, hooks included
                 self._functional.append(module)
             self._handles.append(module.register_forward_hook(self._forward))
 

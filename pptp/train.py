@@ -19,6 +19,7 @@ convolutions need NCHW (:attr:`pptp.hooks.Needs.nchw`); ``train.compile`` wraps 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -189,13 +190,13 @@ def train(
                 ctx.warmup = snapshot(ctx.protected)
             if any([m.should_stop(ctx) for m in mechanisms]):  # every one sees every epoch
                 break
-        if ctx.warmup is None:  # stopped during the warm-up: the operators never acted
-            ctx.warmup = snapshot(ctx.protected)
 
         # the weights the training phase ends with: the defense's (early stopping's best
         # epoch), then the operator's, computed from those (rewind's interpolation)
-        for holder in (guard, operator):
-            _load(model, holder.end_training(ctx))
+        _load(model, guard.end_training(ctx))
+        if ctx.warmup is None:  # ended during the warm-up: the operators never acted
+            ctx.warmup = snapshot(ctx.protected)
+        _load(model, operator.end_training(ctx))
 
         # fine-tune phase, when the operator declares one (rewind)
         tune = operator.fine_tune(ctx)
@@ -448,15 +449,22 @@ class _Loop:
 
 
 def _sgd(cfg: TrainConfig, ctx: TrainContext, mechanisms: tuple[Mechanism, ...]) -> torch.optim.SGD:
-    """SGD with a free and a protected parameter group (``"protected": bool``), each with the
-    mechanisms' options (e.g. a defense's weight decay); empty groups are left out."""
+    """SGD whose parameter groups are the protected and free parameters (``"protected": bool``),
+    each with the mechanisms' options (e.g. a defense's weight decay).
+
+    One group per contiguous run of protected or free parameters in model order (two for a
+    prefix or suffix split, one without protection): the groups list every parameter in model
+    order, as plain training's single group does. Opacus draws DP-SGD's noise parameter by
+    parameter in that order, so a partition alone never changes which noise a parameter gets.
+    """
     groups: list[dict[str, object]] = []
-    for protected, params in ((False, ctx.free), (True, ctx.protected)):
-        group: dict[str, object] = {"params": list(params.values()), "protected": protected}
+    for protected, run in itertools.groupby(
+        ctx.model.named_parameters(), key=lambda item: item[0] in ctx.protected
+    ):
+        group: dict[str, object] = {"params": [p for _, p in run], "protected": protected}
         for m in mechanisms:
             group.update(m.optimizer_options(protected=protected))
-        if params:
-            groups.append(group)
+        groups.append(group)
     return torch.optim.SGD(
         groups,  # type: ignore[arg-type]
         lr=cfg.lr,

@@ -33,9 +33,27 @@ def test_every_defense_trains(digits_pool: Pool, name: str) -> None:
 
 
 def test_dpsgd_reports_epsilon_that_falls_with_more_noise(digits_pool: Pool) -> None:
-    low = run(digits_pool, DefenseConfig(name="dpsgd", noise_multiplier=0.8)).extras["epsilon"]
-    high = run(digits_pool, DefenseConfig(name="dpsgd", noise_multiplier=2.0)).extras["epsilon"]
-    assert 0 < high < low
+    low = run(digits_pool, DefenseConfig(name="dpsgd", noise_multiplier=0.8))
+    high = run(digits_pool, DefenseConfig(name="dpsgd", noise_multiplier=2.0))
+    assert 0 < high.extras["epsilon"] < low.extras["epsilon"]
+    assert low.extras["dp_steps"] == CFG.epochs * 4  # 256 members, batch 64: every step counted
+
+
+def test_dpsgd_without_noise_or_clipping_is_plain_training(digits_pool: Pool) -> None:
+    # Opacus' invariant: no noise and no clipping equals vanilla training. Regression: with
+    # channels_last activations Opacus' conv per-sample gradients were zeros, so every conv but
+    # the first trained on noise alone; the loop now trains DP-SGD in NCHW.
+    cfg = dataclasses.replace(CFG, momentum=0.0)
+    open_dp = DefenseConfig(name="dpsgd", noise_multiplier=0.0, max_grad_norm=1e6)
+    members = np.flatnonzero(digits_pool.keep(1)[0])[:256]
+    models = []
+    for defense in (DefenseConfig(), open_dp):
+        model = build_model(MODEL, digits_pool, seed=cfg.seed)
+        train(model, digits_pool, members, cfg, defense=defense)
+        models.append(model.state_dict())
+    plain, private = models
+    for key in plain:
+        assert torch.allclose(plain[key], private[key], atol=1e-5), key
 
 
 def test_dpsgd_refuses_batchnorm(digits_pool: Pool) -> None:
@@ -50,6 +68,28 @@ def test_early_stopping_stops_and_keeps_the_best_epoch(digits_pool: Pool) -> Non
     result = run(digits_pool, DefenseConfig(name="early_stopping", patience=2), cfg)
     assert result.epochs_run == 3
     assert result.extras["best_epoch"] == 1.0
+
+
+def test_early_stopping_ends_with_the_best_epochs_weights(digits_pool: Pool) -> None:
+    cfg = dataclasses.replace(CFG, epochs=6, lr=0.3)
+    model = build_model(MODEL, digits_pool, seed=cfg.seed)
+    after: dict[int, dict[str, torch.Tensor]] = {}
+    members = np.flatnonzero(digits_pool.keep(1)[0])[:256]
+    result = train(
+        model,
+        digits_pool,
+        members,
+        cfg,
+        defense=DefenseConfig(name="early_stopping", patience=2),
+        on_epoch=lambda log: after.__setitem__(
+            log.epoch, {k: v.detach().clone() for k, v in model.state_dict().items()}
+        ),
+    )
+    best = int(result.extras["best_epoch"])
+    vals = [log.val_acc for log in result.history]
+    assert vals[best - 1] == max(v for v in vals if v is not None)
+    final = model.state_dict()
+    assert all(torch.equal(final[k], after[best][k]) for k in final)
 
 
 def test_weight_decay_and_label_smoothing_change_training(digits_pool: Pool) -> None:

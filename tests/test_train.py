@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from pptp.config import ModelConfig, ProtectConfig, TrainConfig
+from pptp.config import DefenseConfig, ModelConfig, ProtectConfig, TrainConfig
 from pptp.data import Pool
 from pptp.errors import ConfigError
 from pptp.train import EpochLog, TrainingDiverged, build_model, train
@@ -93,3 +93,32 @@ def test_divergence_is_an_error(digits_pool: Pool) -> None:
 def test_bad_recipe_names_the_key(digits_pool: Pool, change: dict[str, object], key: str) -> None:
     with pytest.raises(ConfigError, match=key):
         run(digits_pool, dataclasses.replace(CFG, **change))  # type: ignore[arg-type]
+
+
+def test_epoch_logs_carry_their_phase(digits_pool: Pool) -> None:
+    _, result = run(digits_pool, dataclasses.replace(CFG, epochs=2))
+    assert [log.phase for log in result.history] == ["train", "train"]  # type: ignore[attr-defined]
+
+
+def test_stopping_during_warmup_makes_the_end_weights_the_warmup_weights(
+    digits_pool: Pool,
+) -> None:
+    # early stopping ends training at epoch 2, before the 3-epoch warm-up is over: the operators
+    # never acted, and rewind (which goes back toward the warm-up weights) changes nothing
+    model_cfg = ModelConfig(name="small_cnn", width=4, norm="group")
+    cfg = dataclasses.replace(CFG, epochs=6, warmup_epochs=3, lr=1e-9, schedule="constant")
+    guard = DefenseConfig(name="early_stopping", patience=1)
+    finals = []
+    for protect in (
+        ProtectConfig(),
+        ProtectConfig(operator="rewind", strength=1.0, split=2, direction="prefix"),
+    ):
+        model = build_model(model_cfg, digits_pool, seed=cfg.seed)
+        result = train(
+            model, digits_pool, members(digits_pool), cfg, protect=protect, defense=guard
+        )
+        assert [log.phase for log in result.history][:2] == ["train", "train"]
+        finals.append(model.state_dict())
+    plain, rewound = finals
+    protected = [k for k in plain if k.startswith(("block1.", "block2."))]
+    assert protected and all(torch.equal(plain[k], rewound[k]) for k in protected)

@@ -1,0 +1,117 @@
+"""Per-example gradients from the ordinary backward pass agree with torch.func's, for the chosen
+parameters only, in every layout and around in-place ops."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from pptp.errors import ConfigError
+from pptp.per_example import PerExampleGrads, chunk_size, refuse_batchnorm
+
+
+class Scaled(nn.Module):
+    """A module with its own parameter and no Opacus grad sampler (like ConvNeXt's blocks)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.scale = nn.Parameter(torch.full((channels, 1, 1), 0.5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.scale * self.conv(x)
+
+
+def net() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False),
+        nn.GroupNorm(2, 8),
+        nn.ReLU(inplace=True),  # modifies the GroupNorm's output in place (torchvision style)
+        Scaled(8),
+        nn.Conv2d(8, 8, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 5),
+    )
+
+
+def reference(
+    model: nn.Module, names: list[str], x: torch.Tensor, y: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """torch.func: grad of each example's own cross-entropy, (n, *shape) per chosen name."""
+    params = dict(model.named_parameters())
+    chosen = {n: params[n].detach() for n in names}
+
+    def loss_one(ps: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        out = functional_call(model, {**params, **ps}, (xi[None],))
+        return nn.functional.cross_entropy(out, yi[None])
+
+    return vmap(grad(loss_one), in_dims=(None, 0, 0))(chosen, x, y)  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize(
+    "names",
+    [
+        ["0.weight", "1.weight", "1.bias"],  # conv + GroupNorm before an in-place ReLU
+        ["3.scale", "3.conv.weight", "3.conv.bias"],  # no grad sampler: torch.func fallback
+        ["4.weight", "8.weight", "8.bias"],  # strided conv and the linear head
+    ],
+)
+def test_agrees_with_torch_func(layout: str, names: list[str]) -> None:
+    model, n = net(), 6
+    x, y = torch.randn(n, 3, 8, 8), torch.randint(0, 5, (n,))
+    if layout == "channels_last":  # Opacus' conv sampler alone reads these wrongly
+        model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    params = dict(model.named_parameters())
+    grads = PerExampleGrads(model, {k: params[k] for k in names})
+    nn.functional.cross_entropy(model(x), y).backward()
+    got = grads.pop()
+    ref = reference(model, names, x, y)
+    assert set(got) == set(names)
+    for k in names:
+        assert got[k].shape == (n, *params[k].shape)
+        torch.testing.assert_close(got[k] * n, ref[k], atol=1e-5, rtol=1e-4)  # mean loss: / n
+        torch.testing.assert_close(got[k].sum(0), params[k].grad)  # and they sum to .grad
+    grads.remove()
+    assert grads.pop() == {}
+
+
+def test_only_hooks_modules_owning_chosen_parameters_and_removes_them() -> None:
+    model = net()
+    grads = PerExampleGrads(model, {"8.weight": model.get_parameter("8.weight")})
+    hooked = [name for name, m in model.named_modules() if m._forward_hooks]
+    assert hooked == ["8"]
+    grads.remove()
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_eval_mode_and_no_grad_collect_nothing() -> None:
+    model = net()
+    grads = PerExampleGrads(model, dict(model.named_parameters()))
+    model.eval()
+    model(torch.randn(2, 3, 8, 8))
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(2, 3, 8, 8))
+    assert grads.pop() == {}
+    grads.remove()
+
+
+def test_chunk_size_keeps_per_example_memory_within_budget() -> None:
+    params = {"w": torch.zeros(1000)}  # 4,000 bytes per example
+    assert chunk_size(params, 256, budget=40_000) == 10
+    assert chunk_size(params, 8, budget=40_000) == 8  # never more than the batch
+    assert chunk_size(params, 256, budget=100) == 1  # never less than one example
+
+
+def test_refuse_batchnorm_names_the_layer_and_the_fix() -> None:
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
+    with pytest.raises(ConfigError, match=r"operator .noise. .*\(found .1.\).*model\.norm: group"):
+        refuse_batchnorm(model, "operator 'noise'")
+    refuse_batchnorm(nn.Sequential(nn.Conv2d(1, 2, 3), nn.GroupNorm(1, 2)), "x")
