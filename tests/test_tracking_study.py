@@ -1,13 +1,12 @@
-"""search.tracking against a temporary SQLite store: parent/child layout, artifacts, failures,
-resume and the fail-fast checks of tracking URIs. No Ray, no training: results are hand-made."""
+"""search.tracking.study_tracker against a temporary SQLite store: parent/child layout, artifacts,
+the front, stale children and resume; and against a real tracking server (slow). No Ray, no
+training: results are hand-made."""
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -15,37 +14,25 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import numpy as np
 import pytest
-from mlflow.tracking import MlflowClient
-from mlflow.utils.validation import _validate_metric_name
-
-from pptp.config import TrialConfig
-from pptp.metrics import AttackMetrics, RocCurve
-from pptp.train import EpochLog
-from pptp.trial import TrialResult
-from search import tracking
-from search.tracking import (
-    StudyTracker,
-    TrackingUnavailable,
-    TrialTracker,
-    check_tracking,
-    metric_key,
+from fixtures_tracking import (
+    OBJECTIVES,
+    SPACE,
+    artifact_names,
+    fake_result,
+    fresh_store,
+    read_csv,
+    run_trial,
+    start,
 )
+from mlflow.tracking import MlflowClient
 
-OBJECTIVES = [("test_acc", "maximize"), ("attack_auc", "minimize")]
-SPACE: dict[str, Any] = {
-    "study": {"name": "demo", "objectives": dict(OBJECTIVES), "n_trials": 4, "seed": 0},
-    "fixed": {"data.name": "digits", "train": {"epochs": 3}},
-    "params": {
-        "protect.strength": {"type": "float", "low": 0.0, "high": 1.0},
-        "protect.operator": {"type": "categorical", "choices": ["noise", "damp"]},
-    },
-}
+from pptp.errors import ConfigError
+from search.tracking import StudyTracker, TrialTracker, check_tracking, git_commit, metric_key
 
 
 @pytest.fixture(autouse=True)
@@ -55,110 +42,14 @@ def _no_telemetry(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """One SQLite store per module: creating MLflow's tables takes seconds. Tests use their own
-    study (experiment) names, so they do not see each other's runs."""
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
+    """One SQLite store per module. Tests use their own study (experiment) names, so they do not
+    see each other's runs."""
+    return fresh_store(tmp_path_factory.mktemp("mlflow"))
 
 
 @pytest.fixture
 def study(store: str, request: pytest.FixtureRequest, tmp_path: Path) -> StudyTracker:
     return StudyTracker(store, f"study-{request.node.name}", run_dir=tmp_path / "run")
-
-
-def _roc(auc_like: float) -> AttackMetrics:
-    fpr = np.array([0.0, 0.001, 0.01, 0.5, 1.0])
-    tpr = np.array([0.0, 0.01 * auc_like, 0.05 * auc_like, 0.7, 1.0])
-    roc = RocCurve(fpr=fpr, tpr=tpr, thresholds=np.array([np.inf, 3.0, 2.0, 1.0, 0.0]))
-    return AttackMetrics(
-        auc=auc_like, tpr_at_0_1pct_fpr=float(tpr[1]), tpr_at_1pct_fpr=float(tpr[2]),
-        balanced_accuracy=0.6, roc=roc,
-    )
-
-
-def fake_result(*, test_acc: float = 0.9, auc: float = 0.6, epochs: int = 3) -> TrialResult:
-    cfg = TrialConfig().replace(**{"protect.operator": "damp", "protect.strength": 0.5})
-    history = tuple(
-        EpochLog(e, loss=1.0 / (e + 1), train_acc=0.5 + 0.01 * e, test_acc=0.4 + 0.01 * e,
-                 val_acc=None if e == 0 else 0.45, lr=0.1 / (e + 1), seconds=0.25)
-        for e in range(epochs)
-    )
-    return TrialResult(
-        config=cfg, test_acc=test_acc, train_acc=0.99,
-        attacks={"loss": _roc(auc - 0.05), "lira": _roc(auc)},
-        history=history, timings={"train": 1.5, "attack": 0.1},
-        protected_groups=("stem", "layer1"), mask={"stem": True, "layer1": True, "head": False},
-    )
-
-
-def run_trial(study: StudyTracker, number: int, result: TrialResult) -> str:
-    with TrialTracker(study.uri, study.experiment_id, study.parent_run_id,
-                      trial_number=number) as trial:
-        trial.log_params(result.config.to_flat())
-        for log in result.history:
-            trial.log_epoch(log)
-        trial.log_result(result, objectives={"test_acc": result.test_acc,
-                                             "attack_auc": result.metrics()["attack_auc"]})
-        return trial.run_id
-
-
-def start(study: StudyTracker, **kwargs: Any) -> str:
-    return study.start(resolved_space=SPACE, space_path=Path("spaces/demo.yaml"),
-                       space_sha256="0" * 64, **kwargs)
-
-
-def artifact_names(client: MlflowClient, run_id: str) -> set[str]:
-    return {f.path for f in client.list_artifacts(run_id)}
-
-
-def read_csv(client: MlflowClient, run_id: str, name: str, dst: Path) -> list[dict[str, str]]:
-    path = client.download_artifacts(run_id, name, str(dst))
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-# --------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("name", "expected"),
-    [
-        ("test_acc", "test_acc"),
-        ("attack_tpr@0.1%fpr", "attack_tpr_at_0.1pct_fpr"),
-        ("tpr@1%fpr/lira_online", "tpr_at_1pct_fpr/lira_online"),
-        ("auc/loss", "auc/loss"),
-        ("seconds/train", "seconds/train"),
-        ("a//b/", "a/b"),
-        ("/lead/./x/../y", "lead/x/y"),
-        ("weird:name!", "weird_name_"),
-    ],
-)
-def test_metric_key_known_answers(name: str, expected: str) -> None:
-    assert metric_key(name) == expected
-    assert metric_key(expected) == expected  # idempotent: valid names pass unchanged
-    _validate_metric_name(expected)  # MLflow's own check accepts it
-
-
-def test_metric_key_covers_every_trial_metric() -> None:
-    keys = [metric_key(k) for k in fake_result().metrics()]
-    for key in keys:
-        _validate_metric_name(key)
-    assert len(set(keys)) == len(keys)  # no two metrics collapse onto one name
-    assert len(metric_key("x" * 400)) == 250
-    with pytest.raises(ValueError, match="nothing"):
-        metric_key("//")
-
-
-def test_default_and_resolved_uris(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    default = tracking.default_tracking_uri()
-    assert default == f"sqlite:///{tracking.REPO_ROOT}/mlflow/mlflow.db"
-    assert tracking.resolve_tracking_uri(None) == default
-    assert tracking.resolve_tracking_uri("http://example.org:5000/") == "http://example.org:5000"
-    monkeypatch.chdir(tmp_path)
-    assert tracking.resolve_tracking_uri("sqlite:///sub/m.db") == f"sqlite:///{tmp_path}/sub/m.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://10.0.0.1:5000")
-    assert tracking.resolve_tracking_uri(None) == "http://10.0.0.1:5000"
-    assert tracking.resolve_tracking_uri("sqlite:////abs/x.db") == "sqlite:////abs/x.db"
 
 
 def test_parent_and_two_children_end_to_end(study: StudyTracker, tmp_path: Path) -> None:
@@ -178,7 +69,7 @@ def test_parent_and_two_children_end_to_end(study: StudyTracker, tmp_path: Path)
     assert run.info.status == "FINISHED"
     assert run.data.tags["pptp.kind"] == "study"
     assert run.data.tags["space_sha256"] == "0" * 64
-    assert run.data.tags["git_commit"] == tracking.git_commit()
+    assert run.data.tags["git_commit"] == git_commit()
     assert run.data.tags["run_dir"] == str((tmp_path / "run").resolve())
     assert run.data.params["data.name"] == "digits"
     assert run.data.params["train.epochs"] == "3"
@@ -272,38 +163,6 @@ def test_log_front_writes_tables_plot_and_tags(study: StudyTracker, tmp_path: Pa
     assert [m.step for m in client.get_metric_history(parent, "n_pareto")] == [4, 4]
 
 
-def test_staircase_bounds_the_dominated_region() -> None:
-    # maximise x, minimise y, best x first: corners take the next x at the current y
-    xs, ys = tracking._staircase([(0.9, 0.6), (0.8, 0.55), (0.5, 0.5)])
-    assert list(zip(xs, ys, strict=True)) == [
-        (0.9, 0.6), (0.8, 0.6), (0.8, 0.55), (0.5, 0.55), (0.5, 0.5)]
-
-
-def test_exception_in_trial_marks_failed_and_propagates(study: StudyTracker) -> None:
-    start(study)
-    with pytest.raises(FloatingPointError, match="loss is NaN"), TrialTracker(
-        study.uri, study.experiment_id, study.parent_run_id, trial_number=7
-    ) as trial:
-        trial.log_epoch(fake_result().history[0])
-        raise FloatingPointError("loss is NaN at epoch 3\nmore detail")
-    run = MlflowClient(study.uri).get_run(trial.run_id)
-    assert run.info.status == "FAILED"
-    assert run.data.tags["fail_reason"] == "FloatingPointError: loss is NaN at epoch 3"
-    assert run.data.tags["trial_number"] == "7"
-    assert "epoch_loss" in run.data.metrics  # buffered epochs are written before the end
-
-
-def test_fail_marks_failed_once(study: StudyTracker) -> None:
-    start(study)
-    with TrialTracker(study.uri, study.experiment_id, study.parent_run_id,
-                      trial_number=0) as trial:
-        trial.fail("out of memory " + "x" * 1000 + "\ntraceback")
-    run = MlflowClient(study.uri).get_run(trial.run_id)
-    assert run.info.status == "FAILED"
-    assert run.data.tags["fail_reason"].startswith("out of memory x")
-    assert len(run.data.tags["fail_reason"]) == tracking.FAIL_REASON_CHARS
-
-
 def test_mark_stale_children_failed(study: StudyTracker) -> None:
     start(study)
     done = run_trial(study, 0, fake_result())
@@ -345,7 +204,7 @@ def test_resume_reuses_parent_and_keeps_params(study: StudyTracker, store: str,
     assert [r.info.run_id for r in runs] == [parent]
 
     other = StudyTracker(store, "another-study", run_dir=tmp_path)
-    with pytest.raises(tracking.ConfigError, match="belongs to experiment"):
+    with pytest.raises(ConfigError, match="belongs to experiment"):
         other.start(resolved_space=SPACE, space_path=Path("x.yaml"), space_sha256="0",
                     parent_run_id=parent)
 
@@ -359,73 +218,10 @@ def test_tracking_overhead_of_a_trial_is_small(study: StudyTracker) -> None:
     assert time.perf_counter() - began < 5.0
 
 
-# --------------------------------------------------------------------------------------------
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def test_check_tracking_unreachable_server_fails_fast() -> None:
-    uri = f"http://127.0.0.1:{free_port()}"
-    began = time.perf_counter()
-    with pytest.raises(TrackingUnavailable, match="not reachable") as err:
-        check_tracking(uri, timeout_s=3.0)
-    assert time.perf_counter() - began < 5.0
-    assert uri in str(err.value)
-    assert "--tracking-uri" in str(err.value)
-    assert isinstance(err.value, tracking.ConfigError)
-
-
-def test_check_tracking_sql_server_unreachable() -> None:
-    with pytest.raises(TrackingUnavailable, match="not reachable"):
-        check_tracking(f"postgresql://u:p@127.0.0.1:{free_port()}/db", timeout_s=2.0)
-
-
-def test_check_tracking_sqlite(tmp_path: Path) -> None:
-    check_tracking(f"sqlite:///{tmp_path}/new/sub/mlflow.db")
-    assert (tmp_path / "new" / "sub").is_dir()
-    blocker = tmp_path / "a_file"
-    blocker.write_text("not a folder")
-    with pytest.raises(TrackingUnavailable, match="cannot write") as err:
-        check_tracking(f"sqlite:///{blocker}/mlflow.db")
-    assert str(blocker) in str(err.value)
-    with pytest.raises(TrackingUnavailable, match="in-memory"):
-        check_tracking("sqlite:///:memory:")
-
-
-@pytest.mark.parametrize("uri", ["ftp://host/x", "mlruns", "/abs/folder", "databricks"])
-def test_check_tracking_unknown_scheme(uri: str) -> None:
-    with pytest.raises(TrackingUnavailable, match="unsupported scheme"):
-        check_tracking(uri)
-
-
-def test_git_commit(tmp_path: Path) -> None:
-    assert tracking.git_commit(tmp_path) == "unknown"
-    if shutil.which("git") is None:
-        pytest.skip("git is not installed")
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(tmp_path), *args], env=env, check=True,
-                              capture_output=True, text=True).stdout.strip()
-
-    git("init", "-q")
-    (tmp_path / "f.txt").write_text("a")
-    git("add", "f.txt")
-    git("commit", "-q", "-m", "x")
-    head = git("rev-parse", "HEAD")
-    assert tracking.git_commit(tmp_path) == head
-    (tmp_path / "untracked.txt").write_text("u")
-    assert tracking.git_commit(tmp_path) == head
-    (tmp_path / "f.txt").write_text("b")
-    assert tracking.git_commit(tmp_path) == f"{head}-dirty"
-
-
-# --------------------------------------------------------------------------------------------
 
 
 @pytest.fixture
