@@ -1,136 +1,27 @@
-"""search/pick.py on hand-made finished studies: rules, bounds, errors, export, and one end-to-end
-re-train + adaptive audit + registration on a tiny space (real training, a temporary MLflow store).
+"""search/pick.py, the command, on hand-made finished studies: rules through the arguments,
+errors (one line, exit status 2), export, and one end-to-end re-train + adaptive audit +
+registration on a tiny space (real training, a temporary MLflow store).
 
-No Ray: the run directory is written directly (state.json, an Optuna study.db with hand-made
-trials, the resolved space.yaml), as search/run.py would leave it.
+No Ray: the run directory is written directly (tests/fixtures_pick.py), as search/run.py would
+leave it.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-import optuna
 import pytest
 import yaml
+from fixtures_pick import FRONT, make_run, params_of, tiny_space
 
 from pptp.config import TrialConfig
-from search import pick, rundir
-from search.space import Objective, load_space
-
-OBJECTIVES = (Objective("test_acc", "maximize"), Objective("attack_auc", "minimize"))
-
-
-def tiny_space(bank_dir: Path) -> dict[str, Any]:
-    """digits, MLP width 16, 2 epochs, pool 200, loss + lira_offline with 2 references."""
-    return {
-        "study": {
-            "name": "tiny",
-            "objectives": {"test_acc": "maximize", "attack_auc": "minimize"},
-            "sampler": "random",
-            "n_trials": 6,
-            "max_concurrent": 1,
-            "constraints": [{"metric": "test_acc", "min": 0.1}],
-        },
-        "fixed": {
-            "data": {"name": "digits", "pool_size": 200},
-            "model": {"name": "mlp", "width": 16, "norm": "none"},
-            "train": {"epochs": 2, "batch_size": 64, "device": "cpu", "warmup_epochs": 1},
-            "attack": {
-                "attacks": ["loss", "lira_offline"],
-                "n_references": 2,
-                "bank_dir": str(bank_dir),
-            },
-        },
-        "params": {
-            "protect.operator": {"type": "categorical", "choices": ["damp", "anchor"]},
-            "protect.strength": {"type": "float", "low": 0.0, "high": 1.0},
-            "protect.split": {"type": "int", "low": 1, "high": 3},
-        },
-    }
-
-
-# (test_acc, attack_auc, attack_tpr@0.1%fpr); trial 4 is dominated by trial 1 (off the front)
-FRONT = [
-    (0.95, 0.80, 0.050),
-    (0.93, 0.62, 0.020),
-    (0.90, 0.55, 0.008),
-    (0.70, 0.51, 0.001),
-    (0.85, 0.70, 0.004),
-]
-
-
-def _params(i: int) -> dict[str, Any]:
-    return {
-        "protect.operator": ("damp", "anchor")[i % 2],
-        "protect.strength": round(0.1 + 0.15 * i, 3),
-        "protect.split": 1 + i % 3,
-    }
-
-
-def make_run(
-    tmp_path: Path,
-    points: Sequence[tuple[float, float, float]] = FRONT,
-    *,
-    tracking_uri: str = "sqlite:///unused.db",
-    parent_run_id: str | None = None,
-    experiment_id: str | None = None,
-    run_ids: Sequence[str | None] = (),
-    failed: int = 0,
-) -> Path:
-    """A run directory as search/run.py leaves it, with hand-made COMPLETE (and FAIL) trials."""
-    source = tmp_path / "tiny.yaml"
-    source.write_text(yaml.safe_dump(tiny_space(tmp_path / "bank"), sort_keys=False))
-    space = load_space(source)
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    (run_dir / "space.yaml").write_text(yaml.safe_dump(space.resolved(), sort_keys=False))
-    study = optuna.create_study(
-        storage=rundir.storage(run_dir), study_name="tiny", directions=space.study.directions
-    )
-    for i, (acc, auc, tpr) in enumerate(points):
-        params = _params(i)
-        attrs: dict[str, Any] = {
-            "test_acc": acc,
-            "attack_auc": auc,
-            "attack_tpr@0.1%fpr": tpr,
-            "attack_tpr@1%fpr": min(1.0, 3 * tpr),
-            "operator": params["protect.operator"],
-            "strength": params["protect.strength"],
-            "defense": "none",
-            "protected_groups": "fc1",
-            "seconds": 1.5,
-        }
-        if i < len(run_ids) and run_ids[i]:
-            attrs["mlflow_run_id"] = run_ids[i]
-        study.add_trial(
-            optuna.trial.create_trial(
-                params=params,
-                distributions={k: space.params[k] for k in params},
-                values=[acc, auc],
-                user_attrs=attrs,
-                constraints={"test_acc>=0.1": 0.1 - acc},
-            )
-        )
-    for _ in range(failed):
-        study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL))
-    rundir.write_state(
-        run_dir,
-        rundir.RunState(
-            study_name="tiny",
-            space_path=str(source),
-            space_sha256=space.sha256,
-            tracking_uri=tracking_uri,
-            parent_run_id=parent_run_id,
-            experiment_id=experiment_id,
-        ),
-    )
-    return run_dir
+from search import pick
+from search.space import load_space
 
 
 def picked(run_dir: Path, *argv: str) -> int:
@@ -150,16 +41,7 @@ def _no_telemetry(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# rules
-
-
-def test_front_is_optunas_and_excludes_dominated(front_run: Path) -> None:
-    run = pick.open_run(front_run)
-    front = pick.candidates(run)
-    assert sorted(c.number for c in front) == [0, 1, 2, 3]
-    every = pick.candidates(run, among="all")
-    assert sorted(c.number for c in every) == [0, 1, 2, 3, 4]
-    assert not next(c for c in every if c.number == 4).on_front
+# rules, through the arguments
 
 
 @pytest.mark.parametrize(
@@ -177,46 +59,6 @@ def test_front_is_optunas_and_excludes_dominated(front_run: Path) -> None:
 )
 def test_rules_pick_the_expected_trial(front_run: Path, argv: list[str], expected: int) -> None:
     assert picked(front_run, *argv) == expected
-
-
-def test_knee_scores_known_answer() -> None:
-    """Scaled test_acc over [0.70, 0.95] and attack_auc over [0.51, 0.80] (lower is better)."""
-    cands = [
-        pick.Candidate(i, {}, {"test_acc": a, "attack_auc": u}, {}, True)
-        for i, (a, u, _) in enumerate(FRONT[:4])
-    ]
-    scores = pick.knee_scores(cands, OBJECTIVES)
-    assert scores[0] == pytest.approx(1.0)  # best accuracy, worst AUC
-    assert scores[3] == pytest.approx(1.0)  # the other extreme
-    assert scores[1] == pytest.approx(math.hypot(1 - 0.92, 1 - 0.18 / 0.29))
-    assert scores[2] == pytest.approx(math.hypot(1 - 0.80, 1 - 0.25 / 0.29))
-    assert pick.knee(cands, OBJECTIVES).candidate.number == 2
-    # one candidate, or objectives without spread: distance 0, still a pick
-    one = pick.knee(cands[:1], OBJECTIVES)
-    assert one.candidate.number == 0
-    assert pick.knee_scores(cands[:1], OBJECTIVES) == {0: 0.0}
-
-
-def test_knee_is_invariant_to_direction_and_scale() -> None:
-    """Flipping a minimised objective into a maximised one (negated values), or rescaling an
-    objective, does not change the knee."""
-    base = [pick.Candidate(i, {}, {"a": a, "u": u}, {}, True) for i, (a, u, _) in enumerate(FRONT)]
-    objs = (Objective("a", "maximize"), Objective("u", "minimize"))
-    flipped = [
-        pick.Candidate(c.number, {}, {"a": 100 * c.metrics["a"], "u": -c.metrics["u"]}, {}, True)
-        for c in base
-    ]
-    flipped_objs = (Objective("a", "maximize"), Objective("u", "maximize"))
-    assert pick.knee_scores(base, objs) == pytest.approx(pick.knee_scores(flipped, flipped_objs))
-
-
-def test_max_acc_breaks_ties_by_the_other_objective() -> None:
-    cands = [
-        pick.Candidate(0, {}, {"test_acc": 0.9, "attack_auc": 0.7}, {}, True),
-        pick.Candidate(1, {}, {"test_acc": 0.9, "attack_auc": 0.6}, {}, True),
-        pick.Candidate(2, {}, {"test_acc": 0.8, "attack_auc": 0.5}, {}, True),
-    ]
-    assert pick.max_acc(cands, OBJECTIVES).candidate.number == 1
 
 
 def test_off_front_note(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -297,12 +139,6 @@ def test_study_without_completed_trials(
     assert "no completed trial (2 trials: 2 fail" in err
 
 
-def test_infeasible_trials_are_not_candidates(tmp_path: Path) -> None:
-    run_dir = make_run(tmp_path, points=[(0.05, 0.5, 0.0), (0.9, 0.6, 0.01)])
-    run = pick.open_run(run_dir)
-    assert [c.number for c in pick.candidates(run, among="all")] == [1]
-
-
 # --------------------------------------------------------------------------------------------
 # export
 
@@ -321,7 +157,7 @@ def test_export_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     doc = yaml.safe_load(text)
     assert set(doc) == {"study", "fixed"}
     space = load_space(run_dir / "space.yaml")
-    expected = space.trial_config(_params(2))
+    expected = space.trial_config(params_of(2))
     assert TrialConfig.from_flat(doc["fixed"]) == expected
     assert set(doc["fixed"]) == set(TrialConfig().to_flat())
     again = load_space(path)  # a valid space file: study named after the trial, nothing searched
@@ -335,27 +171,6 @@ def test_export_path_option(tmp_path: Path) -> None:
     target = tmp_path / "out" / "prod.yaml"
     assert pick.main(["--run", str(make_run(tmp_path)), "--export", str(target)]) == 0
     assert TrialConfig.from_flat(yaml.safe_load(target.read_text())["fixed"]).protect.split == 3
-
-
-# --------------------------------------------------------------------------------------------
-# comparison table
-
-
-def test_comparison_gap_is_paired_on_shared_seeds() -> None:
-    screening = {"test_acc": 0.9, "attack_auc": 0.55}
-    retrained = pick.Audit("re-train", (1, 2), ({"attack_auc": 0.56}, {"attack_auc": 0.58}))
-    adaptive = pick.Audit("adaptive", (1, 2), ({"attack_auc": 0.60}, {"attack_auc": 0.66}))
-    paired = pick.Comparison(0, 0, screening, retrained, adaptive)
-    assert paired.gap("attack_auc") == pytest.approx(((0.60 - 0.56) + (0.66 - 0.58)) / 2)
-    assert "paired" in paired.gap_note()
-    alone = pick.Comparison(0, 0, screening, None, adaptive)
-    assert alone.gap("attack_auc") == pytest.approx(0.63 - 0.55)
-    table = paired.table(OBJECTIVES)
-    assert "0.6300 ± 0.0424" in table and "+0.0600" in table
-    assert adaptive.std("attack_auc") == pytest.approx(math.sqrt(0.0018))
-    summary = paired.summary_metrics()
-    assert summary["gap/attack_auc"] == pytest.approx(0.06)
-    assert "gap/test_acc" not in summary
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,87 @@
+"""Exporting a picked config: a space file that pins every key, with where it came from on top.
+
+``TrialConfig.from_flat(yaml.safe_load(open(path))["fixed"])`` gives the config back, and
+``search.space.load_space`` accepts the file (a one-config study).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pptp.fileio import atomic_write
+from pptp.tables import format_cell
+from search.picking.audit import ATTACK_METRICS, TABLE_METRICS, Comparison
+from search.picking.rules import Pick
+from search.picking.study_run import StudyRun
+
+if TYPE_CHECKING:
+    from pptp.config import TrialConfig
+
+
+def picked_space(run: StudyRun, cfg: TrialConfig, pick: Pick) -> dict[str, Any]:
+    """A space file that pins every key of ``cfg`` (``fixed``, no ``params``).
+
+    ``TrialConfig.from_flat(doc["fixed"])`` gives ``cfg`` back; ``search.space.load_space``
+    accepts the file (a one-config study: study name ``<study>-trial<N>``, random sampler).
+    """
+    study = run.space.resolved()["study"]
+    study.update(
+        name=f"{run.state.study_name}-trial{pick.candidate.number}",
+        sampler="random",
+        sampler_options={},
+        n_trials=1,
+        max_concurrent=1,
+        enqueue=[],
+    )
+    return {"study": study, "fixed": cfg.to_flat()}
+
+
+def export_header(run: StudyRun, pick: Pick, rule: str, comparison: Comparison) -> list[str]:
+    """The comment block on top of the exported file: where the config came from and its
+    numbers (screening, re-trained, adaptive, the gap), and how to load it."""
+    c = pick.candidate
+    lines = [
+        f"Picked by search/pick.py on {time.strftime('%Y-%m-%d %H:%M:%S')}",
+        f"study {run.state.study_name}, run directory {run.run_dir}",
+        f"trial {c.number} (MLflow run {c.attrs.get('mlflow_run_id', '-')}), rule {rule}: "
+        f"{pick.reason}",
+        "screening: "
+        + ", ".join(
+            f"{m} {format_cell(comparison.screening.get(m, math.nan))}" for m in TABLE_METRICS
+        ),
+    ]
+    for audit in (comparison.retrained, comparison.adaptive):
+        if audit is not None:
+            lines.append(
+                f"{audit.label} (seeds {', '.join(map(str, audit.seeds))}): "
+                + ", ".join(f"{m} {audit.cell(m)}" for m in TABLE_METRICS)
+            )
+    if comparison.adaptive is not None:
+        lines.append(
+            "adaptive - screening: "
+            + ", ".join(
+                f"{m} {format_cell(comparison.gap(m), signed=True)}" for m in ATTACK_METRICS
+            )
+        )
+    lines += [
+        "",
+        "Relative data.data_dir / attack.bank_dir are relative to the directory run.py ran in.",
+        "Load:  TrialConfig.from_flat(yaml.safe_load(open(PATH))['fixed'])",
+        "A valid space file (search.space.load_space); search/run.py needs a searched key",
+        "to run it (Ray's OptunaSearch refuses an empty space): move e.g. train.seed from",
+        "fixed to params.",
+    ]
+    return lines
+
+
+def write_export(path: Path, doc: Mapping[str, Any], header: Sequence[str]) -> Path:
+    """``header`` as ``#`` comments, then ``doc`` as YAML, written atomically to ``path``."""
+    import yaml
+
+    text = "".join(f"# {line}".rstrip() + "\n" for line in header)
+    text += yaml.safe_dump(dict(doc), sort_keys=False)
+    return atomic_write(path, text)
