@@ -126,7 +126,7 @@ def prepare(args: argparse.Namespace) -> Plan:
 
 
 def execute(plan: Plan) -> int:
-    from pptp.localize import format_table, localize, plot_localization, write_csv
+    from pptp.localize import localization_table, localize, plot_localization, write_csv
 
     space, cfg = plan.space, plan.cfg
     start = time.monotonic()
@@ -149,7 +149,7 @@ def execute(plan: Plan) -> int:
     print(f"tracking    {plan.tracking_uri}", flush=True)
     result = localize(cfg, seeds=plan.seeds, progress=progress, max_examples=plan.max_examples)
     print()
-    print(format_table(result))
+    print(localization_table(result))
     plan.output.mkdir(parents=True, exist_ok=True)
     paths = [
         result.save(plan.output / FILES[0]),
@@ -178,37 +178,21 @@ def log_localization(uri: str, space: Any, result: Any, paths: list[Path]) -> st
     ``generalization_std/<group>``, ``risk_at_output/<group>``, ``rank/<group>``, ``test_acc_a``,
     ``test_acc_b``; artifacts: ``paths``.
     """
-    from mlflow.entities import Metric, Param, RunTag
-    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     from search.tracking import (
         TAG_KIND,
         TAG_STUDY,
-        artifact_location,
+        experiment_id,
         git_commit,
-        metric_key,
+        log_metrics,
+        log_params,
+        set_tags,
     )
 
     client = MlflowClient(tracking_uri=uri)
     name = space.study.name + EXPERIMENT_SUFFIX
-    existing = client.get_experiment_by_name(name)
-    if existing is None:
-        try:
-            experiment_id = client.create_experiment(
-                name,
-                artifact_location=artifact_location(uri, name),
-                tags={TAG_STUDY: space.study.name},
-            )
-        except MlflowException:  # created in between by another process
-            again = client.get_experiment_by_name(name)
-            if again is None:
-                raise
-            experiment_id = again.experiment_id
-    else:
-        if existing.lifecycle_stage == "deleted":
-            client.restore_experiment(existing.experiment_id)
-        experiment_id = existing.experiment_id
+    experiment = experiment_id(client, name, uri=uri, tags={TAG_STUDY: space.study.name})
     commit = git_commit()
     tags = {
         TAG_KIND: "localize",
@@ -221,34 +205,29 @@ def log_localization(uri: str, space: Any, result: Any, paths: list[Path]) -> st
         "space_sha256": space.sha256,
         "top_groups": ",".join(g.group for g in result.ranked(3)),
     }
-    run = client.create_run(str(experiment_id), run_name=f"localize-{result.model}", tags=tags)
+    run = client.create_run(experiment, run_name=f"localize-{result.model}", tags=tags)
     run_id: str = run.info.run_id
     try:
         params = {**result.config, "localize.seeds": ",".join(map(str, result.seeds))}
         params.update({f"localize.n_{k}": v for k, v in result.sizes.items()})
-        now = int(time.time() * 1000)
-        metrics = [
-            Metric("test_acc_a", sum(result.test_acc_a) / len(result.seeds), now, 0),
-            Metric("test_acc_b", sum(result.test_acc_b) / len(result.seeds), now, 0),
-        ]
+        metrics = {
+            "test_acc_a": sum(result.test_acc_a) / len(result.seeds),
+            "test_acc_b": sum(result.test_acc_b) / len(result.seeds),
+        }
         for g in result.groups:
-            for prefix, value in (
-                ("risk", g.privacy_risk_mean),
-                ("risk_std", g.privacy_risk_std),
-                ("generalization", g.generalization_mean),
-                ("generalization_std", g.generalization_std),
-                ("risk_at_output", g.risk_at_output_mean),
-                ("rank", float(result.rank(g.group))),
-            ):
-                metrics.append(Metric(metric_key(f"{prefix}/{g.group}"), float(value), now, 0))
-        param_list = [Param(metric_key(k), str(v)[:6000]) for k, v in params.items()]
-        for i in range(0, len(param_list), 100):
-            client.log_batch(run_id, params=param_list[i : i + 100], synchronous=True)
-        for i in range(0, len(metrics), 1000):
-            client.log_batch(run_id, metrics=metrics[i : i + 1000], synchronous=True)
-        client.log_batch(
-            run_id, tags=[RunTag("seconds", f"{result.seconds:.1f}")], synchronous=True
-        )
+            metrics.update(
+                {
+                    f"risk/{g.group}": g.privacy_risk_mean,
+                    f"risk_std/{g.group}": g.privacy_risk_std,
+                    f"generalization/{g.group}": g.generalization_mean,
+                    f"generalization_std/{g.group}": g.generalization_std,
+                    f"risk_at_output/{g.group}": g.risk_at_output_mean,
+                    f"rank/{g.group}": float(result.rank(g.group)),
+                }
+            )
+        log_params(client, run_id, params)
+        log_metrics(client, run_id, metrics)
+        set_tags(client, run_id, {"seconds": f"{result.seconds:.1f}"})
         for path in paths:
             client.log_artifact(run_id, str(path))
     except BaseException:

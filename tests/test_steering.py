@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fixtures_localize import fake_result
 from optuna.distributions import CategoricalDistribution
-from test_localize import fake_result
 
 from pptp.errors import ConfigError
 from search.space import Space, load_space
