@@ -103,15 +103,23 @@ def write_state(run_dir: Path, state: RunState) -> None:
 
 
 def fail_interrupted(study: optuna.Study) -> list[int]:
-    """Mark trials a killed driver left RUNNING as FAIL (``interrupted``); returns their numbers."""
+    """Mark trials a killed driver left RUNNING as FAIL (``interrupted``); returns their numbers.
+
+    The state goes through the public ``study.tell``. The user attributes need the study's
+    storage, which ``optuna.Study`` exposes only as the private ``_storage`` (used through the
+    public :class:`optuna.storages.BaseStorage` methods); ``pyproject.toml`` pins the Optuna
+    versions this was checked against and ``tests/test_private_apis.py`` fails when it changes.
+    """
     numbers = []
-    store = study._storage
+    store: optuna.storages.BaseStorage = study._storage
+    study_id = store.get_study_id_from_name(study.study_name)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        store.set_trial_user_attr(t._trial_id, INTERRUPTED, True)
+        trial_id = store.get_trial_id_from_study_id_trial_number(study_id, t.number)
+        store.set_trial_user_attr(trial_id, INTERRUPTED, True)
         store.set_trial_user_attr(
-            t._trial_id, "fail_reason", "interrupted: the driver stopped while the trial ran"
+            trial_id, "fail_reason", "interrupted: the driver stopped while the trial ran"
         )
-        store.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
         numbers.append(t.number)
     return numbers
 

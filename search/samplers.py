@@ -51,19 +51,32 @@ class StudySearch(OptunaSearch):
     def __init__(self, *args: Any, constraints: Sequence[Constraint] = (), **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._constraints = tuple(constraints)
+        self._told: set[str] = set()  # Tune trial ids already told to Optuna
+
+    def _optuna_trial(self, trial_id: str) -> optuna.Trial | None:
+        """The Optuna trial ``super().suggest`` asked for ``trial_id``.
+
+        ``OptunaSearch._ot_trials`` is private: Ray has no public route from a Tune trial to its
+        Optuna trial. ``pyproject.toml`` pins the Ray versions this was checked against and
+        ``tests/test_private_apis.py`` fails, naming it, when it changes.
+        """
+        trials: dict[str, optuna.Trial] = self._ot_trials
+        return trials.get(trial_id)
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         params = super().suggest(trial_id)
-        if params is None:
-            return None
-        return {**params, TRIAL_NUMBER: self._ot_trials[trial_id].number}
+        ot_trial = self._optuna_trial(trial_id)
+        if params is None or ot_trial is None:
+            return params
+        return {**params, TRIAL_NUMBER: ot_trial.number}
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
     ) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
-            return super().on_trial_complete(trial_id, result, error)
-        ot_trial = self._ot_trials[trial_id]
+        ot_trial = self._optuna_trial(trial_id)
+        if trial_id in self._told or ot_trial is None:
+            return super().on_trial_complete(trial_id, result, error)  # Ray warns or refuses
+        self._told.add(trial_id)
         result = result or {}
         reason = failure_reason(result, self.metric, error=error)
         for key in RECORDED:
@@ -72,12 +85,8 @@ class StudySearch(OptunaSearch):
         if reason is not None:
             ot_trial.set_user_attr("fail_reason", reason)
             logger.info("trial %d failed: %s", ot_trial.number, reason)
-            study: optuna.Study = self._ot_study  # type: ignore[assignment]
-            try:
-                study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
-            finally:
-                self._completed_trials.add(trial_id)
-            return None
+            # no objective values with error=True: OptunaSearch tells Optuna FAIL
+            return super().on_trial_complete(trial_id, None, error=True)
         for constraint in self._constraints:
             ot_trial.set_constraint(constraint.name, constraint.value(result))
         return super().on_trial_complete(trial_id, result, error)
