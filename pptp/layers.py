@@ -8,8 +8,8 @@ dotted module and parameter names, as timm's ``group_matcher`` does (DESIGN.md Â
 Where groups come from (one code path, :func:`layer_groups`):
 
 - a model class declares ``layer_groups: ClassVar[tuple[tuple[str, tuple[str, ...]], ...]]``;
-- :func:`pptp.models.create_model` stores derived groups (:func:`derive_layer_groups`) on
-  torchvision models as the same attribute;
+- :func:`pptp.models.create_model` stores derived groups (:func:`derive_layer_groups`: the stages
+  inside a model's containers) on torchvision models as the same attribute;
 - any other module without the attribute gets derived groups on the fly (not stored).
 
 A **selection** says which groups PPTP protects: an ordinal ``split`` with a ``direction`` (prefix
@@ -88,45 +88,139 @@ def _as_layer_group(entry: LayerGroup | tuple[str, Sequence[str]]) -> LayerGroup
     return LayerGroup(name, tuple(patterns))
 
 
+#: derived grouping expands containers until it has this many groups (lone norm layers, such as
+#: ViT's final LayerNorm or ResNet's ``bn1``, are not counted)
+MIN_DERIVED_GROUPS = 4
+
+_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+#: pooling layers: in a flat container of single layers (VGG's ``features``) they end a stage
+_POOLS = (
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+)
+
+
+@dataclass
+class _Unit:
+    """A group being derived: the modules it covers (subtree patterns), parameters registered
+    directly on an expanded ancestor (``extra``), and the module it may expand into (None when it
+    covers several modules or one without parameter-holding children)."""
+
+    name: str
+    modules: list[str]
+    extra: list[str]
+    module: nn.Module | None
+    size: int  # parameter-holding modules inside (which group to expand first)
+    norm: bool = False  # a lone normalisation layer (not counted toward MIN_DERIVED_GROUPS)
+
+    def group(self) -> LayerGroup:
+        patterns = [subtree_pattern(m) for m in self.modules] + [re.escape(p) for p in self.extra]
+        return LayerGroup(self.name, tuple(patterns))
+
+
 def derive_layer_groups(model: nn.Module) -> tuple[LayerGroup, ...]:
-    """Groups for a model that declares none: one per top-level child that holds parameters.
+    """Groups for a model that declares none: the stages of its containers, in order.
 
-    Rule, in order:
+    Start from the model's parameter-holding top-level children (one group each, in
+    registration order: torchvision ``resnet18`` gives ``conv1, bn1, layer1, ..., layer4, fc``).
+    While there are fewer than :data:`MIN_DERIVED_GROUPS` groups besides lone normalisation
+    layers, expand the group that holds the most parameter-holding modules into the stages
+    inside it:
 
-    1. each top-level child with parameters is a group named after the child, in registration
-       order (torchvision ``resnet18``: ``conv1, bn1, layer1, layer2, layer3, layer4, fc``;
-       ``vgg11_bn`` and ``mobilenet_v3_small``: ``features, classifier``);
-    2. while that yields a single group, the one child is split into its own parameter-holding
-       children (group names ``child.sub``), recursively;
-    3. parameters registered directly on a module whose children were grouped (e.g. ViT's
-       ``class_token`` on the root) join the *first* group, since such tokens and embeddings are
-       used at the input.
+    - a container of single layers that has pooling layers (VGG's and AlexNet's ``features``)
+      splits into stages that each end at a pooling layer, named by their first and last
+      parameter-holding layer (``features.0-1``; the group's output is the stage's last module);
+    - any other container splits into its parameter-holding children (MobileNet's and
+      EfficientNet's ``features.0, features.1, ...``, ConvNeXt's stages and downsampling layers,
+      DenseNet's dense blocks and transitions, ViT's encoder layers).
 
-    Registration order is taken as forward order; that holds for torchvision's classifiers.
+    Parameters registered directly on an expanded module (ViT's ``class_token`` on the root, its
+    ``pos_embedding`` on the encoder) join the *first* of its groups, since such tokens and
+    embeddings are used at the input. Registration order is taken as forward order; that holds
+    for torchvision's classifiers. Hand-written models declare their groups instead.
     """
-    prefix = ""
-    module = model
-    while True:
-        children = [
-            (name, child)
-            for name, child in module.named_children()
-            if any(True for _ in child.parameters())
-        ]
-        if len(children) != 1:
-            break
-        prefix = f"{prefix}{children[0][0]}."
-        module = children[0][1]
-    if not children:
+    sizes = _sizes(model)
+    units = _expand(model, "", [], sizes)
+    if not units:
         raise ConfigError(
             f"cannot derive layer groups for {type(model).__name__}: no submodule holds "
             "parameters; declare a layer_groups class attribute"
         )
-    groups = [LayerGroup(prefix + name, (subtree_pattern(prefix + name),)) for name, _ in children]
-    own = [prefix + name for name, _ in module.named_parameters(recurse=False)]
-    if own:
-        first = groups[0]
-        groups[0] = LayerGroup(first.name, first.patterns + tuple(re.escape(n) for n in own))
-    return tuple(groups)
+    while True:
+        expandable = [u for u in units if u.module is not None]
+        if not expandable or sum(not u.norm for u in units) >= MIN_DERIVED_GROUPS:
+            break
+        target = max(expandable, key=lambda u: u.size)
+        i = units.index(target)
+        assert target.module is not None
+        units[i : i + 1] = _expand(target.module, target.name + ".", target.extra, sizes)
+    return tuple(u.group() for u in units)
+
+
+def _sizes(model: nn.Module) -> dict[str, int]:
+    """``module name -> number of parameter-holding modules in its subtree`` (root: ``""``)."""
+    owners = [n for n, m in model.named_modules() if any(True for _ in m.parameters(False))]
+    return {
+        name: sum(1 for o in owners if name == "" or o == name or o.startswith(name + "."))
+        for name, _ in model.named_modules()
+    }
+
+
+def _expand(module: nn.Module, prefix: str, extra: list[str], sizes: dict[str, int]) -> list[_Unit]:
+    """The groups inside ``module`` (dotted name ``prefix`` with a trailing dot, or ``""``)."""
+    children = list(module.named_children())
+    holders = [(n, c) for n, c in children if sizes[prefix + n] > 0]
+    if not holders:
+        return []
+    own = [prefix + n for n, _ in module.named_parameters(recurse=False)]
+    flat = all(sizes[prefix + n] == 1 and not any(True for _ in c.children()) for n, c in holders)
+    if flat and any(isinstance(c, _POOLS) for _, c in children[:-1]):
+        units = _stages(children, prefix, sizes)
+    else:
+        units = [
+            _Unit(
+                prefix + n,
+                [prefix + n],
+                [],
+                c if any(sizes[f"{prefix}{n}.{g}"] for g, _ in c.named_children()) else None,
+                sizes[prefix + n],
+                norm=isinstance(c, _NORMS),
+            )
+            for n, c in holders
+        ]
+    first = units[0]
+    first.extra = [*extra, *own, *first.extra]
+    return units
+
+
+def _stages(
+    children: list[tuple[str, nn.Module]], prefix: str, sizes: dict[str, int]
+) -> list[_Unit]:
+    """Split a flat container's children into runs that end at a pooling layer."""
+    runs: list[list[str]] = [[]]
+    for name, child in children:
+        runs[-1].append(name)
+        if isinstance(child, _POOLS):
+            runs.append([])
+    units: list[_Unit] = []
+    for run in runs:
+        holders = [n for n in run if sizes[prefix + n] > 0]
+        if not holders:
+            if units:  # parameter-free layers after the last stage belong to it
+                units[-1].modules += [prefix + n for n in run]
+            continue
+        name = prefix + (holders[0] if len(holders) == 1 else f"{holders[0]}-{holders[-1]}")
+        units.append(_Unit(name, [prefix + n for n in run], [], None, len(holders)))
+    return units
 
 
 def _assign(

@@ -412,8 +412,12 @@ def create_torchvision_model(
       ``gcd(32, channels)`` groups (Opacus' rule, which can leave 1 channel per group, unlike
       :func:`group_norm`) and makes any other layer Opacus cannot handle compatible;
       ``norm="none"`` raises, use a torchvision variant without BatchNorm (e.g. ``vgg11``).
-    - Groups: :func:`pptp.layers.derive_layer_groups` (one per parameter-holding top-level
-      child, in order), stored on the instance as ``layer_groups``.
+    - Groups: :func:`pptp.layers.derive_layer_groups` (the parameter-holding top-level
+      children, with containers such as ``features`` expanded into their stages until there
+      are at least four: ``mobilenet_v3_small`` gives ``features.0`` .. ``features.12`` and
+      ``classifier``, ``vgg11_bn`` five pooling-delimited stages ``features.0-1`` ..
+      ``features.22-26`` and ``classifier``, ``resnet18`` its 7 top-level children), stored on
+      the instance as ``layer_groups``.
 
     Some classifiers need inputs larger than small images (e.g. ViT expects 224x224, VGG's five
     max-pools need 32x32); :func:`create_model`'s dry run reports that as a ConfigError.

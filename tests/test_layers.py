@@ -148,6 +148,48 @@ def test_derive_groups_puts_root_parameters_in_first_group() -> None:
     }
 
 
+def test_derive_groups_expands_a_features_container_into_its_stages() -> None:
+    model = nn.Sequential()
+    model.add_module(
+        "features",
+        nn.Sequential(
+            nn.Conv2d(1, 2, 3),
+            nn.BatchNorm2d(2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # stage 1
+            nn.Conv2d(2, 2, 3),
+            nn.ReLU(),
+            nn.Conv2d(2, 2, 3),
+            nn.MaxPool2d(2),  # stage 2
+            nn.Conv2d(2, 2, 3),
+            nn.ReLU(),  # stage 3 (no pooling at the end)
+        ),
+    )
+    model.add_module("classifier", nn.Sequential(nn.Flatten(), nn.Linear(2, 2)))
+    groups = derive_layer_groups(model)
+    assert [g.name for g in groups] == ["features.0-1", "features.4-6", "features.8", "classifier"]
+    model.__dict__["layer_groups"] = groups
+    outputs = group_output_modules(model)
+    assert outputs["features.0-1"] is model.features[3]  # the stage's pooling
+    assert outputs["features.8"] is model.features[9]
+    assert list(group_parameters(model)["features.4-6"]) == [
+        ("features.4.weight", model.features[4].weight),
+        ("features.4.bias", model.features[4].bias),
+        ("features.6.weight", model.features[6].weight),
+        ("features.6.bias", model.features[6].bias),
+    ]
+
+
+def test_derive_groups_keeps_four_stage_models_as_they_are() -> None:
+    # four parameter-holding children (one of them a lone norm, not counted): expand the biggest
+    blocks = [nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)) for _ in range(3)]
+    model = nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2), *blocks)
+    assert [g.name for g in derive_layer_groups(model)] == ["0", "1", "2", "3", "4"]
+    model = nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2), *blocks[:2])
+    names = [g.name for g in derive_layer_groups(model)]
+    assert names == ["0", "1", "2.0", "2.1", "3"]
+
+
 def test_derive_groups_needs_parameters() -> None:
     with pytest.raises(ConfigError, match="no submodule holds parameters"):
         derive_layer_groups(nn.Sequential(nn.ReLU()))
@@ -169,12 +211,17 @@ def test_group_output_needs_a_module_match() -> None:
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_group_outputs_are_the_group_children(name: str) -> None:
+def test_group_outputs_are_the_group_modules(name: str) -> None:
     model = build(name)
     outputs = group_output_modules(model)
     assert list(outputs) == list(group_names(model))
     for group, module in outputs.items():
-        assert module is model.get_submodule(group)
+        if "-" in group:  # a stage of a flat container (VGG): its last layer, the pooling
+            last = group.split("-")[0].rsplit(".", 1)[0]
+            assert isinstance(module, nn.MaxPool2d)
+            assert any(module is m for n, m in model.named_modules() if n.startswith(last))
+        else:
+            assert module is model.get_submodule(group)
 
 
 def test_resnet_group_output_shapes() -> None:
@@ -245,9 +292,9 @@ def test_mask_and_pattern_partitions(name: str) -> None:
     assert_complementary(model, part)
     assert part.protected_groups == chosen
     assert part.mask == {g: g in chosen for g in names}
-    # a pattern per chosen group's module protects the same parameters as the mask
-    by_pattern = partition(model, Selection.matching(*(g.replace(".", r"\.") for g in chosen)))
-    assert by_pattern == part
+    # the chosen groups' own patterns, as a pattern selection, protect the same parameters
+    patterns = [p for g in layer_groups(model) if g.name in chosen for p in g.patterns]
+    assert partition(model, Selection.matching(*patterns)) == part
     assert partition(model, Selection.mask()).protected == ()
 
 

@@ -6,12 +6,13 @@ import functools
 
 import pytest
 import torch
+import torchvision
 from opacus.validators import ModuleValidator
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from pptp.errors import ConfigError
-from pptp.layers import layer_groups
+from pptp.layers import LayerGroup, derive_layer_groups, group_parameters, layer_groups
 from pptp.models import MODELS, NORMS, create_model, group_norm, list_models
 
 NUM_CLASSES = 7
@@ -91,12 +92,14 @@ def test_known_parameter_counts() -> None:
     assert count("mlp") == 3072 * 256 + 2 * 256 * 256 + 3 * 2 * 256 + 256 * 10 + 10
 
 
+MOBILENET_V3_SMALL = (*(f"features.{i}" for i in range(13)), "classifier")
+VGG11_BN_STAGES = ("features.0-1", "features.4-5", "features.8-12", "features.15-19")
 EXPECTED_GROUPS = {
     "resnet18": ("stem", "layer1", "layer2", "layer3", "layer4", "head"),
     "small_cnn": ("block1", "block2", "block3", "block4", "head"),
     "mlp": ("fc1", "fc2", "fc3", "head"),
-    "torchvision.vgg11_bn": ("features", "classifier"),
-    "torchvision.mobilenet_v3_small": ("features", "classifier"),
+    "torchvision.vgg11_bn": (*VGG11_BN_STAGES, "features.22-26", "classifier"),
+    "torchvision.mobilenet_v3_small": MOBILENET_V3_SMALL,
     "torchvision.resnet18": ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4", "fc"),
 }
 
@@ -105,10 +108,10 @@ EXPECTED_GROUPS = {
 def test_groups_in_declared_order(name: str) -> None:
     model = build(name)
     assert tuple(g.name for g in layer_groups(model)) == EXPECTED_GROUPS[name]
-    # every group is a top-level child, in registration order
-    children = [n for n, _ in model.named_children()]
-    positions = [children.index(g) for g in EXPECTED_GROUPS[name]]
-    assert positions == sorted(positions)
+    # groups follow the model's parameter order (registration order)
+    order = [n for n, _ in model.named_parameters()]
+    firsts = [order.index(ps[0][0]) for ps in group_parameters(model).values()]
+    assert firsts == sorted(firsts)
 
 
 def test_every_registered_model_has_expected_groups() -> None:
@@ -120,6 +123,73 @@ def test_torchvision_groups_stored_on_instance(name: str) -> None:
     model = build(name)
     stored = vars(model)["layer_groups"]
     assert tuple(n for n, _ in stored) == EXPECTED_GROUPS[name]
+
+
+# Classifiers built as a container of stages plus a head (features + classifier, an encoder,
+# a trunk) and the usual stage-per-child ones. Built on the meta device: no memory, no
+# initialisation, so the whole list costs about a second. (RegNet cannot build on meta: its
+# width computation reads a tensor.)
+TORCHVISION_GROUPED = [
+    "alexnet",
+    "convnext_tiny",
+    "densenet121",
+    "efficientnet_b0",
+    "efficientnet_v2_s",
+    "googlenet",
+    "inception_v3",
+    "maxvit_t",
+    "mnasnet0_5",
+    "mobilenet_v2",
+    "mobilenet_v3_large",
+    "mobilenet_v3_small",
+    "resnet18",
+    "resnet101",
+    "resnext50_32x4d",
+    "shufflenet_v2_x0_5",
+    "squeezenet1_0",
+    "swin_t",
+    "vgg11",
+    "vgg16_bn",
+    "vit_b_16",
+    "wide_resnet50_2",
+]
+
+
+@pytest.mark.parametrize("name", TORCHVISION_GROUPED)
+def test_torchvision_models_get_at_least_four_stage_groups(name: str) -> None:
+    options = (
+        {"aux_logits": False, "init_weights": True} if name in ("googlenet", "inception_v3") else {}
+    )
+    with torch.device("meta"):
+        model = torchvision.models.get_model(name, weights=None, num_classes=10, **options)
+    groups = derive_layer_groups(model)
+    assert len(groups) >= 4, [g.name for g in groups]
+    grouped = _assign_all(model, groups)
+    # no group holds the bulk of the model's layers, except a classifier-sized head
+    biggest = max(len(params) for params in grouped.values())
+    assert biggest < 0.8 * sum(len(params) for params in grouped.values())
+
+
+def _assign_all(model: nn.Module, groups: tuple[LayerGroup, ...]) -> dict[str, list[str]]:
+    """Every parameter in exactly one group (via the models' own check)."""
+    setattr(model, "layer_groups", groups)  # noqa: B010
+    return {g: [n for n, _ in ps] for g, ps in group_parameters(model).items()}
+
+
+def test_regnet_groups_are_its_trunk_stages() -> None:
+    model = create_model("torchvision.regnet_y_400mf", num_classes=3, in_channels=3, image_size=32)
+    stages = tuple(f"trunk_output.block{i}" for i in range(1, 5))
+    assert tuple(g.name for g in layer_groups(model)) == ("stem", *stages, "fc")
+
+
+def test_vit_groups_are_encoder_layers_with_embeddings_first() -> None:
+    with torch.device("meta"):
+        model = torchvision.models.get_model("vit_b_16", weights=None, num_classes=10)
+    groups = {g.name: g for g in derive_layer_groups(model)}
+    assert list(groups)[:2] == ["conv_proj", "encoder.layers.encoder_layer_0"]
+    assert list(groups)[-3:] == ["encoder.layers.encoder_layer_11", "encoder.ln", "heads"]
+    assert groups["conv_proj"].matches("class_token")  # root token: the first group
+    assert groups["encoder.layers.encoder_layer_0"].matches("encoder.pos_embedding")
 
 
 def _norm_types(model: nn.Module) -> set[type]:
