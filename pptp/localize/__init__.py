@@ -23,9 +23,9 @@ The measurement, per seed ``s`` (``train.seed = s``; the base recipe, no protect
 - ``risk_at_output`` (reported, not ranked): the same ratio for A's and B's outputs at g as they
   are, the literal reading of DESIGN.md §2.1. Each group's output depends on every group before
   it, so this measure *accumulates*: a difference planted in one group shows at every later
-  group, growing toward the logits (tests/test_localize.py plants one). Swapping one group into
-  an otherwise identical forward pass measures what that group's weights add, which is what PPTP
-  protects; groups that A and B share exactly score exactly 0.
+  group, growing toward the logits (tests/test_localize_measure.py plants one). Swapping one
+  group into an otherwise identical forward pass measures what that group's weights add, which is
+  what PPTP protects; groups that A and B share exactly score exactly 0.
 - **Generalization of g**: A's test-accuracy drop when g's parameters and buffers are reset to
   A's weights at the end of warm-up (``train.warmup_epochs``; the initial weights when it is 0),
   every other group kept: the re-initialisation robustness test of Zhang, Bengio & Singer 2019

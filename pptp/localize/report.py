@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import csv
+import io
 from pathlib import Path
 
 import numpy as np
 
+from pptp.fileio import atomic_write
 from pptp.localize.result import LocalizationResult
 from pptp.tables import format_table
 
@@ -59,16 +62,13 @@ def localization_table(result: LocalizationResult) -> str:
 
 
 def write_csv(result: LocalizationResult, path: str | Path) -> Path:
-    """:meth:`LocalizationResult.to_rows` as CSV (:data:`CSV_COLUMNS`), groups in model order."""
-    import csv
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(CSV_COLUMNS))
-        writer.writeheader()
-        writer.writerows(result.to_rows())
-    return path
+    """:meth:`LocalizationResult.to_rows` as CSV (:data:`CSV_COLUMNS`), groups in model order;
+    written atomically (:func:`pptp.fileio.atomic_write`)."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(CSV_COLUMNS))
+    writer.writeheader()
+    writer.writerows(result.to_rows())
+    return atomic_write(path, text.getvalue())
 
 
 def plot_localization(result: LocalizationResult, path: str | Path, *, title: str = "") -> Path:
@@ -86,7 +86,6 @@ def plot_localization(result: LocalizationResult, path: str | Path, *, title: st
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     xs = np.array([100 * g.generalization_mean for g in result.groups])
     ys = np.array([g.privacy_risk_mean for g in result.groups])
     xerr = np.array([100 * g.generalization_std for g in result.groups])
@@ -167,7 +166,9 @@ def plot_localization(result: LocalizationResult, path: str | Path, *, title: st
             fontsize=10,
         )
         ax.grid(True, alpha=0.25)
-        fig.savefig(path, dpi=120, bbox_inches="tight")
+        image = io.BytesIO()
+        fig.savefig(image, format="png", dpi=120, bbox_inches="tight")
+        atomic_write(path, image.getvalue())
     finally:
         plt.close(fig)
     return path
