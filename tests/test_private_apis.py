@@ -16,7 +16,9 @@ Inventory (everything else in ``pptp/`` and ``search/`` uses public APIs):
   ``_validate_model_alias_name_reserved``: ``search/picking/model_registry.py``
   ``check_registry_names`` (MLflow's own name rules, checked before any training);
 - ``mlflow.utils.validation.MAX_*`` (public names in an undocumented module): the batch sizes and
-  length limits of ``search/tracking/store.py``.
+  length limits of ``search/tracking/store.py``;
+- ``optuna._hypervolume.compute_hypervolume``: ``search/compare.py`` ``hypervolume`` and
+  ``bench/localize_seeding.py`` (Optuna's WFG hypervolume; no public function computes one).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import mlflow
+import numpy as np
 import optuna
 import pytest
 import ray
@@ -146,3 +149,15 @@ def test_mlflow_validation_limits() -> None:
         assert isinstance(value, int) and value > 0, changed(
             "mlflow", f"mlflow.utils.validation.{name}", where, f"got {value!r}"
         )
+
+
+def test_optuna_compute_hypervolume() -> None:
+    where = "search/compare.py hypervolume, bench/localize_seeding.py"
+    try:
+        from optuna._hypervolume import compute_hypervolume
+    except ImportError as err:
+        pytest.fail(changed("optuna", "optuna._hypervolume.compute_hypervolume", where, str(err)))
+    losses = np.array([[1.0, 1.0], [0.5, 1.5]])  # two boxes up to (2, 2): 1 + 0.5 - 0.25
+    assert compute_hypervolume(losses, np.array([2.0, 2.0])) == pytest.approx(1.25), changed(
+        "optuna", "optuna._hypervolume.compute_hypervolume", where, "another value"
+    )

@@ -10,7 +10,7 @@ from fixtures_localize import fake_result
 from optuna.distributions import CategoricalDistribution
 
 from pptp.errors import ConfigError
-from search.space import Space, load_space
+from search.space import Space, contains, load_space
 from search.steering import (
     enqueue_from_localization,
     load_for_space,
@@ -30,9 +30,7 @@ def risks(*order: str) -> dict[str, float]:
 
 
 def inside(space: Space, trial: dict[str, Any]) -> bool:
-    return all(
-        space.params[k]._contains(space.params[k].to_internal_repr(v)) for k, v in trial.items()
-    )
+    return all(contains(space.params[k], v) for k, v in trial.items())
 
 
 @pytest.fixture(scope="module")
