@@ -70,9 +70,10 @@ _NOT_IN_KEY = {
 #: version of the bank's layout and key; bump it when either changes
 BANK_FORMAT = 2
 
-#: modules of ``pptp`` that cannot change how a reference is trained or queried: every other
-#: module (present or future) enters :func:`code_fingerprint`
-_NOT_TRAINING = ("attacks", "chance.py", "errors.py", "localize.py", "metrics.py", "trial.py")
+#: modules and packages of ``pptp`` that cannot change how a reference is trained or queried
+#: (they read signals or print): every other module, present or future, enters
+#: :func:`code_fingerprint`
+_NOT_TRAINING = ("attacks", "chance", "errors", "localize", "metrics", "tables", "trial")
 
 
 @functools.cache
@@ -92,13 +93,14 @@ def code_fingerprint() -> str:
 
 
 def fingerprinted_files() -> list[Path]:
-    """Every ``.py`` file under ``pptp/`` except :data:`_NOT_TRAINING` (attacks and metrics read
-    signals, they do not make them), sorted: a new module counts unless it is listed there."""
+    """Every ``.py`` file under ``pptp/`` except those of :data:`_NOT_TRAINING` (attacks and
+    metrics read signals, they do not make them), sorted: a new module counts unless it is
+    listed there."""
     root = Path(__file__).resolve().parent
     return [
         path
         for path in sorted(root.rglob("*.py"))
-        if path.relative_to(root).parts[0] not in _NOT_TRAINING
+        if path.relative_to(root).parts[0].removesuffix(".py") not in _NOT_TRAINING
     ]
 
 
