@@ -90,11 +90,12 @@ class NoiseOperator(Operator):
     the loop's own (cross-entropy, or the defense's, e.g. label smoothing). The free parameters
     keep their ordinary batch gradient.
 
-    Per-example gradients come from the ordinary backward pass, for the protected layers only
-    (:class:`pptp.per_example.PerExampleGrads`: Opacus' per-layer grad samplers), so the
-    operator costs what its protected layers cost. A batch whose per-example gradients would
-    exceed :data:`pptp.per_example.MEMORY_BUDGET_BYTES` runs as several forward/backward chunks
-    whose clipped sums and free gradients accumulate to the batch's.
+    The norms and the clipped sum come from the ordinary backward pass, for the protected layers
+    only (:class:`pptp.per_example.PerExampleGrads`: factors of conv and linear gradients with
+    ghost norms where cheaper, Opacus' per-layer grad samplers for the rest), so the operator
+    costs what its protected layers cost. A batch whose per-example state would exceed
+    :data:`pptp.per_example.MEMORY_BUDGET_BYTES` runs as several forward/backward chunks whose
+    clipped sums and free gradients accumulate to the batch's.
 
     Strength: s = 0 is plain training (no clipping, no noise). At every s > 0 the per-example
     gradients are clipped to C and only sigma scales with s, so the axis jumps at 0: training at
@@ -124,24 +125,24 @@ class NoiseOperator(Operator):
     def chunk_size(self, ctx: TrainContext, batch: int) -> int:
         if self.grads is None:
             return batch
-        return per_example.chunk_size(ctx.protected, batch, budget=per_example.MEMORY_BUDGET_BYTES)
+        held = self.grads.bytes_per_example  # measured; before the first step an upper bound
+        if held is None:
+            held = 4 * sum(p.numel() for p in ctx.protected.values())
+        return per_example.chunk_size(held, batch, budget=per_example.MEMORY_BUDGET_BYTES)
 
     def after_backward(self, ctx: TrainContext) -> None:
         if self.grads is None:
             return
-        # rows are grad(l_i) / B (the loop's loss is a mean over the whole batch)
-        rows = self.grads.pop()  # name -> (n, *shape)
-        if not rows:
+        parts = self.grads.pop()  # per module; rows are grad(l_i) / B (the loss is a batch mean)
+        if not parts:
             return
         batch = ctx.batch_size
-        flat = {n: g.flatten(1).float() for n, g in rows.items()}  # (n, numel)
-        squares = torch.stack([f.pow(2).sum(1) for f in flat.values()])  # (P, n)
-        norms = squares.sum(0).sqrt() * batch  # (n,) ||g_i|| over all protected parameters
+        norms = torch.stack([p.sq_norms() for p in parts]).sum(0).sqrt() * batch  # (n,) ||g_i||
         weights = (self.clip / (norms + 1e-6)).clamp(max=1.0) * batch  # (n,) clip, undo 1/B
-        for n, f in flat.items():
-            clipped = (weights @ f).view_as(ctx.protected[n])  # sum_i g_i min(1, C / ||g_i||)
-            total = self.clipped_sum.get(n)
-            self.clipped_sum[n] = clipped if total is None else total + clipped
+        for part in parts:  # sum_i g_i min(1, C / ||g_i||)
+            for n, clipped in part.weighted_sum(weights).items():
+                total = self.clipped_sum.get(n)
+                self.clipped_sum[n] = clipped if total is None else total + clipped
 
     def before_step(self, ctx: TrainContext) -> None:
         if self.grads is None:

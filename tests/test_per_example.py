@@ -9,7 +9,14 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from pptp.errors import ConfigError
-from pptp.per_example import PerExampleGrads, chunk_size, refuse_batchnorm
+from pptp.per_example import (
+    Factored,
+    Formed,
+    PerExampleGrads,
+    chunk_size,
+    per_example,
+    refuse_batchnorm,
+)
 
 
 class Scaled(nn.Module):
@@ -31,11 +38,12 @@ def net() -> nn.Sequential:
         nn.GroupNorm(2, 8),
         nn.ReLU(inplace=True),  # modifies the GroupNorm's output in place (torchvision style)
         Scaled(8),
-        nn.Conv2d(8, 8, 3, stride=2, padding=1),
+        nn.Conv2d(8, 8, 3, stride=2, padding=1),  # 4x4 map, few channels: formed
         nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1),  # 2x2 map: kept as factors (ghost norms)
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
-        nn.Linear(8, 5),
+        nn.Linear(16, 5),  # on vectors: factors
     )
 
 
@@ -55,14 +63,15 @@ def reference(
 
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize(
-    "names",
+    ("names", "forms"),
     [
-        ["0.weight", "1.weight", "1.bias"],  # conv + GroupNorm before an in-place ReLU
-        ["3.scale", "3.conv.weight", "3.conv.bias"],  # no grad sampler: torch.func fallback
-        ["4.weight", "8.weight", "8.bias"],  # strided conv and the linear head
+        (["0.weight", "1.weight", "1.bias"], {Formed}),  # conv, GroupNorm before in-place ReLU
+        (["3.scale", "3.conv.weight", "3.conv.bias"], {Formed}),  # torch.func fallback
+        (["4.weight", "4.bias", "6.weight", "6.bias"], {Formed, Factored}),  # strided convs
+        (["9.weight", "9.bias"], {Factored}),  # the linear head
     ],
 )
-def test_agrees_with_torch_func(layout: str, names: list[str]) -> None:
+def test_agrees_with_torch_func(layout: str, names: list[str], forms: set[type]) -> None:
     model, n = net(), 6
     x, y = torch.randn(n, 3, 8, 8), torch.randint(0, 5, (n,))
     if layout == "channels_last":  # Opacus' conv sampler alone reads these wrongly
@@ -71,22 +80,33 @@ def test_agrees_with_torch_func(layout: str, names: list[str]) -> None:
     params = dict(model.named_parameters())
     grads = PerExampleGrads(model, {k: params[k] for k in names})
     nn.functional.cross_entropy(model(x), y).backward()
-    got = grads.pop()
-    ref = reference(model, names, x, y)
+    parts = grads.pop()
+    assert {type(p) for p in parts} == forms
+    ref = {k: g / n for k, g in reference(model, names, x, y).items()}  # mean loss: grad l_i / n
+    got = per_example(parts)
     assert set(got) == set(names)
     for k in names:
         assert got[k].shape == (n, *params[k].shape)
-        torch.testing.assert_close(got[k] * n, ref[k], atol=1e-5, rtol=1e-4)  # mean loss: / n
-        torch.testing.assert_close(got[k].sum(0), params[k].grad)  # and they sum to .grad
+        torch.testing.assert_close(got[k], ref[k], atol=1e-6, rtol=1e-4)
+        torch.testing.assert_close(got[k].sum(0), params[k].grad)  # they sum to .grad
+    # what the noise operator uses: norms over all chosen parameters, weighted sums
+    norms = sum(p.sq_norms() for p in parts)
+    expected = sum(ref[k].flatten(1).square().sum(1) for k in names)
+    torch.testing.assert_close(norms, expected, atol=1e-8, rtol=1e-4)
+    weights = torch.rand(n)
+    summed = {k: v for p in parts for k, v in p.weighted_sum(weights).items()}
+    for k in names:
+        torch.testing.assert_close(summed[k], torch.einsum("n,n...->...", weights, ref[k]))
+    assert grads.bytes_per_example == sum(p.nbytes() for p in parts) / n
     grads.remove()
-    assert grads.pop() == {}
+    assert grads.pop() == []
 
 
 def test_only_hooks_modules_owning_chosen_parameters_and_removes_them() -> None:
     model = net()
-    grads = PerExampleGrads(model, {"8.weight": model.get_parameter("8.weight")})
+    grads = PerExampleGrads(model, {"9.weight": model.get_parameter("9.weight")})
     hooked = [name for name, m in model.named_modules() if m._forward_hooks]
-    assert hooked == ["8"]
+    assert hooked == ["9"]
     grads.remove()
     assert all(not m._forward_hooks for m in model.modules())
 
@@ -99,15 +119,14 @@ def test_eval_mode_and_no_grad_collect_nothing() -> None:
     model.train()
     with torch.no_grad():
         model(torch.randn(2, 3, 8, 8))
-    assert grads.pop() == {}
+    assert grads.pop() == []
     grads.remove()
 
 
 def test_chunk_size_keeps_per_example_memory_within_budget() -> None:
-    params = {"w": torch.zeros(1000)}  # 4,000 bytes per example
-    assert chunk_size(params, 256, budget=40_000) == 10
-    assert chunk_size(params, 8, budget=40_000) == 8  # never more than the batch
-    assert chunk_size(params, 256, budget=100) == 1  # never less than one example
+    assert chunk_size(4000.0, 256, budget=40_000) == 10
+    assert chunk_size(4000.0, 8, budget=40_000) == 8  # never more than the batch
+    assert chunk_size(4000.0, 256, budget=100) == 1  # never less than one example
 
 
 def test_refuse_batchnorm_names_the_layer_and_the_fix() -> None:
