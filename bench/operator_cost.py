@@ -11,8 +11,8 @@ for ``rewind`` it includes its ``finetune_epochs`` (default 2) epochs of fine-tu
 ``s/epoch`` column shows the cost per epoch. Each repeat runs in a fresh process per code tree and
 image size: an untimed one-epoch warm-up of each operator, then every configuration once, in an
 order rotated from repeat to repeat. The table shows medians over repeats, the median of the
-per-repeat ratios to ``none`` and, as a check on a shared noisy machine, the ratio of the fastest
-repeats. Default sizes: 8x8 digits for 15 epochs (the quickstart) and 32x32 for 4 epochs.
+per-repeat ratios to ``none`` and, as checks on a shared noisy machine, the ratio of the fastest
+repeats and the median ratio of the process CPU time spent in ``train()``. Default sizes: 8x8 digits for 15 epochs (the quickstart) and 32x32 for 4 epochs.
 
 ``--trees A,B`` runs the same measurement with each tree's own ``pptp`` (``PYTHONPATH=<tree>``),
 repeats interleaved across trees, and prints them side by side: a before/after in one run.
@@ -103,8 +103,10 @@ def time_worker(job: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for i in job["order"]:
         op, label, direction = table_[i]
+        cpu = time.process_time()
         r = once(cfg, protect(op, direction))
-        out[f"{op}|{label}"] = [r.train_seconds, r.epochs_run, r.test_acc]
+        cpu = time.process_time() - cpu
+        out[f"{op}|{label}"] = [r.train_seconds, r.epochs_run, r.test_acc, cpu]
     out["_members"] = len(members)
     return out
 
@@ -196,23 +198,27 @@ def time_table(args: argparse.Namespace, trees: list[str]) -> None:
                 runs, base = seconds[tree][key], seconds[tree]["none|-"]
                 ratio = statistics.median(r[0] / b[0] for r, b in zip(runs, base, strict=True))
                 best = min(r[0] for r in runs) / min(b[0] for b in base)
+                cpu = statistics.median(r[3] / b[3] for r, b in zip(runs, base, strict=True))
                 row += [
                     f"{statistics.median(r[0] for r in runs):.2f}",
                     f"{statistics.median(r[0] / r[1] for r in runs):.3f}",
                     f"{ratio:.2f}x",
                     f"{best:.2f}x",
+                    f"{cpu:.2f}x",
                     f"{statistics.median(r[2] for r in runs):.3f}",
                 ]
             rows.append(row)
     headers = ["images, epochs", "operator", "selection"]
     for tree in trees:
         tag = f" [{tree}]" if len(trees) > 1 else ""
-        headers += [f"train s{tag}", "s/epoch", "/ none", "best/best", "test_acc"]
+        headers += [f"train s{tag}", "s/epoch", "/ none", "best/best", "CPU / none", "test_acc"]
     print()
     print(table(headers, rows))
     print("# train s: median over repeats of TrainResult.train_seconds (evaluation excluded);")
     print("#   / none: median of the per-repeat ratios to none; best/best: fastest over none's")
-    print("#   fastest; rewind's epochs include its 2 fine-tuning epochs (s/epoch per epoch)")
+    print("#   fastest; CPU / none: the same for the process CPU time of train() (evaluation")
+    print("#   included; steadier than wall time when other processes share the cores);")
+    print("#   rewind's epochs include its 2 fine-tuning epochs (s/epoch per epoch)")
 
 
 def memory_table(args: argparse.Namespace, trees: list[str]) -> None:
