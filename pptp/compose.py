@@ -58,6 +58,12 @@ NOTES: tuple[Rule, ...] = (
         "the defense's weights are restored at the end of the training phase; the operator "
         "starts from them, and the defense no longer acts in the fine-tune phase",
     ),
+    Rule("fine_tune", "loss", "the fine-tune phase trains on the defense's loss too"),
+    Rule(
+        "fine_tune",
+        "optimizer",
+        "the fine-tune phase uses the defense's optimizer options (weight decay) too",
+    ),
     Rule(
         "fine_tune",
         "rebuilds_grads",

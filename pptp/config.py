@@ -75,11 +75,11 @@ class ProtectConfig:
     direction: str = "prefix"  # prefix | suffix
     groups: tuple[str, ...] | None = None
     patterns: tuple[str, ...] | None = None
-    clip_norm: float = 1.0  # noise: per-example clipping norm of the protected gradients
+    clip_norm: float = 1.0  # noise: per-example clipping norm (applies at every strength > 0)
     max_noise_multiplier: float = 2.0  # noise: sigma at strength 1
     max_anchor: float = 1.0  # anchor: L2 coefficient at strength 1 (times n_protected_params^-1)
     max_feature_noise: float = 1.0  # feature_noise: noise std / feature std at strength 1
-    finetune_epochs: int = 2  # rewind: epochs of fine-tuning the free groups after the rewind
+    finetune_epochs: int = 2  # rewind: fine-tuning epochs of the free groups (none at s = 0)
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,8 @@ class NoDefense(Defense):
 class WeightDecay(Defense):
     """``defense.weight_decay`` as the optimizer's weight decay, in every group and phase."""
 
+    needs = Needs(optimizer=True)
+
     def __init__(self, cfg: DefenseConfig) -> None:
         super().__init__(cfg)
         if cfg.weight_decay < 0:

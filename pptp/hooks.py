@@ -70,6 +70,8 @@ class Needs:
     grad_terms: bool = False
     #: scales the protected or free groups' learning rate
     scales_lr: bool = False
+    #: sets optimizer options of the parameter groups (e.g. weight decay)
+    optimizer: bool = False
     #: changes the forward pass in training (forward hooks)
     forward_hooks: bool = False
     #: validation accuracy every epoch
