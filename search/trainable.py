@@ -66,6 +66,7 @@ def run_search_trial(sampled: dict[str, Any], ctx: TrialContext) -> dict[str, An
             tracker.fail(reason)
             return {
                 **report,
+                **_missing_objectives(ctx),
                 "failed": 1,
                 "fail_reason": reason,
                 "seconds": time.perf_counter() - start,
@@ -76,7 +77,7 @@ def run_search_trial(sampled: dict[str, Any], ctx: TrialContext) -> dict[str, An
         if bad:
             reason = f"objective {bad[0]} is {metrics.get(bad[0])}"
             tracker.fail(reason)
-            return {**report, "failed": 1, "fail_reason": reason}
+            return {**report, **_missing_objectives(ctx), "failed": 1, "fail_reason": reason}
         return {
             **report,
             **metrics,
@@ -96,6 +97,12 @@ def describe(cfg: TrialConfig) -> dict[str, Any]:
     """The few fields that name a trial in tables: operator, strength, defense."""
     operator = cfg.protect.operator if cfg.protect.strength > 0 else "none"
     return {"operator": operator, "strength": cfg.protect.strength, "defense": cfg.defense.name}
+
+
+def _missing_objectives(ctx: TrialContext) -> dict[str, float]:
+    """NaN for every objective: a failure report must still name them, or Ray Tune ends the whole
+    run ("Trial returned a result which did not include the specified metric(s)")."""
+    return {metric: math.nan for metric in ctx.space.study.metrics}
 
 
 def _reason(error: BaseException) -> str:

@@ -42,8 +42,10 @@ study:
     - {{protect.operator: damp, protect.strength: 0.0, protect.split: 1}}
 fixed:
   data: {{name: digits, pool_size: 200, test_size: 100, val_size: 0}}
-  model: {{name: mlp, width: 16, norm: none}}
-  train: {{epochs: {epochs}, batch_size: 50, warmup_epochs: 0, crop_pad: 1, device: cpu}}
+  model: {{name: mlp, width: 32, norm: none}}
+  # learns above chance in a few epochs (a model at chance fails its trial: pptp/chance.py)
+  train: {{epochs: {epochs}, batch_size: 10, lr: 0.1, augment: false, warmup_epochs: 0,
+          device: cpu}}
   attack: {{attacks: [loss, lira_offline], n_references: 2, bank_dir: {bank}}}
 params:
   protect.operator: {{type: categorical, choices: [damp, anchor, noise]}}
@@ -52,7 +54,7 @@ params:
 """
 
 
-def write_space(folder: Path, *, n_trials: int, epochs: int = 2, sampler: str = "random") -> Path:
+def write_space(folder: Path, *, n_trials: int, epochs: int = 10, sampler: str = "random") -> Path:
     path = folder / "tiny.yaml"
     path.write_text(
         SPACE.format(n_trials=n_trials, epochs=epochs, sampler=sampler, bank=folder / "bank")
@@ -128,7 +130,7 @@ def test_two_trial_study_end_to_end_then_extended(
         child = client.get_run(t.user_attrs["mlflow_run_id"])
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert child.data.params["protect.operator"] == t.params["protect.operator"]
-        assert len(client.get_metric_history(child.info.run_id, "epoch_loss")) == 2
+        assert len(client.get_metric_history(child.info.run_id, "epoch_loss")) == 10
         assert child.data.tags["pareto"] == ("true" if t.number in front else "false")
         files = {f.path for f in client.list_artifacts(child.info.run_id)}
         assert {"roc.png", "mask.json", "history.csv"} <= files
@@ -187,7 +189,10 @@ def test_resume_after_kill_9_keeps_finished_trials_and_replaces_running_ones(
         t.number: tuple(t.values) for t in trials if t.state == optuna.trial.TrialState.COMPLETE
     }
     interrupted = [t for t in trials if t.user_attrs.get(rundir.INTERRUPTED)]
-    assert len(complete) == n
+    failed_on_their_own = [  # e.g. a strong operator left the model at chance: a data point
+        t for t in trials if t.state == optuna.trial.TrialState.FAIL and t not in interrupted
+    ]
+    assert len(complete) + len(failed_on_their_own) == n
     for number, values in finished_before.items():  # kept, not run again
         assert complete.get(number) == values
     assert interrupted and all(t.state == optuna.trial.TrialState.FAIL for t in interrupted)

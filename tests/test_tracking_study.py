@@ -86,6 +86,9 @@ def test_parent_and_two_children_end_to_end(study: StudyTracker, tmp_path: Path)
         assert child.data.tags["pptp.kind"] == "trial"
         assert child.data.tags["operator"] == "damp"
         assert child.data.tags["protected_groups"] == "stem,layer1"
+        for key, value in result.tags().items():  # queries, and which attack was the worst case
+            assert child.data.tags[metric_key(key)] == value
+        assert child.data.tags["attack_worst"] == "lira"
         flat = result.config.to_flat()
         assert child.data.params.keys() == {metric_key(k) for k in flat}
         assert child.data.params["protect.strength"] == "0.5"
@@ -99,14 +102,20 @@ def test_parent_and_two_children_end_to_end(study: StudyTracker, tmp_path: Path)
         metrics = child.data.metrics
         assert metrics["test_acc"] == pytest.approx(result.test_acc)
         assert metrics["attack_tpr_at_0.1pct_fpr"] == pytest.approx(
-            result.metrics()["attack_tpr@0.1%fpr"])
+            result.metrics()["attack_tpr@0.1%fpr"]
+        )
         assert metrics["auc/lira"] == pytest.approx(result.attacks["lira"].auc)
         assert artifact_names(client, child_id) >= {
-            "roc.png", "roc.npz", "mask.json", "history.csv"}
+            "roc.png",
+            "roc.npz",
+            "mask.json",
+            "history.csv",
+        }
         folder = tmp_path / child_id
         folder.mkdir()
-        mask = json.loads(Path(client.download_artifacts(child_id, "mask.json", str(folder)))
-                          .read_text())
+        mask = json.loads(
+            Path(client.download_artifacts(child_id, "mask.json", str(folder))).read_text()
+        )
         assert mask == {"mask": result.mask, "protected_groups": ["stem", "layer1"]}
         rows = read_csv(client, child_id, "history.csv", folder)
         assert [int(r["epoch"]) for r in rows] == [log.epoch for log in result.history]
@@ -125,19 +134,42 @@ def test_log_front_writes_tables_plot_and_tags(study: StudyTracker, tmp_path: Pa
     scores = [(0.9, 0.6), (0.8, 0.55), (0.7, 0.7)]  # trial 2 is dominated by both others
     ids = [run_trial(study, i, fake_result(test_acc=a, auc=u)) for i, (a, u) in enumerate(scores)]
     rows = [
-        {"trial": i, "run_id": run_id, "pareto": i != 2, "test_acc": a, "attack_auc": u,
-         "attack_tpr@0.1%fpr": 0.01, "protected_groups": "stem", "operator": "damp",
-         "strength": 0.5, "train.lr": 0.05}
+        {
+            "trial": i,
+            "run_id": run_id,
+            "pareto": i != 2,
+            "test_acc": a,
+            "attack_auc": u,
+            "attack_tpr@0.1%fpr": 0.01,
+            "protected_groups": "stem",
+            "operator": "damp",
+            "strength": 0.5,
+            "train.lr": 0.05,
+        }
         for i, (run_id, (a, u)) in enumerate(zip(ids, scores, strict=True))
     ]
-    rows.append({"trial": 3, "run_id": None, "pareto": False, "test_acc": 0.1,
-                 "attack_auc": 0.5, "protected_groups": "", "operator": "none", "strength": 0})
+    rows.append(
+        {
+            "trial": 3,
+            "run_id": None,
+            "pareto": False,
+            "test_acc": 0.1,
+            "attack_auc": 0.5,
+            "protected_groups": "",
+            "operator": "none",
+            "strength": 0,
+        }
+    )
     study.log_front(rows, objectives=OBJECTIVES)
     client = MlflowClient(study.uri)
 
     parent = study.parent_run_id
     assert artifact_names(client, parent) >= {
-        "pareto_front.csv", "trials.csv", "pareto_front.png", "space.yaml"}
+        "pareto_front.csv",
+        "trials.csv",
+        "pareto_front.png",
+        "space.yaml",
+    }
     front = read_csv(client, parent, "pareto_front.csv", tmp_path)
     assert [r["trial"] for r in front] == ["0", "1"]  # best test_acc first
     header = list(front[0])
@@ -179,16 +211,24 @@ def test_mark_stale_children_failed(study: StudyTracker) -> None:
     assert study.mark_stale_children_failed() == 0
 
 
-def test_resume_reuses_parent_and_keeps_params(study: StudyTracker, store: str,
-                                               tmp_path: Path) -> None:
+def test_resume_reuses_parent_and_keeps_params(
+    study: StudyTracker, store: str, tmp_path: Path
+) -> None:
     parent = start(study)
     run_trial(study, 0, fake_result())
     study.finish("KILLED")
 
     again = StudyTracker(store, study.study_name, run_dir=tmp_path / "run")
     changed = {**SPACE, "fixed": {"data.name": "digits", "train": {"epochs": 5}}}
-    assert again.start(resolved_space=changed, space_path=Path("spaces/demo.yaml"),
-                       space_sha256="1" * 64, parent_run_id=parent) == parent
+    assert (
+        again.start(
+            resolved_space=changed,
+            space_path=Path("spaces/demo.yaml"),
+            space_sha256="1" * 64,
+            parent_run_id=parent,
+        )
+        == parent
+    )
     assert again.experiment_id == study.experiment_id
     client = MlflowClient(store)
     run = client.get_run(parent)
@@ -205,8 +245,9 @@ def test_resume_reuses_parent_and_keeps_params(study: StudyTracker, store: str,
 
     other = StudyTracker(store, "another-study", run_dir=tmp_path)
     with pytest.raises(ConfigError, match="belongs to experiment"):
-        other.start(resolved_space=SPACE, space_path=Path("x.yaml"), space_sha256="0",
-                    parent_run_id=parent)
+        other.start(
+            resolved_space=SPACE, space_path=Path("x.yaml"), space_sha256="0", parent_run_id=parent
+        )
 
 
 def test_tracking_overhead_of_a_trial_is_small(study: StudyTracker) -> None:
@@ -228,15 +269,34 @@ def free_port() -> int:
 def mlflow_server(tmp_path: Path) -> Iterator[str]:
     """``mlflow server`` on 127.0.0.1 with one worker and no job runner (STACK-NOTES.md)."""
     port = free_port()
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-           "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env = {
+        **os.environ,
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
     env.pop("MLFLOW_TRACKING_URI", None)
     log = (tmp_path / "server.log").open("wb")
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-         f"sqlite:///{tmp_path}/server.db", "--artifacts-destination", str(tmp_path / "art"),
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path}/server.db",
+            "--artifacts-destination",
+            str(tmp_path / "art"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     uri = f"http://127.0.0.1:{port}"
     try:
@@ -250,8 +310,9 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
                 pass
             if server.poll() is not None or time.monotonic() > deadline:
                 log.close()
-                pytest.fail("mlflow server did not start:\n"
-                            + (tmp_path / "server.log").read_text()[-3000:])
+                pytest.fail(
+                    "mlflow server did not start:\n" + (tmp_path / "server.log").read_text()[-3000:]
+                )
             time.sleep(0.25)
         yield uri
     finally:
@@ -270,8 +331,10 @@ def test_against_a_tracking_server(mlflow_server: str, tmp_path: Path) -> None:
     study = StudyTracker(mlflow_server, "served", run_dir=tmp_path)
     start(study)
     child = run_trial(study, 0, fake_result())
-    study.log_front([{"trial": 0, "run_id": child, "pareto": True, "test_acc": 0.9,
-                      "attack_auc": 0.6}], objectives=OBJECTIVES)
+    study.log_front(
+        [{"trial": 0, "run_id": child, "pareto": True, "test_acc": 0.9, "attack_auc": 0.6}],
+        objectives=OBJECTIVES,
+    )
     study.finish()
     client = MlflowClient(mlflow_server)
     run = client.get_run(child)

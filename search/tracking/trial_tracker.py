@@ -34,6 +34,7 @@ from search.tracking.store import (
     log_metric_entities,
     log_metrics,
     log_params,
+    metric_key,
     now_ms,
     set_tags,
 )
@@ -185,7 +186,10 @@ class TrialTracker:
         (every attack, log-log), ``roc.npz`` (``attacks`` names, ``fpr/<a>``, ``tpr/<a>``,
         ``thresholds/<a>`` float arrays: loads with ``allow_pickle=False``), ``mask.json``
         (``{"mask": {group: protected}, "protected_groups": [...]}``) and ``history.csv``.
-        Tags: ``operator``, ``strength``, ``protected_groups`` (comma separated).
+        Tags: ``operator``, ``strength``, ``protected_groups`` (comma separated), and
+        :meth:`~pptp.trial.TrialResult.tags` through :func:`metric_key`: ``queries`` (the query
+        names the attacks used), ``attack_worst``, ``attack_worst/tpr_at_1pct_fpr``, ... (the
+        attack and score direction that gave each worst case).
         """
         self.flush()
         values: dict[str, float] = dict(result.metrics())
@@ -196,6 +200,7 @@ class TrialTracker:
             "operator": result.config.protect.operator,
             "strength": str(result.config.protect.strength),
             "protected_groups": ",".join(result.protected_groups),
+            **{metric_key(k): v for k, v in result.tags().items()},
         }
         if objectives:
             tags["objectives"] = ",".join(objectives)
