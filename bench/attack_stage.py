@@ -40,9 +40,10 @@ from printing import footer, provenance, table
 from pptp.attacks import ATTACKS, AttackInput, attack_names
 from pptp.bank import ReferenceBank
 from pptp.config import TrialConfig
+from pptp.data import build_pool
 from pptp.metrics import evaluate
 from pptp.signals import compute_signals, resolve_queries
-from pptp.train import build_model, build_pool, train
+from pptp.train import build_model, train
 from pptp.trial import TrialResult, references_needed, run_trial
 from search.space import load_space
 

@@ -41,9 +41,10 @@ from printing import footer, provenance, table
 
 from pptp.bank import ReferenceBank
 from pptp.config import TrialConfig
+from pptp.data import build_pool
 from pptp.metrics import AttackMetrics
 from pptp.signals import compute_signals, resolve_queries
-from pptp.train import build_model, build_pool, train
+from pptp.train import build_model, train
 from pptp.trial import attack_target
 from search.space import load_space
 

@@ -51,10 +51,10 @@ import numpy as np
 
 from pptp.chance import chance_level
 from pptp.config import AttackConfig, DefenseConfig, ProtectConfig, TrialConfig
-from pptp.data import Pool, keep_row
+from pptp.data import Pool, build_pool, keep_row
 from pptp.device import resolve_device
 from pptp.signals import compute_signals, resolve_queries
-from pptp.train import build_model, build_pool, train
+from pptp.train import build_model, train
 
 logger = logging.getLogger(__name__)
 

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pptp.config import DataConfig
 from pptp.errors import ConfigError, DataUnavailableError
 from pptp.registry import Registry
 
@@ -587,6 +588,28 @@ def plant_canaries(
     shift = rng.integers(1, num_classes, size=n)  # 1..C-1: never the original class
     labels[chosen] = (labels[chosen] + shift) % num_classes
     return canary, labels
+
+
+def build_pool(cfg: DataConfig, *, device: torch.device | str = "cpu") -> Pool:
+    """The pool a data config names (raw datasets are cached in-process)."""
+    return make_pool(
+        cfg.name,
+        seed=cfg.seed,
+        pool_size=cfg.pool_size,
+        test_size=cfg.test_size,
+        val_size=cfg.val_size,
+        image_size=cfg.image_size,
+        data_dir=cfg.data_dir,
+        download=cfg.download,
+        device=device,
+        canaries=cfg.canaries,
+    )
+
+
+def check_data(cfg: DataConfig) -> None:
+    """Load the raw dataset once (it is cached): a missing dataset stops here, clearly, before
+    anything trains (:class:`~pptp.errors.DataUnavailableError` names the folder and layout)."""
+    load_raw(cfg.name, data_dir=cfg.data_dir, download=cfg.download)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,14 +28,15 @@ from torch import nn
 
 from pptp.attacks import ATTACKS, AttackInput, attack_names, check_attacks
 from pptp.bank import ReferenceBank
+from pptp.canaries import CANARY_TPR_METRICS, canary_metrics, split_scores
 from pptp.chance import require_above_chance
 from pptp.config import DataConfig, TrialConfig
-from pptp.data import DATASETS, Pool
+from pptp.data import DATASETS, Pool, build_pool
 from pptp.device import resolve_device
 from pptp.errors import ConfigError
-from pptp.metrics import TPR_METRICS, AttackMetrics, evaluate, resolvable
+from pptp.metrics import TPR_METRICS, AttackMetrics, resolvable
 from pptp.signals import Signals, compute_signals, resolve_queries
-from pptp.train import EpochLog, build_model, build_pool, train
+from pptp.train import EpochLog, build_model, train
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +83,8 @@ class TrialResult:
     epsilon: float | None = None
     extras: dict[str, float] = field(default_factory=dict)
     queries: tuple[str, ...] = ()
+    canaries: dict[str, AttackMetrics] = field(default_factory=dict)  # per attack, on canaries
+    n_canaries: int = 0
     model: nn.Module | None = field(default=None, repr=False, compare=False)  # keep_model=True
 
     def worst_case(self, metric: str) -> WorstCase:
@@ -116,6 +119,10 @@ class TrialResult:
         (a target FPR that only zero false positives can meet), per attack and in the worst case.
         ``fpr_resolution`` is reported once, or per attack as ``fpr_resolution/<attack>`` when the
         attacks were scored on different sets.
+
+        Canaries (``data.canaries``): the attack metrics above are computed on the population (the
+        pool without its canaries), and :func:`pptp.canaries.canary_metrics` adds ``canary_auc``,
+        ``canary_tpr@1%fpr``, ``canary_tpr@5%fpr``, ``canary_fpr_resolution``, ``canary_count``.
         """
         out: dict[str, float] = {
             "test_acc": self.test_acc,
@@ -139,6 +146,7 @@ class TrialResult:
                 out["fpr_resolution"] = next(iter(resolutions.values()))
             else:
                 out.update({f"fpr_resolution/{name}": r for name, r in resolutions.items()})
+        out.update(canary_metrics(self.canaries, self.n_canaries))
         if self.epsilon is not None:
             out["epsilon"] = self.epsilon
         for stage, seconds in self.timings.items():
@@ -202,9 +210,11 @@ def run_trial(
     _check_chance(trained.test_acc, pool, what="target model")
     with _timed(timings, "signals"):
         signals = compute_signals(model, pool.x, pool.y, queries=queries)
-    results = attack_target(
+    scores = attack_scores(
         cfg, pool, signals, bank=bank, timings=timings, references=references, queries=queries
     )
+    with _timed(timings, "attack"):
+        results, canaries = split_scores(scores, pool.keep(1)[0], pool.canary)
     extras = dict(trained.extras)
     epsilon = extras.pop("epsilon", None)
     logger.info(
@@ -226,6 +236,8 @@ def run_trial(
         epsilon=epsilon,
         extras=extras,
         queries=queries,
+        canaries=canaries,
+        n_canaries=pool.n_canaries,
         model=model.cpu() if keep_model else None,
     )
 
@@ -240,7 +252,26 @@ def attack_target(
     references: TrialConfig | None = None,
     queries: Sequence[str] | None = None,
 ) -> dict[str, AttackMetrics]:
-    """Run every attack of ``cfg`` on a target's signals; ground truth is keep row 0.
+    """Every attack's metrics on the population (the pool without its canaries): see
+    :func:`attack_scores`, whose arguments it takes."""
+    scores = attack_scores(
+        cfg, pool, signals, bank=bank, timings=timings, references=references, queries=queries
+    )
+    return split_scores(scores, pool.keep(1)[0], pool.canary)[0]
+
+
+def attack_scores(
+    cfg: TrialConfig,
+    pool: Pool,
+    signals: Signals,
+    *,
+    bank: ReferenceBank,
+    timings: dict[str, float] | None = None,
+    references: TrialConfig | None = None,
+    queries: Sequence[str] | None = None,
+) -> dict[str, np.ndarray]:
+    """Run every attack of ``cfg`` on a target's signals: ``{attack: scores (n_pool,)}``, higher
+    = member; the ground truth is keep row 0.
 
     ``queries`` name the signals' queries (default: resolved from ``cfg``); the references are
     loaded (trained if missing) with the same queries. With ``cfg.attack.adaptive`` the references
@@ -278,10 +309,7 @@ def attack_target(
             ref_logits=ref_logits,
             ref_keep=ref_keep,
         )
-        is_member = pool.keep(1)[0]
-        return {
-            name: evaluate(ATTACKS[name](inputs), is_member) for name in attack_names(cfg.attack)
-        }
+        return {name: ATTACKS[name](inputs) for name in attack_names(cfg.attack)}
 
 
 def references_needed(cfg: TrialConfig) -> int:
@@ -314,21 +342,38 @@ def unresolvable_metrics(cfg: TrialConfig, metrics: Iterable[str]) -> dict[str, 
     """Which of the named metrics the trial's pool cannot resolve, each with the reason.
 
     A TPR at FPR ``f`` (``attack_tpr@0.1%fpr``, ``tpr@0.1%fpr/<attack>``, ...) needs at least
-    ``1 / f`` non-members, or it is always NaN (:func:`pptp.metrics.resolvable`). Other metrics
-    are always resolved. Pure: the space validator calls it before anything runs.
+    ``1 / f`` non-members, or it is always NaN (:func:`pptp.metrics.resolvable`). A canary TPR
+    (``canary_tpr@5%fpr``) needs as many non-member canaries: about half of ``data.canaries`` (the
+    estimate used here; the target's own draw decides), and any canary metric needs canaries.
+    Other metrics are always resolved. Pure: the space validator calls it before anything runs.
     """
-    n = expected_non_members(cfg.data)
+    n_population = expected_non_members(cfg.data) - cfg.data.canaries // 2
+    n_canary = cfg.data.canaries // 2
     out: dict[str, str] = {}
     for name in metrics:
-        base = name.split("/", 1)[0].removeprefix("attack_")
-        fpr = TPR_METRICS.get(base)
-        if fpr is not None and not resolvable(fpr, n):
-            out[name] = (
-                f"{name} cannot be resolved: the target has {n} non-members, so the smallest "
-                f"non-zero FPR is 1/{n} = {100 / n:.2g}% > {100 * fpr:g}% and the metric is always "
-                f"NaN; it needs at least {math.ceil(1 / fpr - 1e-9)} non-members (a pool of "
-                f"{2 * math.ceil(1 / fpr - 1e-9)} examples), or use a TPR at a larger FPR"
-            )
+        canary = name.startswith("canary_")
+        if canary and cfg.data.canaries == 0:
+            out[name] = f"{name} needs canaries: set data.canaries (e.g. 200)"
+            continue
+        base = name.split("/", 1)[0].removeprefix("attack_").removeprefix("canary_")
+        fpr = (CANARY_TPR_METRICS if canary else TPR_METRICS).get(base)
+        n = n_canary if canary else n_population
+        if fpr is None or (n > 0 and resolvable(fpr, n)):
+            continue
+        needed = math.ceil(1 / fpr - 1e-9)
+        more = (
+            f"about {2 * needed} canaries (data.canaries)"
+            if canary
+            else f"a pool of {2 * needed} examples"
+        )
+        what = "canaries" if canary else "examples"
+        n = max(n, 1)
+        out[name] = (
+            f"{name} cannot be resolved: the target has about {n} non-member {what}, so the "
+            f"smallest non-zero FPR is 1/{n} = {100 / n:.2g}% > {100 * fpr:g}% and the metric is "
+            f"always NaN; it needs at least {needed} non-members ({more}), or use a TPR at a "
+            "larger FPR"
+        )
     return out
 
 

@@ -178,7 +178,7 @@ def prepare(args: argparse.Namespace) -> Plan:
         check_tracking(uri)
         experiment_id = study_experiment(uri, run.state.study_name)
     if args.seeds or args.adaptive or args.register:
-        from pptp.train import check_data
+        from pptp.data import check_data
 
         check_data(config.replace(**rundir.absolute_paths(config, cwd=run.state.cwd)).data)
     export = Path(args.export) if args.export else run.run_dir / "picked.yaml"

@@ -11,10 +11,11 @@ import pytest
 from fixtures_localize import MODELS, tiny_config
 
 from pptp.config import TrialConfig
+from pptp.data import build_pool
 from pptp.errors import ConfigError
 from pptp.layers import layer_groups
 from pptp.localize import LocalizationResult, localize, log_ratio, split_members
-from pptp.train import build_model, build_pool
+from pptp.train import build_model
 
 
 @pytest.fixture(scope="module", params=sorted(MODELS))

@@ -13,10 +13,11 @@ import torch.nn.functional as F
 from fixtures_localize import tiny_config
 from torch import nn
 
+from pptp.data import build_pool
 from pptp.errors import ConfigError
 from pptp.layers import group_output_modules, group_parameters
 from pptp.localize import generalization, privacy_risk, split_members
-from pptp.train import build_model, build_pool, train
+from pptp.train import build_model, train
 
 
 def _plant(model_name: str, target: str) -> tuple[nn.Module, nn.Module, dict[str, torch.Tensor]]:

@@ -195,7 +195,7 @@ def test_retrain_adaptive_register_end_to_end(
     import torch
     from mlflow import MlflowClient
 
-    from pptp.train import build_pool
+    from pptp.data import build_pool
     from search.tracking import StudyTracker, TrialTracker
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"

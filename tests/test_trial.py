@@ -244,7 +244,7 @@ def test_resolution_per_attack_when_scored_sets_differ() -> None:
 
 
 def test_expected_non_members_matches_the_pool() -> None:
-    from pptp.train import build_pool
+    from pptp.data import build_pool
 
     for data in (DataConfig(), DataConfig(pool_size=201, test_size=300, val_size=0)):
         pool = build_pool(data)
@@ -260,7 +260,7 @@ def test_unresolvable_metrics_name_the_reason() -> None:
         ["test_acc", "attack_auc", "attack_tpr@0.1%fpr", "attack_tpr@1%fpr", "tpr@0.1%fpr/loss"],
     )
     assert set(problems) == {"attack_tpr@0.1%fpr", "tpr@0.1%fpr/loss"}
-    assert "700 non-members" in problems["attack_tpr@0.1%fpr"]
+    assert "700 non-member examples" in problems["attack_tpr@0.1%fpr"]
     assert "at least 1000 non-members" in problems["attack_tpr@0.1%fpr"]
     bigger = TrialConfig.from_flat({"data.name": "cifar10", "data.test_size": 10_000})
     assert unresolvable_metrics(bigger, ["attack_tpr@0.1%fpr"]) == {}

@@ -20,12 +20,12 @@ import torch
 from torch import nn
 
 from pptp.config import DefenseConfig, ProtectConfig, TrialConfig
-from pptp.data import Pool
+from pptp.data import Pool, build_pool
 from pptp.device import resolve_device
 from pptp.errors import ConfigError
 from pptp.localize.measure import PrivacyRisk, check_groups, generalization, privacy_risk
 from pptp.localize.result import GroupScore, LocalizationResult, recipe_digest
-from pptp.train import EpochLog, build_model, build_pool, train
+from pptp.train import EpochLog, build_model, train
 
 logger = logging.getLogger(__name__)
 

@@ -75,7 +75,7 @@ def check_registry_names(name: str, alias: str) -> None:
 def input_example(cfg: TrialConfig, *, n: int = 2) -> Any:
     """``n`` held-out test images (never a member of any training set), float32 numpy
     ``(n, C, H, W)`` normalised like the pool: the model's input example and signature."""
-    from pptp.train import build_pool
+    from pptp.data import build_pool
 
     pool = build_pool(cfg.data, device="cpu")
     return pool.x_test[:n].detach().cpu().numpy()

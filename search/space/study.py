@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pptp.attacks import attack_names
+from pptp.canaries import CANARY_METRICS
 from pptp.config import TrialConfig
 
 Direction = Literal["maximize", "minimize"]
@@ -189,6 +190,8 @@ PER_ATTACK_METRICS = ("auc", "tpr@0.1%fpr", "tpr@1%fpr", "balanced_acc")
 def known_metrics(cfg: TrialConfig) -> set[str]:
     """Every metric name :meth:`pptp.trial.TrialResult.metrics` reports for ``cfg``'s attacks
     (``attack.attacks: null`` means the default set for ``attack.n_references``:
-    :func:`pptp.attacks.attack_names`)."""
-    per_attack = {f"{m}/{a}" for m in PER_ATTACK_METRICS for a in attack_names(cfg.attack)}
-    return set(METRIC_NAMES) | per_attack
+    :func:`pptp.attacks.attack_names`), and the canary metrics when ``data.canaries`` > 0."""
+    attacks = attack_names(cfg.attack)
+    per_attack = {f"{m}/{a}" for m in PER_ATTACK_METRICS for a in attacks}
+    canary = set(CANARY_METRICS) | {f"canary_auc/{a}" for a in attacks}
+    return set(METRIC_NAMES) | per_attack | (canary if cfg.data.canaries > 0 else set())
