@@ -1,0 +1,551 @@
+"""``pptp-search ui``: the MLflow UI over a study's store, opened on the study's runs table.
+
+What a person needs after a study is one command that starts the UI over the right store and
+one URL that lands on the trials (MLflow 3 otherwise opens an experiment on its GenAI overview,
+with the runs behind a "Model training" toggle). This module gives:
+
+- :class:`MlflowUi`: an ``mlflow server`` process this program owns (its own process group, so
+  Ctrl-C in the terminal reaches this program, which stops the server by its PID), bound to
+  127.0.0.1, with the light settings (``MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false``, one
+  worker: 2 processes, ~0.4 GB, starts in ~5 s), ready once ``/health`` answers;
+- :class:`Links`: the UI addresses of a study: the runs table
+  (``#/experiments/<id>/runs?workflowType=machine_learning``, which skips the GenAI page, plus
+  ``viewStateShareKey`` for the saved views of :mod:`search.saved_views`), a run, an artifact;
+- :func:`where_to_look`: the "where to look next" lines every command prints, built from these
+  commands and addresses;
+- the ``ui`` command (:func:`main`).
+
+Which store: ``--run RUN`` (the tracking URI and experiment its ``state.json`` recorded), else
+``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else the embedded store under ``mlflow/``. A
+tracking *server* (``http(s)://``) already serves the UI: nothing is started, the URLs are
+printed (and opened with ``--open``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import webbrowser
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+if __package__ in (None, ""):  # `python search/ui.py` puts search/ first on sys.path
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from pptp.errors import ConfigError
+from search.cli import quiet_environment, run_command
+from search.saved_views import PARETO_FILTER, PARETO_VIEW, SHARED_VIEW_TAG, TRIALS_VIEW
+
+quiet_environment()
+
+#: environment of the server: no job runner (15 processes, ~2.3 GB otherwise), no telemetry
+LIGHT_SERVER_ENV = {
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+}
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 5000
+WORKFLOW = "workflowType=machine_learning"  # the runs table, not MLflow 3's GenAI overview
+REPORT_FILE = "report.html"
+
+
+class UiError(RuntimeError):
+    """The MLflow UI did not start or stopped on its own; the message says why."""
+
+
+# ---------------------------------------------------------------------------------------------
+# addresses
+
+
+def is_server_uri(uri: str) -> bool:
+    """True for a tracking server (``http(s)://``), which serves its own UI."""
+    return urllib.parse.urlsplit(uri).scheme.lower() in ("http", "https")
+
+
+@dataclass(frozen=True)
+class Links:
+    """Where a study's records are in the MLflow UI.
+
+    ``base`` is the UI's address (``http://127.0.0.1:5000/``), or None when no UI runs yet: the
+    methods then return paths relative to the UI's address (``#/experiments/1/runs?...``), which
+    also work as links inside MLflow's own Markdown (run descriptions). ``views``: whether the
+    study's saved views exist (:mod:`search.saved_views`).
+    """
+
+    experiment_id: str
+    parent_run_id: str | None = None
+    base: str | None = None
+    views: bool = False
+
+    def _full(self, fragment: str) -> str:
+        return f"{self.base.rstrip('/')}/{fragment}" if self.base else fragment
+
+    def runs_table(self, *, view: str | None = TRIALS_VIEW) -> str:
+        """The experiment's runs table, through the saved ``view`` when the views exist."""
+        query = WORKFLOW
+        if view and self.views:
+            query += f"&viewStateShareKey={urllib.parse.quote(view)}"
+        return self._full(f"#/experiments/{self.experiment_id}/runs?{query}")
+
+    def pareto(self) -> str:
+        """The Pareto trials: the saved view, or the table filtered by ``tags.pareto``."""
+        if self.views:
+            return self.runs_table(view=PARETO_VIEW)
+        query = f"{WORKFLOW}&searchFilter={urllib.parse.quote(PARETO_FILTER)}"
+        return self._full(f"#/experiments/{self.experiment_id}/runs?{query}")
+
+    def run(self, run_id: str | None = None, *, artifact: str | None = None) -> str:
+        """A run's page (default the study's parent run), or one of its artifacts."""
+        run_id = run_id or self.parent_run_id
+        if not run_id:
+            raise ValueError("no run id (the study has no parent run recorded)")
+        path = f"#/experiments/{self.experiment_id}/runs/{run_id}"
+        if artifact:
+            path += f"/artifacts/{urllib.parse.quote(artifact)}"
+        return self._full(f"{path}?{WORKFLOW}")
+
+    def with_base(self, base: str) -> Links:
+        return Links(self.experiment_id, self.parent_run_id, base, self.views)
+
+
+def server_base(uri: str) -> str | None:
+    """The UI address of a tracking server URI; None for stores the UI must be started on."""
+    return uri.rstrip("/") + "/" if is_server_uri(uri) else None
+
+
+def has_views(client: Any, experiment_id: str) -> bool:
+    """Whether :func:`search.saved_views.save_views` wrote the study's views."""
+    tags = client.get_experiment(experiment_id).tags
+    return SHARED_VIEW_TAG + TRIALS_VIEW in tags
+
+
+def console_command() -> str:
+    """How to call ``pptp-search`` from here: its name when it is on ``PATH``, else the script
+    beside this Python (``.venv/bin/pptp-search``), else ``python -m search.console``."""
+    if shutil.which("pptp-search"):
+        return "pptp-search"
+    beside = Path(sys.executable).parent / "pptp-search"
+    if beside.is_file():
+        return shlex.quote(_shown(beside))
+    return f"{shlex.quote(_shown(Path(sys.executable)))} -m search.console"
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the current directory when below it, else absolute."""
+    try:
+        return str(path.absolute().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path.absolute())
+
+
+def where_to_look(
+    run_dir: Path | None,
+    *,
+    tracking_uri: str,
+    links: Links | None,
+    report: Path | None = None,
+    pick: bool = True,
+) -> str:
+    """The "where to look next" block every command prints after a study (or a part of one).
+
+    ``links``: the study's experiment and parent run (None when nothing was tracked);
+    ``report``: the report page, when it was written. A store the UI must be started on is
+    opened with ``pptp-search ui``; a tracking server's URLs are printed as they are.
+    """
+    cmd = console_command()
+    run = shlex.quote(str(run_dir)) if run_dir is not None else None
+    lines = ["", "where to look next:"]
+    if report is not None:
+        lines.append(f"  report      {report}  (open it in a browser; works offline)")
+    if links is not None:
+        base = server_base(tracking_uri)
+        if base is not None:
+            shown = links.with_base(base)
+            lines.append(f"  trials      {shown.runs_table()}")
+            lines.append(f"  Pareto      {shown.pareto()}")
+        else:
+            target = f"--run {run}" if run else f"--tracking-uri {shlex.quote(tracking_uri)}"
+            lines.append(f"  MLflow UI   {cmd} ui {target} --open")
+            lines.append("              (starts the UI on 127.0.0.1 and opens the study's trials;")
+            lines.append("              Pareto trials: the view 'PPTP: Pareto front', or the")
+            lines.append(f"              search {PARETO_FILTER})")
+    if run is not None:
+        if report is None:
+            lines.append(f"  report      {cmd} report --run {run}")
+        if pick:
+            lines.append(f"  pick        {cmd} pick --run {run} --rule knee")
+        lines.append(f"  compare     {cmd} compare --run {run}   (PPTP against the baselines)")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# the server
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = DEFAULT_HOST) -> int:
+    """A port nothing listens on now (the OS's choice)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class MlflowUi:
+    """An ``mlflow server`` over ``tracking_uri``, owned by this process.
+
+    ``with MlflowUi(uri) as ui: ... ui.base`` starts it and waits until ``/health`` answers
+    (:meth:`start`); leaving the block stops it (:meth:`stop`: SIGTERM to its process group,
+    SIGKILL after ``stop_timeout_s``). ``port=None``: 5000 when free, else a free port.
+    The server's output goes to ``log_path`` (a temporary file by default), whose tail an
+    :class:`UiError` shows.
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        *,
+        host: str = DEFAULT_HOST,
+        port: int | None = None,
+        log_path: Path | None = None,
+        stop_timeout_s: float = 10.0,
+    ) -> None:
+        self.tracking_uri = tracking_uri
+        self.host = host
+        self.port = port
+        self.stop_timeout_s = stop_timeout_s
+        self._log_path = log_path
+        self._own_log = log_path is None
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        if self.process is None:
+            raise RuntimeError("MlflowUi.start() has not been called")
+        return self.process.pid
+
+    @property
+    def base(self) -> str:
+        return f"http://{self.host}:{self.port}/"
+
+    @property
+    def log_path(self) -> Path:
+        assert self._log_path is not None
+        return self._log_path
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            self.tracking_uri,
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+        ]
+
+    def start(self, *, timeout_s: float = 90.0) -> str:
+        """Start the server and return its address once it answers; :class:`UiError` when it
+        exits first or does not answer within ``timeout_s``."""
+        if self.port is None:
+            self.port = DEFAULT_PORT if port_free(self.host, DEFAULT_PORT) else free_port(self.host)
+        elif not port_free(self.host, self.port):
+            raise ConfigError(
+                f"--port {self.port}: something already listens on {self.host}:{self.port}; "
+                "choose another --port, or leave it out for a free one"
+            )
+        if self._log_path is None:
+            fd, name = tempfile.mkstemp(prefix="pptp-mlflow-ui-", suffix=".log")
+            os.close(fd)
+            self._log_path = Path(name)
+        env = {**os.environ, **LIGHT_SERVER_ENV}
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                self.command(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,  # its own process group: stopped by us, not by Ctrl-C
+            )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise UiError(
+                    f"the MLflow UI exited with status {self.process.returncode} before it "
+                    f"answered; its log ({self.log_path}) ends with:\n{self.log_tail()}"
+                )
+            if self.answers():
+                return self.base
+            time.sleep(0.25)
+        self.stop()
+        raise UiError(
+            f"the MLflow UI did not answer on {self.base} within {timeout_s:g} s; its log "
+            f"({self.log_path}) ends with:\n{self.log_tail()}"
+        )
+
+    def answers(self, timeout_s: float = 2.0) -> bool:
+        """Whether ``GET /health`` answers 200 now."""
+        try:
+            with urllib.request.urlopen(f"{self.base}health", timeout=timeout_s) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no log)"
+        return "\n".join(text[-lines:])
+
+    def stop(self) -> None:
+        """SIGTERM to the server's process group (its id is the server's PID), then SIGKILL
+        after ``stop_timeout_s``; removes a temporary log. Safe to call twice."""
+        proc = self.process
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(self.stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(self.stop_timeout_s)
+        # workers left in the group after the main process ended (none expected)
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        if self._own_log and self._log_path is not None:
+            with contextlib.suppress(OSError):
+                self._log_path.unlink()
+            self._log_path = None
+
+    def __enter__(self) -> MlflowUi:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While inside, SIGTERM raises KeyboardInterrupt (so ``kill <pid>`` stops the UI too)."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# ---------------------------------------------------------------------------------------------
+# the command
+
+DESCRIPTION = """\
+Start the MLflow UI on 127.0.0.1 over the store a study wrote to, wait until it answers,
+and print the address of the study's runs table (trials with their objectives as columns),
+of its Pareto trials and of its report. Ctrl-C stops the server. With a tracking server
+(http://...) nothing is started: the addresses are printed."""
+
+
+def build_parser(prog: str = "pptp-search ui") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
+    p.add_argument(
+        "--run", help="a run directory of a study (its state.json names the store and the study)"
+    )
+    p.add_argument(
+        "--tracking-uri",
+        help="the MLflow store (default: the run's, else $MLFLOW_TRACKING_URI, else the "
+        "embedded SQLite store under mlflow/)",
+    )
+    p.add_argument("--experiment", help="a study (experiment) name, when --run is not given")
+    p.add_argument("--host", default=DEFAULT_HOST, help="address to bind (default 127.0.0.1)")
+    p.add_argument(
+        "--port", type=int, help=f"port (default {DEFAULT_PORT}, or a free one when it is taken)"
+    )
+    p.add_argument("--open", action="store_true", help="open the study's runs table in a browser")
+    p.add_argument(
+        "--timeout", type=float, default=90.0, help="seconds to wait for the UI (default 90)"
+    )
+    return p
+
+
+@dataclass(frozen=True)
+class Plan:
+    tracking_uri: str
+    run_dir: Path | None
+    experiment: str | None  # experiment id
+    parent_run_id: str | None
+    host: str
+    port: int | None
+    open: bool
+    timeout_s: float
+
+
+def prepare(args: argparse.Namespace) -> Plan:
+    from search import rundir
+    from search.tracking import check_tracking, resolve_tracking_uri
+    from search.tracking.uris import sqlite_path
+
+    run_dir = Path(args.run) if args.run else None
+    experiment = parent = None
+    if run_dir is not None:
+        state = rundir.read_state(run_dir)
+        uri = resolve_tracking_uri(args.tracking_uri or state.tracking_uri)
+        experiment, parent = state.experiment_id, state.parent_run_id
+    else:
+        uri = resolve_tracking_uri(args.tracking_uri)
+    if urllib.parse.urlsplit(uri).scheme.lower() == "sqlite":
+        path, _ = sqlite_path(uri)
+        if path is None or not path.is_file():
+            raise ConfigError(
+                f"no MLflow store at {path or uri}: run a study first "
+                f"({console_command()} run --space spaces/quickstart.yaml), or give "
+                "--run / --tracking-uri"
+            )
+    else:
+        check_tracking(uri)
+    if args.experiment and run_dir is None:
+        from mlflow.tracking import MlflowClient
+
+        found = MlflowClient(uri).get_experiment_by_name(args.experiment)
+        if found is None:
+            raise ConfigError(f"--experiment {args.experiment!r}: no such experiment in {uri}")
+        experiment = found.experiment_id
+    if args.timeout <= 0:
+        raise ConfigError(f"--timeout {args.timeout}: give a positive number of seconds")
+    return Plan(uri, run_dir, experiment, parent, args.host, args.port, args.open, args.timeout)
+
+
+def study_links(plan: Plan, client: Any) -> list[tuple[str, Links]]:
+    """``(study name, links)`` of the study the plan names, or of every study in the store
+    (experiments tagged ``pptp.study``), newest first."""
+    from search.tracking import TAG_STUDY
+
+    if plan.experiment is not None:
+        exp = client.get_experiment(plan.experiment)
+        return [
+            (
+                exp.name,
+                Links(
+                    exp.experiment_id,
+                    plan.parent_run_id,
+                    None,
+                    SHARED_VIEW_TAG + TRIALS_VIEW in exp.tags,
+                ),
+            )
+        ]
+    found = client.search_experiments(
+        filter_string=f"tags.`{TAG_STUDY}` != ''",
+        order_by=["last_update_time DESC"],
+        max_results=20,
+    )
+    return [
+        (e.name, Links(e.experiment_id, None, None, SHARED_VIEW_TAG + TRIALS_VIEW in e.tags))
+        for e in found
+    ]
+
+
+def describe(study: list[tuple[str, Links]], base: str, client: Any) -> list[str]:
+    """The lines that say where each study is in the running UI."""
+    lines = []
+    for name, links in study:
+        shown = links.with_base(base)
+        lines.append(f"study       {name}: {shown.runs_table()}")
+        lines.append(f"Pareto      {shown.pareto()}")
+        if shown.parent_run_id:
+            lines.append(f"study run   {shown.run()}")
+            files = {f.path for f in client.list_artifacts(shown.parent_run_id)}
+            if REPORT_FILE in files:
+                lines.append(f"report      {shown.run(artifact=REPORT_FILE)}")
+    if not study:
+        lines.append(f"studies     none in this store yet: {base}")
+    return lines
+
+
+def execute(plan: Plan) -> int:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(plan.tracking_uri)
+    studies = study_links(plan, client)
+    base = server_base(plan.tracking_uri)
+    if base is not None:  # a tracking server serves its own UI
+        lines = describe(studies, base, client)
+        print("\n".join(lines))
+        if plan.open and studies:
+            webbrowser.open(studies[0][1].with_base(base).runs_table())
+        return 0
+    ui = MlflowUi(plan.tracking_uri, host=plan.host, port=plan.port)
+    try:
+        with sigterm_as_interrupt():
+            try:
+                ui.start(timeout_s=plan.timeout_s)
+            except UiError as error:
+                print(f"error: {error}", file=sys.stderr)
+                return 1
+            print(
+                f"MLflow UI   {ui.base} (store {plan.tracking_uri}; server pid {ui.pid}; "
+                "Ctrl-C stops it)"
+            )
+            print("\n".join(describe(studies, ui.base, client)), flush=True)
+            if plan.open:
+                webbrowser.open(
+                    studies[0][1].with_base(ui.base).runs_table() if studies else ui.base
+                )
+            while ui.process is not None and ui.process.poll() is None:
+                time.sleep(0.5)
+            print(
+                f"error: the MLflow UI stopped on its own; its log ends with:\n{ui.log_tail()}",
+                file=sys.stderr,
+            )
+            return 1
+    except KeyboardInterrupt:
+        print("\nstopping the MLflow UI", flush=True)
+        return 0
+    finally:
+        ui.stop()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(parse_args(argv), prepare, execute)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""The MLflow UI launcher and the addresses it prints (search/ui.py).
+
+The server tests start a real ``mlflow server`` (about 5-10 s each): marked slow. What the pages
+show is checked in a real browser in tests/test_browser.py.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from fixtures_pick import make_run
+from fixtures_tracking import fresh_store
+from mlflow.tracking import MlflowClient
+
+from pptp.errors import ConfigError
+from search import ui
+from search.ui import Links, MlflowUi, console_command, port_free, where_to_look
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_links_skip_the_genai_page_and_open_the_saved_views() -> None:
+    plain = Links("3", "abc")
+    assert plain.runs_table() == "#/experiments/3/runs?workflowType=machine_learning"
+    assert plain.pareto() == (
+        "#/experiments/3/runs?workflowType=machine_learning"
+        "&searchFilter=tags.pareto%20%3D%20%27true%27"
+    )
+    viewed = Links("3", "abc", "http://127.0.0.1:5000/", views=True)
+    assert viewed.runs_table() == (
+        "http://127.0.0.1:5000/#/experiments/3/runs?workflowType=machine_learning"
+        "&viewStateShareKey=pptp-trials"
+    )
+    assert viewed.pareto().endswith("&viewStateShareKey=pptp-pareto")
+    assert viewed.run() == (
+        "http://127.0.0.1:5000/#/experiments/3/runs/abc?workflowType=machine_learning"
+    )
+    assert viewed.run("def", artifact="report.html") == (
+        "http://127.0.0.1:5000/#/experiments/3/runs/def/artifacts/report.html"
+        "?workflowType=machine_learning"
+    )
+
+
+def test_where_to_look_uses_the_console_command_or_the_servers_urls(tmp_path: Path) -> None:
+    links = Links("1", "abc")
+    text = where_to_look(
+        tmp_path, tracking_uri="sqlite:////x/mlflow.db", links=links, report=tmp_path / "r.html"
+    )
+    cmd = console_command()
+    assert f"{cmd} ui --run {tmp_path} --open" in text
+    assert f"{cmd} pick --run {tmp_path} --rule knee" in text
+    assert f"report      {tmp_path / 'r.html'}" in text
+    served = where_to_look(
+        tmp_path, tracking_uri="http://mlflow.example.org:5000", links=Links("4", "p", views=True)
+    )
+    assert (
+        "trials      http://mlflow.example.org:5000/#/experiments/4/runs?"
+        "workflowType=machine_learning&viewStateShareKey=pptp-trials"
+    ) in served
+    assert f"{cmd} report --run {tmp_path}" in served  # no page yet: how to make one
+    assert "ui --run" not in served  # a server has its UI already
+
+
+def test_console_command_is_found_on_path_or_beside_python(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ui.shutil, "which", lambda name: "/usr/bin/pptp-search")
+    assert console_command() == "pptp-search"
+    monkeypatch.setattr(ui.shutil, "which", lambda name: None)
+    monkeypatch.chdir(REPO)
+    beside = Path(sys.executable).parent / "pptp-search"
+    if beside.is_file():  # installed (pip install -e .): the script beside this Python
+        assert console_command() == str(beside.absolute().relative_to(REPO))
+    monkeypatch.setattr(ui.sys, "executable", "/nowhere/bin/python")
+    assert console_command() == "/nowhere/bin/python -m search.console"
+
+
+def test_prepare_refuses_a_missing_store_and_a_missing_run(tmp_path: Path) -> None:
+    args = ui.build_parser().parse_args(["--tracking-uri", f"sqlite:///{tmp_path}/none.db"])
+    with pytest.raises(ConfigError, match="no MLflow store at"):
+        ui.prepare(args)
+    with pytest.raises(ConfigError, match=r"state\.json"):
+        ui.prepare(ui.build_parser().parse_args(["--run", str(tmp_path)]))
+    store = fresh_store(tmp_path / "store")
+    args = ui.build_parser().parse_args(["--tracking-uri", store, "--experiment", "nope"])
+    with pytest.raises(ConfigError, match="no such experiment"):
+        ui.prepare(args)
+
+
+def test_prepare_reads_the_run_directory(tmp_path: Path) -> None:
+    store = fresh_store(tmp_path / "store")
+    run = make_run(tmp_path, tracking_uri=store, experiment_id="7", parent_run_id="abc")
+    plan = ui.prepare(ui.build_parser().parse_args(["--run", str(run)]))
+    assert (plan.tracking_uri, plan.experiment, plan.parent_run_id) == (store, "7", "abc")
+    assert plan.host == "127.0.0.1"
+
+
+@pytest.mark.slow
+def test_server_starts_answers_and_stops_by_pid(tmp_path: Path) -> None:
+    store = fresh_store(tmp_path)
+    server = MlflowUi(store, port=None)
+    start = time.monotonic()
+    with server:
+        assert server.answers()
+        pid = server.pid
+        assert server.base.startswith("http://127.0.0.1:")
+        with urllib.request.urlopen(
+            f"{server.base}api/2.0/mlflow/experiments/search?max_results=1", timeout=5
+        ) as response:
+            assert response.status == 200
+        print(f"MLflow UI answered after {time.monotonic() - start:.1f} s")
+        assert not port_free("127.0.0.1", int(server.port or 0))
+        with pytest.raises(ConfigError, match="already listens"):
+            MlflowUi(store, port=server.port).start()
+    assert not Path(f"/proc/{pid}").exists() or _zombie(pid)
+    assert port_free("127.0.0.1", int(server.port or 0))
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    except OSError:
+        return True
+
+
+@pytest.mark.slow
+def test_ui_command_prints_the_study_url_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    store = fresh_store(tmp_path / "store")
+    client = MlflowClient(store)
+    experiment = client.create_experiment("tiny", tags={"pptp.study": "tiny"})
+    parent = client.create_run(experiment, run_name="tiny").info.run_id
+    run = make_run(tmp_path, tracking_uri=store, experiment_id=experiment, parent_run_id=parent)
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "search.console", "ui", "--run", str(run)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )  # fmt: skip
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("study run"):
+                break
+        text = "".join(lines)
+        match = re.search(r"server pid (\d+)", text)
+        assert match, text
+        server_pid = int(match.group(1))
+        url = re.search(r"study       tiny: (\S+)", text)
+        assert url, text
+        assert f"#/experiments/{experiment}/runs?workflowType=machine_learning" in url.group(1)
+        assert f"#/experiments/{experiment}/runs/{parent}?workflowType" in text
+        with urllib.request.urlopen(url.group(1).split("#")[0] + "health", timeout=5) as r:
+            assert r.status == 200
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends (the server has its own group)
+        assert proc.wait(30) == 0
+        assert not Path(f"/proc/{server_pid}").exists() or _zombie(server_pid)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
