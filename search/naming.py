@@ -208,16 +208,27 @@ def _value(value: Any) -> float:
         return math.nan
 
 
-def objective_summary(row: Mapping[str, Any], objectives: Sequence[str]) -> str:
-    """``test_acc 0.9865 ± 0.0040 · attack_auc 0.5553 ± 0.0100 (3 seeds)``: plain text.
+#: short names of the usual objectives in the one-line summary (the table cuts it at 50 chars)
+SHORT = {
+    "test_acc": "acc",
+    "attack_auc": "AUC",
+    "attack_tpr@0.1%fpr": "TPR@0.1%",
+    "attack_tpr@1%fpr": "TPR@1%",
+}
 
-    The spread is the sample standard deviation over training seeds when the trial recorded its
-    per-seed values (user attribute ``per_seed``, :data:`search.compare.PER_SEED`); a trial of
-    one seed says so (``1 seed, no spread``).
+
+def objective_summary(row: Mapping[str, Any], objectives: Sequence[str]) -> str:
+    """``acc 0.987±0.004 · AUC 0.555±0.010 · 3 seeds``: one plain-text line.
+
+    The MLflow runs table shows a description's first 50 characters, so the objectives take
+    short names (:data:`SHORT`) and 3 decimals (the metric columns have them all). The spread is
+    the sample standard deviation over training seeds when the trial recorded its per-seed values
+    (user attribute ``per_seed``, :data:`search.compare.PER_SEED`); ``1 seed`` says there is none.
     """
     per_seed = row.get(PER_SEED) or {}
     parts, n_seeds = [], 1
     for metric in objectives:
+        label = SHORT.get(metric, metric)
         mean = _value(row.get(metric))
         seeds = (
             [_value(v) for v in per_seed.get(metric, ())] if isinstance(per_seed, Mapping) else []
@@ -226,11 +237,11 @@ def objective_summary(row: Mapping[str, Any], objectives: Sequence[str]) -> str:
             n_seeds = max(n_seeds, len(seeds))
             m = sum(seeds) / len(seeds)
             sd = math.sqrt(sum((v - m) ** 2 for v in seeds) / (len(seeds) - 1))
-            parts.append(f"{metric} {mean:.4f} ± {sd:.4f}")
+            parts.append(f"{label} {mean:.3f}±{sd:.3f}")
         else:
-            parts.append(f"{metric} {mean:.4f}" if math.isfinite(mean) else f"{metric} -")
-    seeds_text = f"{n_seeds} seeds" if n_seeds > 1 else "1 seed, no spread"
-    return f"{' · '.join(parts)} ({seeds_text})"
+            parts.append(f"{label} {mean:.3f}" if math.isfinite(mean) else f"{label} -")
+    parts.append(f"{n_seeds} seeds" if n_seeds > 1 else "1 seed")
+    return " · ".join(parts)
 
 
 def trial_description(
@@ -242,18 +253,17 @@ def trial_description(
 ) -> str:
     """The Markdown description of a trial's run (tag :data:`TAG_NOTE`).
 
-    First line (the runs table's *Description* column): the objectives with their spread and
-    ``Pareto front`` for front trials, or ``FAILED: <reason>``. Then what was trained, the
-    attack that gave the worst case, and a link back to the study's run (``parent_link``, a URL
-    or a path relative to the MLflow UI such as ``#/experiments/1/runs/<id>``).
+    First line (the runs table's *Description* column): the objectives with their spread
+    (:func:`objective_summary`), or ``FAILED: <reason>``. Then whether the trial is on the
+    Pareto front, what was trained, other headline numbers, and a link back to the study's run
+    (``parent_link``, a URL or a path relative to the MLflow UI such as
+    ``#/experiments/1/runs/<id>``).
     """
     state = str(row.get("state", "COMPLETE"))
     if state == "FAIL":
         first = f"FAILED: {row.get('fail_reason') or 'no reason recorded'}"
     else:
         first = objective_summary(row, objectives)
-        if row.get("pareto"):
-            first += " · Pareto front"
     params = {k.removeprefix("param."): v for k, v in row.items() if k.startswith("param.")}
     operator = str(row.get("operator", params.get("protect.operator", "none")))
     strength = _value(row.get("strength", params.get("protect.strength", 0.0)))
@@ -267,7 +277,10 @@ def trial_description(
     else:
         what = f"**{operator}** at strength {strength:.4g} on {groups}"
     what += f"; defense **{defense}**." if defense != "none" else "; no other defense."
-    lines = [first, "", what]
+    lines = [first, ""]
+    if state != "FAIL":
+        lines += ["On the Pareto front." if row.get("pareto") else "Not on the Pareto front.", ""]
+    lines.append(what)
     extras = []
     for key, label in (
         ("attack_tpr@0.1%fpr", "TPR at 0.1% FPR"),
@@ -301,11 +314,8 @@ def study_description(
     done = [r for r in rows if r.get("state") != "FAIL"]
     failed = len(rows) - len(done)
     front = [r for r in done if r.get("pareto")]
-    first = (
-        f"Study {study_name}: {len(rows)} finished trials ({failed} failed), "
-        f"{len(front)} on the Pareto front."
-    )
-    lines = [first, ""]
+    first = f"{len(rows)} trials ({failed} failed), {len(front)} on the Pareto front"
+    lines = [first, "", f"Study **{study_name}**:", ""]
     for metric, direction in objectives:
         values = [(r, _value(r.get(metric))) for r in done]
         values = [(r, v) for r, v in values if math.isfinite(v)]

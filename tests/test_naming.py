@@ -96,10 +96,12 @@ def test_objective_summary_shows_the_seed_spread() -> None:
     }
     # sample sd of (0.88, 0.90, 0.92) is 0.02
     assert objective_summary(row, ["test_acc", "attack_auc"]) == (
-        "test_acc 0.9000 ± 0.0200 · attack_auc 0.6000 ± 0.0000 (3 seeds)"
+        "acc 0.900±0.020 · AUC 0.600±0.000 · 3 seeds"
     )
-    single = objective_summary({"test_acc": 0.9}, ["test_acc", "attack_auc"])
-    assert single == "test_acc 0.9000 · attack_auc - (1 seed, no spread)"
+    single = objective_summary({"test_acc": 0.9, "canary_auc": 0.7}, ["test_acc", "canary_auc"])
+    assert single == "acc 0.900 · canary_auc 0.700 · 1 seed"
+    # what the runs table shows of a description: its first 50 characters
+    assert len(objective_summary(row, ["test_acc", "attack_auc"])) <= 50
 
 
 def test_trial_description_first_line_is_plain_text() -> None:
@@ -111,9 +113,9 @@ def test_trial_description_first_line_is_plain_text() -> None:
     text = trial_description(row, ["test_acc", "attack_auc"], study_name="qs",
                              parent_link="#/experiments/1/runs/abc")  # fmt: skip
     first, *rest = text.splitlines()
-    assert first == "test_acc 0.9500 · attack_auc 0.5500 (1 seed, no spread) · Pareto front"
-    assert "*" not in first and "[" not in first
+    assert first == "acc 0.950 · AUC 0.550 · 1 seed"
     body = "\n".join(rest)
+    assert "On the Pareto front." in body
     assert "**noise** at strength 0.46 on block3, head" in body
     assert "TPR at 0.1% FPR 0.01" in body
     assert "[study run](#/experiments/1/runs/abc)" in body
@@ -140,9 +142,8 @@ def test_study_description_names_the_best_trials_and_links() -> None:
         names={0: "t00 undefended", 1: "t01 noise s=0.50 head"},
         links={"pareto": "#/p", "report": "", "localization": "#/l"},
     )  # fmt: skip
-    assert text.splitlines()[0] == (
-        "Study qs: 3 finished trials (1 failed), 2 on the Pareto front."
-    )
+    assert text.splitlines()[0] == "3 trials (1 failed), 2 on the Pareto front"
+    assert "Study **qs**" in text
     assert "best test_acc (maximize): 0.9000, `t00 undefended`" in text
     assert "best attack_auc (minimize): 0.5000, `t01 noise s=0.50 head`" in text
     assert "(#/p)" in text and "(#/l)" in text and "report page" not in text

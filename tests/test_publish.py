@@ -52,10 +52,12 @@ def test_publish_names_describes_links_and_attaches(tmp_path: Path) -> None:
     names = [client.get_run(r).info.run_name for r in run_ids]
     assert names == ["t00 damp s=0.10 fc1", "t01 anchor s=0.25 fc1", "t02 damp s=0.40 fc1"]
     first_lines = [client.get_run(r).data.tags[TAG_NOTE].splitlines()[0] for r in run_ids]
-    assert first_lines[0] == (
-        "test_acc 0.9500 · attack_auc 0.8000 (1 seed, no spread) · Pareto front"
-    )
-    assert not first_lines[2].endswith("Pareto front")
+    assert first_lines == [
+        "acc 0.950 · AUC 0.800 · 1 seed",
+        "acc 0.930 · AUC 0.620 · 1 seed",
+        "acc 0.850 · AUC 0.700 · 1 seed",
+    ]
+    assert "Not on the Pareto front." in client.get_run(run_ids[2]).data.tags[TAG_NOTE]
     parent_link = f"#/experiments/{tracker.experiment_id}/runs/{tracker.parent_run_id}"
     assert (
         f"[study run]({parent_link}?workflowType=machine_learning)"
@@ -65,7 +67,7 @@ def test_publish_names_describes_links_and_attaches(tmp_path: Path) -> None:
     assert {SHARED_VIEW_TAG + TRIALS_VIEW, SHARED_VIEW_TAG + PARETO_VIEW} <= set(experiment.tags)
     parent = client.get_run(tracker.parent_run_id)
     note = parent.data.tags[TAG_NOTE]
-    assert note.startswith("Study tiny: 3 finished trials (0 failed), 2 on the Pareto front.")
+    assert note.startswith("3 trials (0 failed), 2 on the Pareto front\n\nStudy **tiny**")
     assert "viewStateShareKey=pptp-pareto" in note and "artifacts/report.html" in note
     assert "report.html" in {f.path for f in client.list_artifacts(tracker.parent_run_id)}
     assert (run_dir / "report.html").is_file()
