@@ -161,6 +161,9 @@ def execute(plan: Plan) -> int:
     print(f"written     {', '.join(str(p) for p in paths)}")
     print(f"MLflow      experiment {space.study.name + EXPERIMENT_SUFFIX!r}, run {run_id}")
     print(
+        f"MLflow UI   {_ui_hint(plan.tracking_uri, space.study.name + EXPERIMENT_SUFFIX, run_id)}"
+    )
+    print(
         "use it      add to the space's study section (first trials then protect the riskiest "
         "groups):"
     )
@@ -235,6 +238,16 @@ def log_localization(uri: str, space: Any, result: Any, paths: list[Path]) -> st
         raise
     client.set_terminated(run_id, status="FINISHED")
     return run_id
+
+
+def _ui_hint(uri: str, experiment: str, run_id: str) -> str:
+    """Where the run is in the MLflow UI (:func:`search.ui.ui_hint`)."""
+    from mlflow.tracking import MlflowClient
+
+    from search.ui import ui_hint
+
+    experiment_id = MlflowClient(uri).get_run(run_id).info.experiment_id
+    return ui_hint(uri, experiment_id=experiment_id, run_id=run_id, experiment_name=experiment)
 
 
 def _shown(path: Path) -> str:

@@ -321,13 +321,23 @@ def execute(plan: Plan) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted; nothing was exported or registered")
         return 130
+    from search.ui import console_command, ui_hint
+
     print("\nwhere things went:")
     print(f"  config      {path}  (TrialConfig.from_flat(yaml.safe_load(...)['fixed']))")
+    print(f"  report      {console_command()} report --run {run.run_dir}  (shows the pick)")
     if registered is not None:
         print(
             f"  MLflow run  {registered.run_id} (experiment {registered.experiment_id}, "
             f"nested under parent run {run.state.parent_run_id}; {plan.tracking_uri})"
         )
+        hint = ui_hint(
+            plan.tracking_uri or run.state.tracking_uri,
+            experiment_id=registered.experiment_id,
+            run_id=registered.run_id,
+            run_dir=run.run_dir,
+        )
+        print(f"  MLflow UI   {hint}")
         print(
             f"  registry    {registered.name} version {registered.version}, alias "
             f"{registered.alias}: {registered.uri}"

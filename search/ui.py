@@ -193,6 +193,34 @@ def where_to_look(
     return "\n".join(lines)
 
 
+def ui_hint(
+    tracking_uri: str,
+    *,
+    experiment_id: str,
+    run_id: str | None = None,
+    run_dir: Path | None = None,
+    experiment_name: str | None = None,
+) -> str:
+    """Where one run (or, without ``run_id``, one experiment's runs table) is in the UI.
+
+    A tracking server: its URL. Otherwise the ``pptp-search ui`` command that opens the store
+    (``--run`` for a study's run directory, else ``--tracking-uri`` and ``--experiment``), then
+    the path to follow in the UI.
+    """
+    links = Links(experiment_id, run_id)
+    fragment = links.run() if run_id else links.runs_table(view=None)
+    base = server_base(tracking_uri)
+    if base is not None:
+        return f"{base.rstrip('/')}/{fragment}"
+    if run_dir is not None:
+        target = f"--run {shlex.quote(str(run_dir))}"
+    else:
+        target = f"--tracking-uri {shlex.quote(tracking_uri)}"
+        if experiment_name:
+            target += f" --experiment {shlex.quote(experiment_name)}"
+    return f"{console_command()} ui {target}, then {fragment}"
+
+
 # ---------------------------------------------------------------------------------------------
 # the server
 

@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from pptp.errors import ConfigError
 from search import ui
-from search.ui import Links, MlflowUi, console_command, port_free, where_to_look
+from search.ui import Links, MlflowUi, console_command, port_free, ui_hint, where_to_look
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -171,3 +171,19 @@ def test_ui_command_prints_the_study_url_and_stops_on_ctrl_c(tmp_path: Path) -> 
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+def test_ui_hint_points_at_one_run() -> None:
+    cmd = console_command()
+    assert ui_hint("sqlite:////s/mlflow.db", experiment_id="2", run_id="r", run_dir=Path("/x")) == (
+        f"{cmd} ui --run /x, then #/experiments/2/runs/r?workflowType=machine_learning"
+    )
+    assert ui_hint(
+        "sqlite:////s/mlflow.db", experiment_id="2", run_id="r", experiment_name="qs-localize"
+    ) == (
+        f"{cmd} ui --tracking-uri sqlite:////s/mlflow.db --experiment qs-localize, then "
+        "#/experiments/2/runs/r?workflowType=machine_learning"
+    )
+    assert ui_hint("https://mlflow.example.org/", experiment_id="2") == (
+        "https://mlflow.example.org/#/experiments/2/runs?workflowType=machine_learning"
+    )
