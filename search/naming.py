@@ -166,6 +166,22 @@ def config_run_name(
     )
 
 
+def space_run_name(
+    number: int, cfg: Any, space: Any, *, protected_groups: Sequence[str] | None = None
+) -> str:
+    """:func:`config_run_name` of a trial of ``space`` (a :class:`search.space.Space`): its
+    searched defense knobs shown, trial numbers as wide as the study needs. What a trial calls
+    to name its run while it runs (before and after its model exists); the study's end
+    (:mod:`search.publish`) gives the same name from what Optuna recorded."""
+    return config_run_name(
+        number,
+        cfg,
+        protected_groups=protected_groups,
+        searched=tuple(space.params),
+        digits=trial_digits(space.study.n_trials),
+    )
+
+
 def row_run_name(
     row: Mapping[str, Any], *, consecutive: bool | None = None, digits: int = 2
 ) -> str:
@@ -278,8 +294,8 @@ def trial_description(
         what = f"**{operator}** at strength {strength:.4g} on {groups}"
     what += f"; defense **{defense}**." if defense != "none" else "; no other defense."
     lines = [first, ""]
-    if state != "FAIL":
-        lines += ["On the Pareto front." if row.get("pareto") else "Not on the Pareto front.", ""]
+    if state != "FAIL" and "pareto" in row:  # unknown while the study runs
+        lines += ["On the Pareto front." if row["pareto"] else "Not on the Pareto front.", ""]
     lines.append(what)
     extras = []
     for key, label in (

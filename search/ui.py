@@ -185,6 +185,7 @@ def where_to_look(
             lines.append("              Pareto trials: the view 'PPTP: Pareto front', or the")
             lines.append(f"              search {PARETO_FILTER})")
     if run is not None:
+        lines.append(f"  run dir     {run}  (study.db, state.json, space.yaml, pareto_front.csv)")
         if report is None:
             lines.append(f"  report      {cmd} report --run {run}")
         if pick:

@@ -124,6 +124,9 @@ def test_trial_description_first_line_is_plain_text() -> None:
         ["test_acc"], study_name="qs",
     )  # fmt: skip
     assert failed.splitlines()[0] == "FAILED: ModelAtChance: accuracy 0.1"
+    assert "Pareto front" not in trial_description(  # not known while the study runs
+        {"trial": 1, "test_acc": 0.9}, ["test_acc"], study_name="qs"
+    )
     undefended = trial_description(
         {"trial": 0, "operator": "damp", "strength": 0.0, "defense": "none", "test_acc": 0.9},
         ["test_acc"], study_name="qs",

@@ -131,3 +131,24 @@ def test_the_localisation_that_steered_the_study_is_linked(tmp_path: Path) -> No
     assert back.startswith(f"#/experiments/{tracker.experiment_id}/runs/")
     assert "the localisation that steered this study" in tags[TAG_NOTE]
     assert json.loads(path.read_text())["model"] == "mlp"
+
+
+def test_names_given_while_trials_run_match_the_names_at_the_end(tmp_path: Path) -> None:
+    """A trial names its run from its config (search.naming.space_run_name); publishing the
+    study names it from what Optuna recorded: the two agree, so nothing is renamed."""
+    from fixtures_pick import params_of
+
+    from search.naming import space_run_name
+    from search.pareto import trial_rows
+    from search.report import trial_names
+
+    run = open_run(make_run(tmp_path))
+    at_end = trial_names(run, trial_rows(run.study, run.objectives))
+    for number, name in at_end.items():
+        cfg = run.space.trial_config(params_of(number))
+        live = space_run_name(number, cfg, run.space, protected_groups=("fc1",))
+        assert live == name
+        before = space_run_name(number, cfg, run.space)  # before the model exists
+        assert before.startswith(name.rsplit(" ", 1)[0]) and before.endswith(
+            "first" + str(params_of(number)["protect.split"])
+        )
