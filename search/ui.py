@@ -481,31 +481,37 @@ def prepare(args: argparse.Namespace) -> Plan:
 
 def study_links(plan: Plan, client: Any) -> list[tuple[str, Links]]:
     """``(study name, links)`` of the study the plan names, or of every study in the store
-    (experiments tagged ``pptp.study``), newest first."""
+    (experiments tagged ``pptp.study``), newest first. A study's parent run is the one its run
+    directory recorded, else the experiment's newest run tagged ``pptp.kind = study``."""
     from search.tracking import TAG_STUDY
 
     if plan.experiment is not None:
-        exp = client.get_experiment(plan.experiment)
-        return [
-            (
-                exp.name,
-                Links(
-                    exp.experiment_id,
-                    plan.parent_run_id,
-                    None,
-                    SHARED_VIEW_TAG + TRIALS_VIEW in exp.tags,
-                ),
-            )
-        ]
-    found = client.search_experiments(
-        filter_string=f"tags.`{TAG_STUDY}` != ''",
-        order_by=["last_update_time DESC"],
-        max_results=20,
+        experiments = [client.get_experiment(plan.experiment)]
+    else:
+        experiments = client.search_experiments(
+            filter_string=f"tags.`{TAG_STUDY}` != ''",
+            order_by=["last_update_time DESC"],
+            max_results=20,
+        )
+    out = []
+    for exp in experiments:
+        parent = plan.parent_run_id if plan.experiment is not None else None
+        parent = parent or _newest_study_run(client, exp.experiment_id)
+        views = SHARED_VIEW_TAG + TRIALS_VIEW in exp.tags
+        out.append((exp.name, Links(exp.experiment_id, parent, None, views)))
+    return out
+
+
+def _newest_study_run(client: Any, experiment_id: str) -> str | None:
+    from search.tracking import TAG_KIND
+
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{TAG_KIND}` = 'study'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
     )
-    return [
-        (e.name, Links(e.experiment_id, None, None, SHARED_VIEW_TAG + TRIALS_VIEW in e.tags))
-        for e in found
-    ]
+    return str(runs[0].info.run_id) if runs else None
 
 
 def describe(study: list[tuple[str, Links]], base: str, client: Any) -> list[str]:

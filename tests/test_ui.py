@@ -95,6 +95,25 @@ def test_prepare_refuses_a_missing_store_and_a_missing_run(tmp_path: Path) -> No
         ui.prepare(args)
 
 
+def test_study_links_find_each_study_and_its_run(tmp_path: Path) -> None:
+    store = fresh_store(tmp_path / "store")
+    client = MlflowClient(store)
+    first = client.create_experiment("a", tags={"pptp.study": "a"})
+    client.create_experiment("not-a-study")
+    second = client.create_experiment("b", tags={"pptp.study": "b"})
+    parent = client.create_run(second, tags={"pptp.kind": "study"}).info.run_id
+    client.create_run(second, tags={"pptp.kind": "trial"})
+    plan = ui.prepare(ui.build_parser().parse_args(["--tracking-uri", store]))
+    found = dict(ui.study_links(plan, client))
+    assert set(found) == {"a", "b"}
+    assert found["b"].parent_run_id == parent and found["a"].parent_run_id is None
+    assert found["a"].experiment_id == first and not found["a"].views
+    lines = ui.describe(list(found.items()), "http://127.0.0.1:5000/", client)
+    assert f"study run   http://127.0.0.1:5000/#/experiments/{second}/runs/{parent}?" in (
+        "\n".join(lines)
+    )
+
+
 def test_prepare_reads_the_run_directory(tmp_path: Path) -> None:
     store = fresh_store(tmp_path / "store")
     run = make_run(tmp_path, tracking_uri=store, experiment_id="7", parent_run_id="abc")
