@@ -13,6 +13,7 @@ from pptp.per_example import (
     Factored,
     Formed,
     PerExampleGrads,
+    _unfold,
     chunk_size,
     per_example,
     refuse_batchnorm,
@@ -78,17 +79,20 @@ def test_agrees_with_torch_func(layout: str, names: list[str], forms: set[type])
         model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     params = dict(model.named_parameters())
+    ref = {k: g / n for k, g in reference(model, names, x, y).items()}  # mean loss: grad l_i / n
     grads = PerExampleGrads(model, {k: params[k] for k in names})
     nn.functional.cross_entropy(model(x), y).backward()
     parts = grads.pop()
     assert {type(p) for p in parts} == forms
-    ref = {k: g / n for k, g in reference(model, names, x, y).items()}  # mean loss: grad l_i / n
     got = per_example(parts)
     assert set(got) == set(names)
     for k in names:
         assert got[k].shape == (n, *params[k].shape)
         torch.testing.assert_close(got[k], ref[k], atol=1e-6, rtol=1e-4)
-        torch.testing.assert_close(got[k].sum(0), params[k].grad)  # they sum to .grad
+        if k in grads.taken:  # conv / linear: autograd's own batch gradient is not computed
+            assert params[k].grad is None and not params[k].requires_grad
+        else:
+            torch.testing.assert_close(got[k].sum(0), params[k].grad)  # they sum to .grad
     # what the noise operator uses: norms over all chosen parameters, weighted sums
     norms = sum(p.sq_norms() for p in parts)
     expected = sum(ref[k].flatten(1).square().sum(1) for k in names)
@@ -100,6 +104,32 @@ def test_agrees_with_torch_func(layout: str, names: list[str], forms: set[type])
     assert grads.bytes_per_example == sum(p.nbytes() for p in parts) / n
     grads.remove()
     assert grads.pop() == []
+    assert all(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize(
+    "conv",
+    [
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.Conv2d(3, 4, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2)),
+        nn.Conv2d(3, 4, 3, padding="same", dilation=2),
+        nn.Conv2d(3, 4, 5, padding="valid"),
+    ],
+)
+def test_unfold_matches_torch_in_any_layout(conv: nn.Conv2d, layout: torch.memory_format) -> None:
+    x = torch.randn(2, 3, 9, 8).contiguous(memory_format=layout)
+    ours = _unfold(x, conv)  # (n, positions, c k k)
+    hwc = _unfold(x, conv, hwc=True)  # (n, positions, k k c)
+    kh, kw = conv.kernel_size
+    torch.testing.assert_close(hwc.unflatten(2, (kh, kw, 3)).movedim(-1, 2).flatten(2), ours)
+    padding = conv.padding
+    if isinstance(padding, str):  # torch's unfold takes numbers: same padding is symmetric here
+        padding = (0, 0) if padding == "valid" else (2, 2)
+    theirs = nn.functional.unfold(
+        x, conv.kernel_size, dilation=conv.dilation, padding=padding, stride=conv.stride
+    )
+    torch.testing.assert_close(ours, theirs.transpose(1, 2))
 
 
 def test_only_hooks_modules_owning_chosen_parameters_and_removes_them() -> None:
