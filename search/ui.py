@@ -303,14 +303,28 @@ class MlflowUi:
 
     def start(self, *, timeout_s: float = 90.0) -> str:
         """Start the server and return its address once it answers; :class:`UiError` when it
-        exits first or does not answer within ``timeout_s``."""
-        if self.port is None:
-            self.port = DEFAULT_PORT if port_free(self.host, DEFAULT_PORT) else free_port(self.host)
-        elif not port_free(self.host, self.port):
+        exits first or does not answer within ``timeout_s``. A port chosen here that another
+        process takes before the server binds it is replaced by a new one (twice at most)."""
+        auto = self.port is None
+        if not auto and not port_free(self.host, int(self.port or 0)):
             raise ConfigError(
                 f"--port {self.port}: something already listens on {self.host}:{self.port}; "
                 "choose another --port, or leave it out for a free one"
             )
+        deadline = time.monotonic() + timeout_s
+        for attempt in range(3 if auto else 1):
+            if auto:
+                first = attempt == 0 and port_free(self.host, DEFAULT_PORT)
+                self.port = DEFAULT_PORT if first else free_port(self.host)
+            try:
+                return self._start_once(deadline, timeout_s)
+            except UiError as error:
+                taken = "address already in use" in self.log_tail().lower()
+                if not (auto and taken and attempt < 2):
+                    raise error from None
+        raise AssertionError("unreachable")
+
+    def _start_once(self, deadline: float, timeout_s: float) -> str:
         if self._log_path is None:
             fd, name = tempfile.mkstemp(prefix="pptp-mlflow-ui-", suffix=".log")
             os.close(fd)
@@ -325,21 +339,22 @@ class MlflowUi:
                 env=env,
                 start_new_session=True,  # its own process group: stopped by us, not by Ctrl-C
             )
-        deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise UiError(
                     f"the MLflow UI exited with status {self.process.returncode} before it "
                     f"answered; its log ({self.log_path}) ends with:\n{self.log_tail()}"
                 )
-            if self.answers():
+            # ours answers (not another server that took the port): it is still running
+            if self.answers() and self.process.poll() is None:
                 return self.base
             time.sleep(0.25)
-        self.stop()
-        raise UiError(
+        message = (
             f"the MLflow UI did not answer on {self.base} within {timeout_s:g} s; its log "
-            f"({self.log_path}) ends with:\n{self.log_tail()}"
+            f"({self.log_path}) ended with:\n{self.log_tail()}"
         )
+        self.stop()
+        raise UiError(message)
 
     def answers(self, timeout_s: float = 2.0) -> bool:
         """Whether ``GET /health`` answers 200 now."""

@@ -22,7 +22,15 @@ from mlflow.tracking import MlflowClient
 
 from pptp.errors import ConfigError
 from search import ui
-from search.ui import Links, MlflowUi, console_command, port_free, ui_hint, where_to_look
+from search.ui import (
+    Links,
+    MlflowUi,
+    console_command,
+    free_port,
+    port_free,
+    ui_hint,
+    where_to_look,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -159,7 +167,8 @@ def test_ui_command_prints_the_study_url_and_stops_on_ctrl_c(tmp_path: Path) -> 
     run = make_run(tmp_path, tracking_uri=store, experiment_id=experiment, parent_run_id=parent)
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "search.console", "ui", "--run", str(run)],
+        [sys.executable, "-m", "search.console", "ui", "--run", str(run), "--port",
+         str(free_port())],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )  # fmt: skip
     lines: list[str] = []
@@ -190,6 +199,25 @@ def test_ui_command_prints_the_study_url_and_stops_on_ctrl_c(tmp_path: Path) -> 
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+@pytest.mark.slow
+def test_a_port_taken_under_the_servers_feet_is_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The port is chosen, then bound by the server a few seconds later: another process may
+    take it in between. The server then fails to bind and a new port is tried."""
+    import socket
+
+    store = fresh_store(tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        ports = iter([taken.getsockname()[1], free_port()])
+        monkeypatch.setattr(ui, "port_free", lambda host, port: False)  # 5000 is "taken"
+        monkeypatch.setattr(ui, "free_port", lambda host="127.0.0.1": next(ports))
+        with MlflowUi(store, stop_timeout_s=5) as server:
+            assert server.port != taken.getsockname()[1] and server.answers()
 
 
 def test_ui_hint_points_at_one_run() -> None:
