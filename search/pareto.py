@@ -2,7 +2,8 @@
 
 The front is Optuna's own ``study.best_trials`` (non-dominated feasible trials); nothing here
 re-implements dominance. Rows carry what the trial recorded in its user attributes
-(:data:`search.samplers.RECORDED`) and its sampled parameters.
+(:data:`search.samplers.RECORDED`, with ``<metric>_sd`` when the trial trained several seeds)
+and its sampled parameters.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from pptp.tables import format_cell, format_table
 from search.space import Objective
 
 FRONT_COLUMNS = (
@@ -48,32 +50,34 @@ def trial_rows(study: optuna.Study, objectives: Sequence[Objective]) -> list[dic
 
 
 def format_front(rows: Sequence[dict[str, Any]], objectives: Sequence[Objective]) -> str:
-    """The Pareto front as aligned columns, best first by the first objective."""
+    """The Pareto front as aligned columns, best first by the first objective.
+
+    A trial over several seeds (``study.repeats``) shows each metric with its spread over seeds,
+    ``0.8310 ± 0.0040`` (mean ± sample standard deviation, from ``<metric>_sd``).
+    """
     front = [r for r in rows if r.get("pareto")]
     if not front:
         return "no trial is on the Pareto front (no trial completed, or none is feasible)"
     first = objectives[0]
-    sign = -1.0 if first.direction == "maximize" else 1.0
-    front.sort(key=lambda r: sign * float(r.get(first.metric, math.nan)))
+    front.sort(key=lambda r: -first.sign * _number(r.get(first.metric)))
     columns = list(FRONT_COLUMNS)
     columns += [(o.metric, o.metric) for o in objectives if o.metric not in dict(columns)]
-    table = [[title for _, title in columns]]
-    table += [[_cell(r.get(key)) for key, _ in columns] for r in front]
-    widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
-    lines = [
-        "  ".join(
-            c.rjust(w) if i else c.ljust(w)
-            for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in table
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    body = [[_cell(r, key) for key, _ in columns] for r in front]
+    return format_table(body, [title for _, title in columns])
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4f}" if math.isfinite(value) else str(value)
-    return str(value)
+def _number(value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return math.inf
+    return number if math.isfinite(number) else math.inf
+
+
+def _cell(row: dict[str, Any], key: str) -> str:
+    value = row.get(key)
+    text = format_cell(value)
+    sd = row.get(f"{key}_sd")
+    if isinstance(value, float) and isinstance(sd, float) and math.isfinite(sd):
+        text += f" ± {format_cell(sd)}"
+    return text

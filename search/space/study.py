@@ -111,6 +111,8 @@ class StudySpec:
     ``enqueue`` holds the first trials to run, as ``{searched key: value}`` dicts (keys of an
     entry that were fixed are checked to equal the fixed value and dropped): pass them to
     Optuna's ``enqueue_trial`` or Ray's ``points_to_evaluate`` as they are.
+    ``repeats``: training seeds per trial (``train.seed + r`` for ``r < repeats``, same pool and
+    membership); the sampler sees the means (:mod:`search.repeats`).
     ``localization`` is read by :mod:`search.steering`: kept as given, only checked to be a
     mapping here.
     """
@@ -126,6 +128,7 @@ class StudySpec:
     constraints: tuple[Constraint, ...] = ()
     enqueue: tuple[dict[str, Any], ...] = ()
     localization: dict[str, Any] | None = None
+    repeats: int = 1
 
     @property
     def metrics(self) -> list[str]:
@@ -162,6 +165,7 @@ class StudySpec:
                 for c in self.constraints
             ],
             "enqueue": [dict(e) for e in self.enqueue],
+            "repeats": self.repeats,
         }
         if self.localization is not None:
             out["localization"] = self.localization
