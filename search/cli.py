@@ -1,12 +1,19 @@
-"""What the three entry points (run.py, pick.py, localize.py) share: environment and bad input.
+"""What the entry points (run.py, sync.py, pick.py, localize.py, compare.py) share: environment,
+output verbosity and bad input.
 
 Bad input (:class:`~pptp.errors.ConfigError`, raised while preparing or running) is one line on
 stderr and exit status 2, never a traceback. Call :func:`quiet_environment` before anything imports
 ray or mlflow.
+
+Verbosity (:func:`add_output_flags`): the default prints one whole line per event (a trial
+started or ended, a reference trained) with the elapsed time and an estimate of the time left,
+and keeps worker logs off the terminal; ``--quiet`` prints only warnings, errors and the final
+tables; ``--verbose`` adds the library logs (INFO) and, in a search, the Ray workers' own output.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -23,6 +30,13 @@ ENVIRONMENT = {
     "MLFLOW_LOGGING_LEVEL": "WARNING",  # no "Creating initial tables" lines
     "RAY_DEDUP_LOGS": "0",
     "RAY_AIR_NEW_OUTPUT": "0",  # with verbose=0: no Tune banners (the driver prints progress)
+    # Ctrl-C: Tune's own SIGINT handler waits for trials to stop; the driver stops Ray itself
+    # and records what was running (search/run.py), within seconds
+    "TUNE_DISABLE_SIGINT_HANDLER": "1",
+    # an unreachable tracking server costs seconds, not MLflow's default minutes of retries: what
+    # a trial cannot log is kept and replayed (search/sync.py)
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
 }
 
 
@@ -32,10 +46,36 @@ def quiet_environment() -> None:
         os.environ.setdefault(key, value)
 
 
+def add_output_flags(parser: argparse.ArgumentParser) -> None:
+    """``--quiet`` and ``--verbose`` (mutually exclusive), read by :func:`run_command`."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--quiet",
+        action="store_true",
+        help="print only warnings, errors and the final tables (no progress lines)",
+    )
+    group.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also print the library logs and the Ray workers' own output",
+    )
+
+
+def verbosity(args: Any) -> int:
+    """-1 quiet, 0 default, 1 verbose (from :func:`add_output_flags`; 0 without them)."""
+    if getattr(args, "quiet", False):
+        return -1
+    return 1 if getattr(args, "verbose", False) else 0
+
+
 def run_command(args: Any, prepare: Callable[[Any], PlanT], execute: Callable[[PlanT], int]) -> int:
     """``execute(prepare(args))`` with logging set up and bad input turned into exit status 2."""
+    level = verbosity(args)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("search").setLevel(logging.INFO)
+    # entry points print what a person reads; library INFO logs only with --verbose
+    logging.getLogger("search").setLevel(logging.INFO if level > 0 else logging.WARNING)
+    if level > 0:
+        logging.getLogger().setLevel(logging.INFO)
     try:
         return execute(prepare(args))
     except ConfigError as error:

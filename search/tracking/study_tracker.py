@@ -36,6 +36,7 @@ from search.tracking.store import (
     TAG_PARENT,
     TAG_PARETO,
     TAG_STUDY,
+    TAG_TRIAL_NUMBER,
     as_float,
     experiment_id,
     flatten,
@@ -63,6 +64,10 @@ FRONT_COLUMNS = (
 )
 
 _END_STATUSES = ("FINISHED", "FAILED", "KILLED")
+
+
+class ParentRunMissing(ConfigError):
+    """The parent run a resume names is not in the tracking store (a lost or another store)."""
 
 
 class StudyTracker:
@@ -101,8 +106,12 @@ class StudyTracker:
         space_path: Path,
         space_sha256: str,
         parent_run_id: str | None = None,
+        recreate_missing: bool = False,
     ) -> str:
         """Create the parent run (or reopen ``parent_run_id`` on resume) and log the space.
+
+        A ``parent_run_id`` the store does not hold raises :class:`ParentRunMissing`, or, with
+        ``recreate_missing`` (``--sync`` rebuilding a lost store), creates a new parent run.
 
         ``resolved_space`` is the space file after validation (sections ``study``, ``fixed``,
         ``params``). Params: each ``fixed`` key with its value, each searched key with
@@ -128,6 +137,18 @@ class StudyTracker:
         if isinstance(study, Mapping):
             for key, value in study.items():
                 tags[metric_key(f"study.{key}")] = json.dumps(plain(value), sort_keys=True)
+        if parent_run_id is not None:
+            try:
+                self._parent_run_id = self._reopen(parent_run_id, tags)
+            except ParentRunMissing:
+                if not recreate_missing:
+                    raise
+                logger.warning(
+                    "MLflow parent run %s is not in %s: creating a new parent run",
+                    parent_run_id,
+                    self.uri,
+                )
+                parent_run_id = None
         if parent_run_id is None:
             run = self.client.create_run(self._experiment_id, run_name=self.study_name, tags=tags)
             self._parent_run_id = run.info.run_id
@@ -137,22 +158,22 @@ class StudyTracker:
                 self.study_name,
                 self.uri,
             )
-        else:
-            self._parent_run_id = self._reopen(parent_run_id, tags)
         self._log_space_params(resolved_space)
         with tempfile.TemporaryDirectory(prefix="pptp-space-") as tmp:
             path = Path(tmp) / "space.yaml"
             path.write_text(yaml.safe_dump(plain(resolved_space), sort_keys=False))
-            self.client.log_artifact(self._parent_run_id, str(path))
-        return self._parent_run_id
+            self.client.log_artifact(self.parent_run_id, str(path))
+        return self.parent_run_id
 
     def _reopen(self, run_id: str, tags: dict[str, str]) -> str:
         try:
             run = self.client.get_run(run_id)
         except MlflowException as err:
-            raise ConfigError(
+            raise ParentRunMissing(
                 f"cannot resume: MLflow parent run {run_id} is not in {self.uri} ({err}); "
-                "resume against the tracking URI the study started with"
+                "resume against the tracking URI the study started with, or, if that store was "
+                "lost, rebuild it from the run directory with `python search/run.py --sync "
+                "--output <run dir>` and resume then"
             ) from err
         if run.info.experiment_id != self._experiment_id:
             raise ConfigError(
@@ -227,18 +248,42 @@ class StudyTracker:
     def mark_stale_children_failed(
         self, reason: str = "driver stopped before the trial finished"
     ) -> int:
-        """Flip child runs still RUNNING to FAILED with ``fail_reason``; returns how many.
+        """Flip child runs still RUNNING to FAILED with ``fail_reason``; returns how many."""
+        return self.mark_stale_children(reason, status="FAILED")
 
-        Call on resume before any trial starts: a child left RUNNING then belongs to a trial
-        process that died with the previous driver.
+    def mark_stale_children(self, reason: str, *, status: str = "KILLED") -> int:
+        """Flip child runs still RUNNING to ``status`` with ``fail_reason``; returns how many.
+
+        Call when no trial of this study runs (on resume before any trial starts, after Ctrl-C
+        once Ray is down): a child left RUNNING then belongs to a trial process that died with a
+        driver. Interrupted trials end KILLED (Optuna: FAIL with ``interrupted``).
         """
+        if status not in _END_STATUSES:
+            raise ValueError(f"unknown end status {status!r}; use one of {_END_STATUSES}")
         stale = self.children(status="RUNNING")
         for run in stale:
             self.client.set_tag(run.info.run_id, TAG_FAIL_REASON, tag_value(reason))
-            self.client.set_terminated(run.info.run_id, status="FAILED")
+            self.client.set_terminated(run.info.run_id, status=status)
         if stale:
-            logger.warning("marked %d stale trial run(s) FAILED: %s", len(stale), reason)
+            logger.warning("marked %d stale trial run(s) %s: %s", len(stale), status, reason)
         return len(stale)
+
+    def fail_child(self, trial_number: int, reason: str, *, traceback: str = "") -> str | None:
+        """End the RUNNING child run of trial ``trial_number`` FAILED with ``fail_reason`` and
+        ``traceback.txt``: a trial whose process died leaves its run RUNNING. Returns the run's
+        id (None when the trial never created one)."""
+        query = (
+            f"tags.`{TAG_PARENT}` = '{self.parent_run_id}' and "
+            f"tags.`{TAG_TRIAL_NUMBER}` = '{int(trial_number)}' and attributes.status = 'RUNNING'"
+        )
+        runs = self.client.search_runs([self.experiment_id], filter_string=query, max_results=10)
+        for run in runs:
+            run_id = run.info.run_id
+            self.client.set_tag(run_id, TAG_FAIL_REASON, tag_value(reason))
+            if traceback:
+                self.client.log_text(run_id, traceback, "traceback.txt")
+            self.client.set_terminated(run_id, status="FAILED")
+        return runs[0].info.run_id if runs else None
 
     def log_front(self, rows: list[dict[str, Any]], *, objectives: list[tuple[str, str]]) -> None:
         """Log the Pareto front and the trial table on the parent and tag the child runs.
