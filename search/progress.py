@@ -1,4 +1,16 @@
-"""Progress lines while a study runs: one when a trial starts, one when it ends (Tune callback)."""
+"""Progress lines while a study runs, with the elapsed time and an estimate of the time left.
+
+One whole line per event, printed and flushed at once, so several concurrent trials never
+interleave partial lines (worker logs stay off the terminal unless ``--verbose``)::
+
+    [00:06] trial 0 started: operator=damp, strength=0, split=1, direction=prefix
+    [00:09] trial 0 done (1/12, ~1m05s left): test_acc 0.9865, attack_auc 0.5905, 2s
+    [00:12] trial 4 FAILED (2/12, ~1m02s left): worker process died: ... SIGKILL ...
+
+The estimate assumes the remaining trials take as long as the finished ones did, at the same
+concurrency: elapsed / finished x remaining. :func:`eta` serves the reference bank and the
+localisation lines too.
+"""
 
 from __future__ import annotations
 
@@ -8,49 +20,109 @@ from typing import Any
 
 from ray.tune import Callback
 
-from search.samplers import TRIAL_NUMBER
+from search.failures import worker_death_reason
+from search.samplers import DUPLICATE_OF, REUSE, TRIAL_NUMBER
 from search.space import Objective
 
 
-class Progress(Callback):
-    """Prints ``[mm:ss] trial 7 done (5/12): test_acc 0.9512, attack_auc 0.5731, 14s``."""
+def duration(seconds: float) -> str:
+    """``45s``, ``3m10s``, ``2h05m``."""
+    s = max(round(seconds), 0)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
-    def __init__(self, *, total: int, objectives: Sequence[Objective]) -> None:
+
+def eta(elapsed: float, done: int, total: int) -> str:
+    """``~3m10s left`` (elapsed / done x remaining), ``done`` when nothing is left, ``?`` before
+    the first item finished."""
+    if done >= total:
+        return "done"
+    if done <= 0:
+        return "? left"
+    return f"~{duration(elapsed / done * (total - done))} left"
+
+
+def stamp(elapsed: float) -> str:
+    """``[mm:ss]`` (``[h:mm:ss]`` past an hour)."""
+    s = int(elapsed)
+    if s >= 3600:
+        return f"[{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}]"
+    return f"[{s // 60:02d}:{s % 60:02d}]"
+
+
+def trial_error_text(trial: Any) -> str:
+    """The error Tune recorded for a trial that errored (its error file's text), or ``""``."""
+    try:
+        error = trial.get_error()
+    except Exception:  # an unreadable error file must not stop the driver
+        error = None
+    if error is not None:
+        return str(error)
+    path = getattr(trial, "error_file", None)
+    if path:
+        try:
+            with open(path) as handle:
+                return handle.read()
+        except OSError:
+            pass
+    return ""
+
+
+class Progress(Callback):
+    """Prints one line when a trial starts and when it ends (see module docstring).
+
+    ``verbosity`` -1 (``--quiet``) prints nothing.
+    """
+
+    def __init__(self, *, total: int, objectives: Sequence[Objective], verbosity: int = 0) -> None:
         self.total = total
         self.objectives = tuple(objectives)
+        self.verbosity = verbosity
         self.start = time.monotonic()
         self.ended = 0
 
-    def _stamp(self) -> str:
-        seconds = int(time.monotonic() - self.start)
-        return f"[{seconds // 60:02d}:{seconds % 60:02d}]"
+    def _say(self, line: str) -> None:
+        if self.verbosity >= 0:
+            print(f"{stamp(time.monotonic() - self.start)} {line}", flush=True)
+
+    def _count(self) -> str:
+        self.ended += 1
+        left = eta(time.monotonic() - self.start, self.ended, self.total)
+        return f"({self.ended}/{self.total}, {left})"
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         config = dict(trial.config)
         number = config.pop(TRIAL_NUMBER, "?")
+        config.pop(REUSE, None)
+        twin = config.pop(DUPLICATE_OF, None)
         shown = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in config.items())
-        print(f"{self._stamp()} trial {number} started: {shown}", flush=True)
+        note = (
+            f" (repeats finished trial {twin}: its results are reused)" if twin is not None else ""
+        )
+        self._say(f"trial {number} started: {shown}{note}")
 
     def on_trial_result(
         self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
     ) -> None:
-        self.ended += 1
         number = trial.config.get(TRIAL_NUMBER, "?")
-        head = f"{self._stamp()} trial {number} done ({self.ended}/{self.total})"
+        count = self._count()
         if result.get("failed"):
-            print(f"{head}: FAILED: {result.get('fail_reason')}", flush=True)
+            self._say(f"trial {number} FAILED {count}: {result.get('fail_reason')}")
             return
-        values = ", ".join(f"{o.metric} {_short(result.get(o.metric))}" for o in self.objectives)
-        print(f"{head}: {values}, {result.get('seconds', 0):.0f}s", flush=True)
+        values = ", ".join(
+            f"{o.metric} {_short(result.get(o.metric))}"
+            + (f" ± {_short(result[o.metric + '_sd'])}" if o.metric + "_sd" in result else "")
+            for o in self.objectives
+        )
+        self._say(f"trial {number} done {count}: {values}, {result.get('seconds', 0):.0f}s")
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self.ended += 1
         number = trial.config.get(TRIAL_NUMBER, "?")
-        print(
-            f"{self._stamp()} trial {number} crashed ({self.ended}/{self.total}); see "
-            f"{trial.path or 'the Ray logs'}",
-            flush=True,
-        )
+        reason = worker_death_reason(trial_error_text(trial))
+        self._say(f"trial {number} FAILED {self._count()}: {reason}")
 
 
 def _short(value: Any) -> str:

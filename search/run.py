@@ -1,24 +1,39 @@
 """``python search/run.py --space spaces/quickstart.yaml``: run (or resume) a PPTP search.
 
-Order of work, so that bad input stops before anything starts:
+Order of work, so that bad input stops before anything starts and nothing finished is lost:
 
 1. read and validate the space (errors name the file and key; exit status 2, no traceback);
-2. choose the run directory, check the tracking URI, the resources and the data;
-3. print the resolved space; open the Optuna study (SQLite in the run directory) and the MLflow
-   parent run; on resume, mark trials a killed driver left running as failed;
-4. start Ray (in-process, or ``--address`` to join a cluster) and train the missing reference
-   models of the base recipe as parallel Ray tasks;
-5. Ray Tune runs the trials, :class:`search.samplers.StudySearch` asks Optuna for parameters;
-6. log the Pareto front to MLflow, print it, and say where to look next.
+2. on ``--resume``, take the run directory's lock (:mod:`search.lock`: a live driver there is
+   refused at once, naming its PID and host);
+3. check the tracking URI, the data, the resources and the Ray address (``--address`` is probed
+   within seconds: :mod:`search.cluster`); for a new run, create the run directory and take its
+   lock only then;
+4. print the resolved space; open the Optuna study (SQLite in the run directory) and the MLflow
+   parent run; on resume, mark trials a killed driver left running as interrupted (the enqueued
+   ones are enqueued again) and replay what MLflow lacks (:mod:`search.sync`);
+5. start Ray (in-process, or join ``--address``), cap ``max_concurrent`` to what the resources run
+   at once, and train the missing reference models of the base recipe as parallel Ray tasks; a
+   reference that cannot be trained stops the study before any trial;
+6. Ray Tune runs the trials, :class:`search.samplers.StudySearch` asks Optuna for parameters, the
+   driver records every ended trial in the run directory (:mod:`search.bookkeeping`);
+7. write the Pareto front CSV to the run directory, then bring MLflow up to date (front, tags,
+   end states), print the front and where to look next.
+
+Exit status: 0 the study has all its trials and MLflow holds them; 1 it stopped before (resume
+it); 2 bad input, nothing started (or a base recipe whose references cannot be trained); 3 the
+study is complete but MLflow lacks part of it (the lines say what; ``--sync`` replays it); 130
+Ctrl-C (the resume command is printed).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import logging
 import os
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -27,14 +42,26 @@ from typing import Any
 if __package__ in (None, ""):  # `python search/run.py` puts search/ first on sys.path
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from pptp.data import check_data
 from pptp.errors import ConfigError
-from pptp.train import check_data
+from pptp.fileio import atomic_write
 from search import rundir
-from search.cli import quiet_environment, run_command
+from search.cli import add_output_flags, quiet_environment, run_command, verbosity
 
 quiet_environment()  # before anything imports ray or mlflow
 
 logger = logging.getLogger("search.run")
+
+EXIT_STOPPED, EXIT_TRACKING_INCOMPLETE, EXIT_INTERRUPTED = 1, 3, 130
+
+
+class ReferencesFailed(ConfigError):
+    """A reference model of the base recipe cannot be trained because of the recipe (it diverges,
+    it stays at chance, the config is refused): no trial could be scored, so nothing starts."""
+
+
+class ReferencesUnavailable(RuntimeError):
+    """A reference model could not be trained for another reason (a full disk, a lost worker)."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -43,7 +70,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Search PPTP configs for accuracy against membership-inference risk.",
     )
     p.add_argument(
-        "--space", required=True, help="the space file (YAML), e.g. spaces/quickstart.yaml"
+        "--space",
+        help="the space file (YAML), e.g. spaces/quickstart.yaml (with --sync: optional)",
     )
     p.add_argument(
         "--n-trials",
@@ -51,10 +79,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="total trials of the study (overrides the space; "
         "with --resume, extends a finished study)",
     )
-    p.add_argument(
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
         "--resume",
         action="store_true",
         help="continue the newest run of this study (or the one --output names)",
+    )
+    mode.add_argument(
+        "--sync",
+        action="store_true",
+        help="replay into MLflow what the run directory (--output) holds and MLflow lacks, "
+        "then stop (nothing is trained)",
     )
     p.add_argument("--address", help="join a running Ray cluster (e.g. auto or ray://host:10001)")
     p.add_argument(
@@ -64,11 +99,36 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--output", help="run directory (default: runs/<study>/<timestamp>)")
     p.add_argument("--seed", type=int, help="sampler seed (overrides study.seed)")
     p.add_argument("--data-dir", help="where the dataset lives on disk (overrides data.data_dir)")
-    return p.parse_args(argv)
+    add_output_flags(p)
+    args = p.parse_args(argv)
+    if not args.space and not (args.sync and args.output):
+        p.error("--space is required (with --sync, --output alone will do)")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_command(parse_args(argv), prepare, execute)
+    args = parse_args(argv)
+    if args.sync:
+        from search import sync
+
+        sync_argv = ["--run", _sync_run_dir(args)]
+        if args.tracking_uri:
+            sync_argv += ["--tracking-uri", args.tracking_uri]
+        return sync.main(sync_argv + (["--quiet"] if args.quiet else []))
+    return run_command(args, prepare, execute)
+
+
+def _sync_run_dir(args: argparse.Namespace) -> str:
+    if args.output:
+        return str(args.output)
+    from search.space import load_space
+
+    try:
+        name = load_space(args.space).study.name
+        return str(rundir.existing_run_dir(name, None))
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 @dataclasses.dataclass
@@ -80,10 +140,19 @@ class Plan:
     n_trials: int
     state: Any  # search.rundir.RunState | None (None for a new run)
     seeded: list[dict[str, Any]]  # first trials from study.localization (search/steering.py)
+    lock: Any  # search.lock.RunLock, held
+    verbosity: int = 0
+
+    def say(self, line: str) -> None:
+        """A progress line (not with --quiet)."""
+        if self.verbosity >= 0:
+            print(line, flush=True)
 
 
 def prepare(args: argparse.Namespace) -> Plan:
-    """Every check that can fail on bad input; starts nothing."""
+    """Every check that can fail on bad input; starts nothing (takes the run directory's lock)."""
+    from search.cluster import probe_ray_address
+    from search.lock import RunLock
     from search.space import load_space
     from search.steering import localization_enqueue
     from search.tracking import check_tracking, resolve_tracking_uri
@@ -97,8 +166,11 @@ def prepare(args: argparse.Namespace) -> Plan:
     if n_trials < 1:
         raise ConfigError(f"--n-trials = {n_trials} must be >= 1")
     state = None
+    lock = None
     if args.resume:
         run_dir = rundir.existing_run_dir(space.study.name, args.output)
+        lock = RunLock(run_dir)
+        lock.acquire()  # a live driver there: RunDirBusy, before anything is changed
         state = rundir.read_state(run_dir)
         if state.space_sha256 != space.sha256:
             raise ConfigError(
@@ -113,10 +185,19 @@ def prepare(args: argparse.Namespace) -> Plan:
     check_data(space.base_config().data)
     if args.address is None:
         check_local_resources(space)
+    else:
+        probe_ray_address(args.address)
     seeded = localization_enqueue(space) if state is None else []
     if state is None:
         run_dir = rundir.new_run_dir(space.study.name, args.output)
-    return Plan(args, space, run_dir, uri, n_trials, state, seeded)
+        lock = RunLock(run_dir)
+        lock.acquire()  # a live driver there: RunDirBusy naming it
+        try:
+            rundir.refuse_existing_study(run_dir)
+        except ConfigError:
+            lock.release()
+            raise
+    return Plan(args, space, run_dir, uri, n_trials, state, seeded, lock, verbosity(args))
 
 
 def check_local_resources(space: Any) -> None:
@@ -134,22 +215,30 @@ def check_local_resources(space: Any) -> None:
 
 
 def execute(plan: Plan) -> int:
+    try:
+        return _execute(plan)
+    finally:
+        plan.lock.release()
+
+
+def _execute(plan: Plan) -> int:
     import optuna
-    import ray
-    from ray import tune
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-    from search.pareto import format_front, trial_rows
-    from search.samplers import StudySearch
-    from search.space import build_sampler
-    from search.tracking import StudyTracker
+    from search.sync import SyncReport, replay_records, store_identity
+    from search.tracking import StudyTracker, TrackingUnavailable
 
     space, run_dir = plan.space, plan.run_dir
+    if plan.lock.stale is not None:
+        print(
+            f"lock        took over {run_dir} from a driver that died holding it "
+            f"({plan.lock.stale.describe()})"
+        )
     print(space.describe())
     print(f"run dir     {run_dir}")
     print(f"tracking    {plan.tracking_uri}", flush=True)
-    (run_dir / "space.yaml").write_text(_yaml(space.resolved()))
+    atomic_write(run_dir / "space.yaml", _yaml(space.resolved()))
 
     storage = rundir.storage(run_dir)
     study = optuna.create_study(
@@ -160,17 +249,26 @@ def execute(plan: Plan) -> int:
     )
     if plan.state is None:
         for params in [*space.study.enqueue, *plan.seeded]:
-            study.enqueue_trial(params, skip_if_exists=True)
+            rundir.enqueue(study, params)
         if space.study.localization:
             study.set_user_attr("localization", str(space.study.localization.get("run")))
     interrupted = rundir.fail_interrupted(study)
     tracker = StudyTracker(plan.tracking_uri, space.study.name, run_dir=run_dir)
-    tracker.start(
-        resolved_space=space.resolved(),
-        space_path=space.path,
-        space_sha256=space.sha256,
-        parent_run_id=plan.state.parent_run_id if plan.state else None,
-    )
+    try:
+        tracker.start(
+            resolved_space=space.resolved(),
+            space_path=space.path,
+            space_sha256=space.sha256,
+            parent_run_id=plan.state.parent_run_id if plan.state else None,
+        )
+    except ConfigError:
+        raise
+    except Exception as error:  # the store answered the probe, then failed
+        raise TrackingUnavailable(
+            f"tracking store {plan.tracking_uri} failed while opening the study ({error}); "
+            "check it and run again (with --resume for this run directory)"
+        ) from error
+    identity = store_identity(plan.tracking_uri)
     rundir.write_state(
         run_dir,
         rundir.RunState(
@@ -187,83 +285,238 @@ def execute(plan: Plan) -> int:
         where = str(space.study.localization.get("run"))
         tracker.client.set_tag(tracker.parent_run_id, "localization_run", where)
         print(f"localization {where}: {len(plan.seeded)} first trials protect its riskiest groups")
+    report = SyncReport(parent_run_id=tracker.parent_run_id)
     if interrupted:
-        stale = tracker.mark_stale_children_failed()
+        stale = tracker.mark_stale_children("interrupted: the driver stopped", status="KILLED")
+        requeued = [
+            t.number
+            for t in study.get_trials(deepcopy=False)
+            if t.user_attrs.get(rundir.REQUEUED_FROM) in interrupted
+        ]
         print(
             f"resume      trials {interrupted} were running when the driver stopped: marked "
-            f"failed ({stale} MLflow runs) and replaced"
+            f"interrupted ({stale} MLflow runs KILLED)"
+            + (f"; the enqueued ones run again as trials {requeued}" if requeued else "")
         )
+    if plan.state is not None:
+        try:
+            replay_records(tracker, run_dir, study, report)
+        except Exception as error:
+            report.missing.append(f"the trial runs: MLflow could not be read ({error})")
+        for line in report.lines():
+            print(line)
     remaining = plan.n_trials - rundir.finished_count(study)
     if remaining <= 0:
         print(
             f"the study already has {plan.n_trials} finished trials; pass --n-trials N to extend it"
         )
     else:
-        ray.init(**_ray_init_args(plan))
-        try:
-            _check_cluster_resources(space)
-            references = _train_references(space)
-            ctx = _trial_context(plan, tracker, references)
-            searcher = StudySearch(
-                space=space.params,
-                metric=space.study.metrics,
-                mode=space.study.modes,
-                sampler=build_sampler(space.study, source=str(space.path)),
-                study_name=space.study.name,
-                storage=storage,
-                constraints=space.study.constraints,
-            )
-            print(f"trials      {remaining} to run ({plan.n_trials} in the study)", flush=True)
-            _run_tuner(plan, searcher, ctx, remaining, tune)
-        except KeyboardInterrupt:
-            print(f"\ninterrupted. {_resume_hint(plan)}")
-            tracker.finish(status="KILLED")
-            return 130
-        finally:
-            ray.shutdown()
+        stopped = _run_session(plan, tracker, study, remaining)
+        if stopped is not None:
+            return stopped
+    return _finish(plan, tracker, identity, report)
 
-    study = optuna.load_study(study_name=space.study.name, storage=storage)
-    rows = trial_rows(study, space.study.objectives)
-    tracker.log_front(rows, objectives=[(o.metric, o.direction) for o in space.study.objectives])
-    _write_front_csv(run_dir, rows)
+
+def _run_session(plan: Plan, tracker: Any, study: Any, remaining: int) -> int | None:
+    """Ray, references and trials; returns an exit status when the session was interrupted."""
+    import ray
+
+    from search.bookkeeping import Bookkeeper
+    from search.samplers import StudySearch
+    from search.space import build_sampler
+
+    space = plan.space
+    searcher: StudySearch | None = None
+    try:
+        ray.init(**_ray_init_args(plan))
+        concurrency = _concurrency(plan)
+        references = _train_references(plan)
+        ctx = _trial_context(plan, tracker, references)
+        sampler_study = space.study
+        if plan.state is not None:
+            # a resumed sampler with the study's seed would replay its first proposals
+            seed = space.study.seed + len(study.trials)
+            sampler_study = dataclasses.replace(space.study, seed=seed)
+            plan.say(f"sampler     seed {seed} (study seed + {len(study.trials)} trials so far)")
+        searcher = StudySearch(
+            space=space.params,
+            metric=space.study.metrics,
+            mode=space.study.modes,
+            sampler=build_sampler(sampler_study, source=str(space.path)),
+            study_name=space.study.name,
+            storage=rundir.storage(plan.run_dir),
+            constraints=space.study.constraints,
+            wanted=ctx.wanted,
+        )
+        keeper = Bookkeeper(
+            run_dir=plan.run_dir,
+            searcher=searcher,
+            tracker=tracker,
+            flat_config=lambda sampled: space.trial_config(sampled).to_flat(),
+        )
+        plan.say(f"trials      {remaining} to run ({plan.n_trials} in the study)")
+        _run_tuner(plan, searcher, ctx, remaining, concurrency, keeper)
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the clean-up takes seconds: let it end
+        ray.shutdown()
+        return _interrupted(plan, tracker, searcher)
+    except ReferencesFailed as error:
+        ray.shutdown()
+        _fail_parent(tracker, str(error))
+        raise
+    except ReferencesUnavailable as error:
+        ray.shutdown()
+        _fail_parent(tracker, str(error))
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_STOPPED
+    finally:
+        ray.shutdown()
+    searcher.fail_awaiting()
+    leftover = rundir.fail_interrupted(study)  # Tune ended without telling them: never lost
+    if leftover:
+        logger.warning("trials %s were still RUNNING when Tune ended: marked interrupted", leftover)
+    return None
+
+
+def _interrupted(plan: Plan, tracker: Any, searcher: Any) -> int:
+    import optuna
+
+    from search.failures import INTERRUPTED_REASON
+
+    if searcher is not None:
+        searcher.fail_awaiting()
+    study = optuna.load_study(
+        study_name=plan.space.study.name, storage=rundir.storage(plan.run_dir)
+    )
+    numbers = rundir.fail_interrupted(study)
+    try:
+        tracker.mark_stale_children(f"{INTERRUPTED_REASON} (Ctrl-C)", status="KILLED")
+    except Exception as error:
+        logger.warning("could not mark the interrupted MLflow runs KILLED (%s)", error)
+    _write_front_csv(plan.run_dir, _rows(plan, study))
+    from search.sync import finish_tracking
+
+    report = finish_tracking(
+        tracker,
+        plan.run_dir,
+        study,
+        objectives=plan.space.study.objectives,
+        n_trials=plan.n_trials,
+        end_parent=False,
+    )
+    try:
+        tracker.finish(status="KILLED")
+    except Exception as error:
+        report.missing.append(f"the parent run's end state ({error})")
+    for line in report.lines():
+        print(line)
+    print(
+        f"\ninterrupted: trials {numbers or '[]'} were running and are marked interrupted "
+        f"({rundir.finished_count(study)} of {plan.n_trials} finished). {_resume_hint(plan)}",
+        flush=True,
+    )
+    return EXIT_INTERRUPTED
+
+
+def _fail_parent(tracker: Any, reason: str) -> None:
+    from search.tracking import TAG_FAIL_REASON
+
+    try:
+        tracker.client.set_tag(tracker.parent_run_id, TAG_FAIL_REASON, reason[:500])
+        tracker.finish(status="FAILED")
+    except Exception as error:
+        logger.warning("could not mark the MLflow parent run FAILED (%s)", error)
+
+
+def _finish(plan: Plan, tracker: Any, identity: Any, report: Any) -> int:
+    """Front CSV first (whatever MLflow does), then MLflow, then the table and what to do next."""
+    import optuna
+
+    from search.pareto import format_front
+    from search.sync import finish_tracking, store_replaced
+
+    space = plan.space
+    study = optuna.load_study(study_name=space.study.name, storage=rundir.storage(plan.run_dir))
+    rows = _rows(plan, study)
+    _write_front_csv(plan.run_dir, rows)
     done = rundir.finished_count(study)
     complete = done >= plan.n_trials
-    tracker.finish(status="FINISHED" if complete else "KILLED")
+    if store_replaced(plan.tracking_uri, identity):
+        report.missing.append(
+            f"every run of this session: the tracking store {plan.tracking_uri} was deleted or "
+            "replaced during the study (what was logged went to the old file)"
+        )
+    else:
+        report = finish_tracking(
+            tracker,
+            plan.run_dir,
+            study,
+            objectives=space.study.objectives,
+            n_trials=plan.n_trials,
+            report=report,
+        )
     print(
         f"\nPareto front ({sum(r['pareto'] for r in rows)} of {len(rows)} finished trials, "
         f"{sum(r['state'] == 'FAIL' for r in rows)} failed):"
     )
     print(format_front(rows, space.study.objectives))
+    for line in report.lines():
+        print(line)
     print(_next_steps(plan, tracker))
     if not complete:
         print(f"\nstopped with {done} of {plan.n_trials} trials finished. {_resume_hint(plan)}")
-        return 1
+        return EXIT_STOPPED
+    if report.missing:
+        print(
+            "\nthe study is complete; MLflow lacks what is listed above. Replay it with:\n  "
+            f"python search/run.py --sync --output {shlex.quote(str(plan.run_dir))}"
+        )
+        return EXIT_TRACKING_INCOMPLETE
     return 0
 
 
+def _rows(plan: Plan, study: Any) -> list[dict[str, Any]]:
+    """The trial rows (search.pareto), with the MLflow run ids the run directory's records hold."""
+    from search import records
+    from search.pareto import trial_rows
+    from search.sync import with_run_ids
+
+    held = {n: r.spool.run_id for n, r in records.read_all(plan.run_dir).items() if r.spool.run_id}
+    return with_run_ids(trial_rows(study, plan.space.study.objectives), held)
+
+
 def _ray_init_args(plan: Plan) -> dict[str, Any]:
+    verbose = plan.verbosity > 0
     if plan.args.address:
-        return {"address": plan.args.address, "log_to_driver": False}
+        return {"address": plan.args.address, "log_to_driver": verbose}
     return {
         "num_cpus": os.cpu_count(),
         "include_dashboard": False,
-        "log_to_driver": False,
+        "log_to_driver": verbose,
         "object_store_memory": 256 * 1024 * 1024,
         "configure_logging": False,
     }
 
 
-def _check_cluster_resources(space: Any) -> None:
+def _concurrency(plan: Plan) -> int:
+    """``study.max_concurrent`` capped to what the cluster's resources run at once."""
     import ray
 
-    total = ray.cluster_resources()
-    res = space.study.resources
+    from search.cluster import concurrency_cap
+
+    res, total = plan.space.study.resources, ray.cluster_resources()
     for name, need in (("CPU", res.cpus), ("GPU", res.gpus)):
         if need > total.get(name, 0):
-            raise SystemExit(
-                f"error: {space.path}: study.resources asks for {need:g} {name} per "
+            raise ConfigError(
+                f"{plan.space.path}: study.resources asks for {need:g} {name} per "
                 f"trial; the Ray cluster has {total.get(name, 0):g}"
             )
+    cap, warning = concurrency_cap(
+        plan.space.study.max_concurrent, cpus=res.cpus, gpus=res.gpus, available=total
+    )
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
+    return cap
 
 
 def _trial_context(plan: Plan, tracker: Any, references: Any) -> Any:
@@ -279,43 +532,83 @@ def _trial_context(plan: Plan, tracker: Any, references: Any) -> Any:
     )
 
 
-def _train_references(space: Any) -> Any:
-    """Train the base recipe's missing reference models as parallel Ray tasks.
+def _train_references(plan: Plan) -> Any:
+    """Train the base recipe's missing reference models as parallel Ray tasks, then check that
+    every reference learned (above chance).
 
     Returns the config the screening references follow, or None when the space searches data or
-    model keys (then every trial needs references of its own, trained inside the trial).
+    model keys (then every trial needs references of its own, trained inside the trial). A
+    reference that cannot be trained raises :class:`ReferencesFailed` when the recipe is the
+    cause (exit status 2), or :class:`ReferencesUnavailable` otherwise (a full disk, a lost
+    worker; exit status 1).
     """
     import ray
 
     from pptp.bank import ReferenceBank
     from pptp.trial import references_needed
+    from search.progress import duration, eta
 
+    space = plan.space
     base = space.base_config()
     base = base.replace(**rundir.absolute_paths(base))
     if any(k.startswith(("data.", "model.")) for k in space.params):
         logger.warning("the space searches data/model keys: each trial trains its own references")
         return None
     n = references_needed(base)
+    if not n:
+        return base
     bank = ReferenceBank(base.attack.bank_dir)
-    missing = bank.missing(base, n) if n else []
-    print(
-        f"references  {n} needed, {n - len(missing)} in the bank ({bank.entry_dir(base)})",
-        flush=True,
-    )
-    if missing:
-        res = space.study.resources
-        task = ray.remote(_train_reference).options(num_cpus=res.cpus, num_gpus=res.gpus)
-        flat = base.to_flat()
-        pending = [task.remote(str(bank.root), flat, i) for i in missing]
-        start = time.perf_counter()
-        for done in range(1, len(pending) + 1):
-            ready, pending = ray.wait(pending, num_returns=1)
-            ray.get(ready)
-            print(
-                f"references  {done}/{len(missing)} trained ({time.perf_counter() - start:.0f}s)",
-                flush=True,
-            )
+    missing = bank.missing(base, n)
+    plan.say(f"references  {n} needed, {n - len(missing)} in the bank ({bank.entry_dir(base)})")
+    res = space.study.resources
+    flat = base.to_flat()
+    options = {"num_cpus": res.cpus, "num_gpus": res.gpus}
+    pending = [
+        ray.remote(_train_reference).options(**options).remote(str(bank.root), flat, i)
+        for i in missing
+    ]
+    start, done = time.perf_counter(), 0
+    try:
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
+            for ref in ready:
+                ray.get(ref)
+                done += 1
+                elapsed = time.perf_counter() - start
+                plan.say(
+                    f"references  {done}/{len(missing)} trained ({duration(elapsed)}, "
+                    f"{eta(elapsed, done, len(missing))})"
+                )
+        check = ray.remote(_check_references).options(**options).remote(str(bank.root), flat, n)
+        while True:
+            ready, _ = ray.wait([check], timeout=1.0)
+            if ready:
+                ray.get(check)
+                break
+    except ray.exceptions.RayTaskError as error:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise _reference_failure(error) from None
     return base
+
+
+def _reference_failure(error: Exception) -> Exception:
+    from pptp.errors import ModelAtChance
+    from pptp.train import TrainingDiverged
+    from search.failures import exception_reason
+
+    cause = getattr(error, "cause", None) or error
+    reason = exception_reason(cause)
+    what = (
+        "the base recipe's reference models cannot be trained: "
+        f"{reason}. Every trial is scored against them, so no trial was started"
+    )
+    if isinstance(cause, ConfigError | TrainingDiverged | ModelAtChance):
+        return ReferencesFailed(
+            f"{what}; fix the recipe in the space's fixed section (train.lr, train.epochs, "
+            "model.norm, ...)"
+        )
+    return ReferencesUnavailable(f"{what}; fix the cause and run again with --resume")
 
 
 def _train_reference(root: str, flat: dict[str, Any], index: int) -> str:
@@ -328,19 +621,44 @@ def _train_reference(root: str, flat: dict[str, Any], index: int) -> str:
     return str(ReferenceBank(root).train_one(TrialConfig.from_flat(flat), index))
 
 
-def _run_tuner(plan: Plan, searcher: Any, ctx: Any, remaining: int, tune: Any) -> None:
+def _check_references(root: str, flat: dict[str, Any], n: int) -> None:
+    """Raise :class:`~pptp.errors.ModelAtChance` naming the first of the ``n`` references whose
+    recorded test accuracy is at chance (a trial scored against it would fail)."""
+    from pptp.bank import ReferenceBank
+    from pptp.chance import require_above_chance
+    from pptp.config import TrialConfig
+    from pptp.data import build_pool
+
+    cfg = TrialConfig.from_flat(flat)
+    bank = ReferenceBank(root)
+    refs = bank.load(cfg, n)
+    labels = build_pool(cfg.data).y_test.cpu().numpy()
+    if len(labels) == 0:
+        return
+    for i, accuracy in enumerate(refs.test_acc):
+        require_above_chance(
+            float(accuracy), labels, what=f"reference model {i} of {bank.entry_dir(cfg)}"
+        )
+
+
+def _run_tuner(
+    plan: Plan, searcher: Any, ctx: Any, remaining: int, concurrency: int, keeper: Any
+) -> None:
+    from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
     from search.progress import Progress
     from search.trainable import trainable
 
+    if plan.verbosity <= 0:  # each trial's end is one progress line; tracebacks go to MLflow
+        logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
     res = plan.space.study.resources
     tuner = tune.Tuner(
         tune.with_resources(
             tune.with_parameters(trainable, ctx=ctx), {"cpu": res.cpus, "gpu": res.gpus}
         ),
         tune_config=tune.TuneConfig(
-            search_alg=ConcurrencyLimiter(searcher, max_concurrent=plan.space.study.max_concurrent),
+            search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrency),
             num_samples=remaining,
             reuse_actors=True,  # a trial process imports torch and mlflow once, not per trial
         ),
@@ -348,7 +666,14 @@ def _run_tuner(plan: Plan, searcher: Any, ctx: Any, remaining: int, tune: Any) -
             name="tune",
             storage_path=str(plan.run_dir / "ray"),
             verbose=0,
-            callbacks=[Progress(total=remaining, objectives=plan.space.study.objectives)],
+            callbacks=[
+                keeper,
+                Progress(
+                    total=remaining,
+                    objectives=plan.space.study.objectives,
+                    verbosity=plan.verbosity,
+                ),
+            ],
             failure_config=tune.FailureConfig(max_failures=0),
         ),
     )
@@ -361,10 +686,11 @@ def _write_front_csv(run_dir: Path, rows: list[dict[str, Any]]) -> None:
     columns: list[str] = []
     for row in rows:
         columns += [k for k in row if k not in columns]
-    with open(run_dir / "pareto_front.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(r for r in rows if r["pareto"])
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(r for r in rows if r["pareto"])
+    atomic_write(run_dir / "pareto_front.csv", buffer.getvalue())
 
 
 def _resume_hint(plan: Plan) -> str:
@@ -390,7 +716,7 @@ def _next_steps(plan: Plan, tracker: Any) -> str:
             f"  MLflow UI   {ui}",
             f"              experiment {plan.space.study.name!r}, "
             f"parent run {tracker.parent_run_id}",
-            f"  run dir     {plan.run_dir} (study.db, pareto_front.csv, space.yaml)",
+            f"  run dir     {plan.run_dir} (study.db, pareto_front.csv, space.yaml, trials/)",
             f"  pick        python search/pick.py --run {plan.run_dir} --rule knee",
         ]
     )

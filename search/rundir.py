@@ -7,29 +7,39 @@ Layout::
         state.json          study name, space path and hash, tracking URI, MLflow parent run
         space.yaml          the resolved space
         pareto_front.csv    the front, rewritten at the end of every session
+        trials/             every ended trial's record, MLflow run included (search.records)
+        driver.lock/.json   the one driver's lock and who holds it (search.lock)
         ray/                Ray Tune's own experiment folder
 
 ``--resume`` reopens the newest run of the study (or the one ``--output`` names): trials left
-RUNNING by a killed driver are marked FAIL with ``interrupted`` set, and do not count.
+RUNNING by a killed driver are marked FAIL with ``interrupted`` set, and do not count; those that
+were enqueued (the undefended baseline, the first PPTP points: user attribute ``enqueued``) are
+enqueued again, so a resumed study never loses its baseline.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
 from pptp.config import TrialConfig
 from pptp.errors import ConfigError
+from pptp.fileio import atomic_write
+from search.failures import INTERRUPTED_REASON
 
 RUNS = Path("runs")
 INTERRUPTED = "interrupted"
+#: user attribute of trials the driver enqueued (space's study.enqueue, a localisation's picks)
+ENQUEUED = "enqueued"
+#: user attribute of a re-enqueued trial: the number of the interrupted trial it replaces
+REQUEUED_FROM = "requeued_from"
 
 
 @dataclass(frozen=True)
@@ -55,14 +65,19 @@ def absolute_paths(cfg: TrialConfig, *, cwd: str | Path | None = None) -> dict[s
 
 
 def new_run_dir(study_name: str, output: str | None) -> Path:
-    """``--output`` or ``runs/<study>/<timestamp>``; refuses a folder that already holds a study."""
+    """``--output`` or ``runs/<study>/<timestamp>``, created; the caller takes its lock, then
+    :func:`refuse_existing_study` (so that a live driver there is named, not just refused)."""
     path = Path(output) if output else RUNS / study_name / time.strftime("%Y%m%d-%H%M%S")
+    path.mkdir(parents=True, exist_ok=True)
+    return path.resolve()
+
+
+def refuse_existing_study(path: Path) -> None:
+    """ConfigError when ``path`` already holds a study (a new run must not write into it)."""
     if (path / "study.db").exists():
         raise ConfigError(
             f"{path} already holds a study; pass --resume to continue it, or another --output"
         )
-    path.mkdir(parents=True, exist_ok=True)
-    return path.resolve()
 
 
 def existing_run_dir(study_name: str, output: str | None) -> Path:
@@ -95,15 +110,23 @@ def read_state(run_dir: Path) -> RunState:
 
 
 def write_state(run_dir: Path, state: RunState) -> None:
-    """Atomically (a killed driver never leaves half a state file)."""
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".state.", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(asdict(state), f, indent=1)
-    os.replace(tmp, run_dir / "state.json")
+    """Atomically and durably (a killed driver never leaves half a state file)."""
+    atomic_write(run_dir / "state.json", json.dumps(asdict(state), indent=1) + "\n")
+
+
+def enqueue(study: optuna.Study, params: Mapping[str, Any], **attrs: Any) -> None:
+    """``study.enqueue_trial(params)`` marked :data:`ENQUEUED` (plus ``attrs``), so that a
+    resume can tell the driver's first trials from the sampler's (:func:`fail_interrupted`)."""
+    study.enqueue_trial(dict(params), user_attrs={ENQUEUED: True, **attrs}, skip_if_exists=True)
 
 
 def fail_interrupted(study: optuna.Study) -> list[int]:
     """Mark trials a killed driver left RUNNING as FAIL (``interrupted``); returns their numbers.
+
+    An interrupted trial the driver had enqueued (:func:`enqueue`) is enqueued again with the same
+    parameters (``requeued_from`` names it; once, even if a resume is itself interrupted), so
+    the baseline and the first points always run. The sampler's own trials are not: it proposes
+    again.
 
     The state goes through the public ``study.tell``. The user attributes need the study's
     storage, which ``optuna.Study`` exposes only as the private ``_storage`` (used through the
@@ -114,11 +137,13 @@ def fail_interrupted(study: optuna.Study) -> list[int]:
     store: optuna.storages.BaseStorage = study._storage
     study_id = store.get_study_id_from_name(study.study_name)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.user_attrs.get(ENQUEUED):
+            waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+            if not any(w.user_attrs.get(REQUEUED_FROM) == t.number for w in waiting):
+                study.enqueue_trial(t.params, user_attrs={ENQUEUED: True, REQUEUED_FROM: t.number})
         trial_id = store.get_trial_id_from_study_id_trial_number(study_id, t.number)
         store.set_trial_user_attr(trial_id, INTERRUPTED, True)
-        store.set_trial_user_attr(
-            trial_id, "fail_reason", "interrupted: the driver stopped while the trial ran"
-        )
+        store.set_trial_user_attr(trial_id, "fail_reason", INTERRUPTED_REASON)
         study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
         numbers.append(t.number)
     return numbers

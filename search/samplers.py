@@ -8,14 +8,24 @@ failed, and does not tell the trial its Optuna number. :class:`StudySearch` adds
 - on completion, each constraint of the space reaches Optuna through ``Trial.set_constraint``
   (Optuna 5.0's per-trial route; samplers' ``constraints_func`` is deprecated), so NSGA-II, TPE
   and GP sample with feasibility in mind and ``best_trials`` ranks feasible trials first;
-- a trial that reported ``failed`` (it caught its own exception, NaN or out-of-memory), or that
-  crashed in Ray, or whose objective is NaN, is told as FAIL with a ``fail_reason`` user attribute;
-- a few result fields (MLflow run id, protected groups, headline metrics) are stored as user
+- a trial that reported ``failed`` (it caught its own exception, NaN or out-of-memory), or whose
+  objective is NaN, is told as FAIL with a ``fail_reason`` user attribute;
+- a trial whose process died (Tune calls ``on_trial_complete(error=True)`` without the error) is
+  told only when the driver knows why: :meth:`StudySearch.fail` is called with the reason read
+  from Tune's trial error (:mod:`search.bookkeeping`), and :meth:`StudySearch.fail_awaiting`
+  tells any left over with a generic reason;
+- a config the study already finished is not trained again: :meth:`StudySearch.suggest` marks it
+  :data:`DUPLICATE_OF` the finished trial and hands the trial that trial's results
+  (:data:`REUSE`), as Optuna users do for duplicate suggestions; the duplicate is a COMPLETE trial
+  with the same values and the user attribute ``duplicate_of``;
+- a few result fields (MLflow run id, protected groups, headline metrics, the objectives' and
+  constraints' spread over seeds ``<metric>_sd`` and their ``per_seed`` values) are stored as user
   attributes, so the Pareto table can be built from the Optuna storage alone.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Sequence
@@ -41,17 +51,40 @@ RECORDED = (
     "attack_tpr@1%fpr",
     "epsilon",
     "seconds",
+    "repeats",
+    "duplicate_of",
 )
 TRIAL_NUMBER = "trial_number"
+#: config key: the number of the finished trial whose config this trial repeats
+DUPLICATE_OF = "duplicate_of"
+#: config key: that trial's results (JSON), which the duplicate reports instead of training
+REUSE = "reuse"
+#: result key: the trial's MLflow run as JSON (search.records), kept by the driver
+RECORD = "record"
+#: result key (JSON) and user attribute (mapping): ``{metric: [value per training seed]}``
+PER_SEED = "per_seed"
+GENERIC_CRASH = "the trial's process crashed (killed for memory, or an error outside the trial)"
 
 
 class StudySearch(OptunaSearch):
-    """``OptunaSearch`` plus constraints, failure reasons and trial numbers (see module doc)."""
+    """``OptunaSearch`` plus constraints, failure reasons, duplicates and trial numbers (see
+    module doc). ``wanted``: metrics besides the objectives whose values (and spread) are kept
+    as user attributes (the constraints' metrics: a duplicate needs them)."""
 
-    def __init__(self, *args: Any, constraints: Sequence[Constraint] = (), **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        constraints: Sequence[Constraint] = (),
+        wanted: Sequence[str] = (),
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._constraints = tuple(constraints)
         self._told: set[str] = set()  # Tune trial ids already told to Optuna
+        self._awaiting: set[str] = set()  # errored Tune trials waiting for their reason
+        objectives = self.metric if isinstance(self.metric, list) else [self.metric]
+        names = [*objectives, *(c.metric for c in self._constraints), *wanted]
+        self._recorded = tuple(dict.fromkeys([*RECORDED, *names, *(f"{m}_sd" for m in names)]))
 
     def _optuna_trial(self, trial_id: str) -> optuna.Trial | None:
         """The Optuna trial ``super().suggest`` asked for ``trial_id``.
@@ -68,7 +101,30 @@ class StudySearch(OptunaSearch):
         ot_trial = self._optuna_trial(trial_id)
         if params is None or ot_trial is None:
             return params
-        return {**params, TRIAL_NUMBER: ot_trial.number}
+        out = {**params, TRIAL_NUMBER: ot_trial.number}
+        twin = finished_twin(ot_trial)
+        if twin is not None:
+            logger.info(
+                "trial %d repeats the config of finished trial %d: its results are reused",
+                ot_trial.number,
+                twin.number,
+            )
+            out[DUPLICATE_OF] = twin.number
+            out[REUSE] = json.dumps(self._reused(twin))
+        return out
+
+    def _reused(self, twin: optuna.trial.FrozenTrial) -> dict[str, Any]:
+        """What a duplicate of ``twin`` reports: its objective values and recorded attributes."""
+        objectives = self.metric if isinstance(self.metric, list) else [self.metric]
+        out: dict[str, Any] = {
+            k: v
+            for k, v in twin.user_attrs.items()
+            if k in self._recorded and k not in ("mlflow_run_id", "seconds", DUPLICATE_OF)
+        }
+        out.update(dict(zip(objectives, twin.values or [], strict=False)))
+        if isinstance(twin.user_attrs.get(PER_SEED), dict):
+            out[PER_SEED] = json.dumps(twin.user_attrs[PER_SEED])
+        return out
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
@@ -76,12 +132,20 @@ class StudySearch(OptunaSearch):
         ot_trial = self._optuna_trial(trial_id)
         if trial_id in self._told or ot_trial is None:
             return super().on_trial_complete(trial_id, result, error)  # Ray warns or refuses
-        self._told.add(trial_id)
         result = result or {}
+        if error and not result.get("failed"):
+            # the process died: Tune gives no reason here; the driver's callback reads it from
+            # Tune's trial error and calls fail() (fail_awaiting() covers any it did not)
+            self._awaiting.add(trial_id)
+            return None
+        self._told.add(trial_id)
         reason = failure_reason(result, self.metric, error=error)
-        for key in RECORDED:
+        for key in self._recorded:
             if result.get(key) is not None:
                 ot_trial.set_user_attr(key, result[key])
+        per_seed = result.get(PER_SEED)
+        if isinstance(per_seed, str):
+            ot_trial.set_user_attr(PER_SEED, json.loads(per_seed))
         if reason is not None:
             ot_trial.set_user_attr("fail_reason", reason)
             logger.info("trial %d failed: %s", ot_trial.number, reason)
@@ -91,13 +155,42 @@ class StudySearch(OptunaSearch):
             ot_trial.set_constraint(constraint.name, constraint.value(result))
         return super().on_trial_complete(trial_id, result, error)
 
+    def fail(self, trial_id: str, reason: str) -> int | None:
+        """Tell Optuna FAIL with ``reason`` for a Tune trial whose process died; returns its
+        Optuna number (None when it is unknown or was already told)."""
+        ot_trial = self._optuna_trial(trial_id)
+        if ot_trial is None or trial_id in self._told:
+            return None
+        self._awaiting.discard(trial_id)
+        self._told.add(trial_id)
+        ot_trial.set_user_attr("fail_reason", reason)
+        logger.info("trial %d failed: %s", ot_trial.number, reason)
+        super().on_trial_complete(trial_id, None, error=True)
+        return int(ot_trial.number)
+
+    def fail_awaiting(self, reason: str = GENERIC_CRASH) -> list[int]:
+        """Tell every errored trial still waiting for its reason; returns their numbers."""
+        numbers = [self.fail(trial_id, reason) for trial_id in sorted(self._awaiting)]
+        return [n for n in numbers if n is not None]
+
+
+def finished_twin(ot_trial: optuna.Trial) -> optuna.trial.FrozenTrial | None:
+    """The first COMPLETE trial of ``ot_trial``'s study with exactly its parameters, if any."""
+    from optuna.trial import TrialState
+
+    params = ot_trial.params
+    for t in ot_trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if t.number != ot_trial.number and t.params == params:
+            return t
+    return None
+
 
 def failure_reason(result: dict[str, Any], metrics: Any, *, error: bool) -> str | None:
     """Why a trial counts as failed, or None when it completed with finite objectives."""
     if result.get("failed"):
         return str(result.get("fail_reason") or "the trial reported a failure")
     if error:
-        return "the trial's process crashed (killed for memory, or an error outside the trial)"
+        return GENERIC_CRASH
     for metric in metrics if isinstance(metrics, list) else [metrics]:
         value = result.get(metric)
         if value is None:

@@ -1,32 +1,58 @@
-"""The Ray Tune trainable: one search trial = one :func:`pptp.trial.run_trial` in a Ray worker.
+"""The Ray Tune trainable: one search trial = one :func:`pptp.trial.run_trial` per training seed.
 
 The trial builds its config from the space's fixed values plus the sampled ones, opens its MLflow
-child run (inside the worker, so it can log curves and figures), runs the trial, and reports
-once, at the end, with every objective (the privacy metric exists only after the attack).
+child run (inside the worker, so it can log curves and figures), trains its target over the
+study's seeds (``study.repeats``, :mod:`search.repeats`), and reports once, at the end, with every
+objective (the privacy metric exists only after the attack).
 
-A trial that raises (bad combination, NaN loss, out of memory) does not crash Ray: it records the
-reason in its MLflow run, and reports ``failed = 1`` with the reason, which
-:class:`search.samplers.StudySearch` turns into an Optuna FAIL. The study goes on.
+**A failed trial is a data point, never a crash.** Anything the trial raises (a bad combination,
+NaN loss, out of memory, a model at chance), and a NaN or infinite objective, ends its MLflow run
+FAILED with the reason and the traceback (``traceback.txt``), and the trial reports its
+objectives as NaN with ``failed = 1`` and ``fail_reason``: Ray Tune ends the whole run on a result
+without the searcher's metrics, and :class:`search.samplers.StudySearch` turns ``failed`` into an
+Optuna FAIL with the reason. A worker that dies (SIGKILL, an out-of-memory killer) cannot report;
+the driver records it (:mod:`search.bookkeeping`).
+
+**MLflow is not needed to finish.** The trial's tracker keeps everything it logs
+(:mod:`search.tracking.spool`); the report carries it as :data:`RECORD` for the driver to keep in
+the run directory and replay when MLflow could not take it (:mod:`search.records`).
+
+**Duplicates are not trained again.** A config the study already finished arrives with
+:data:`DUPLICATE_OF` and the finished trial's results (:data:`REUSE`, set by the searcher): the
+trial reports and logs those, and trains nothing.
+
+Test-only: ``PPTP_TEST_FAULT`` injects faults (:mod:`search.faults`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
+import traceback
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ray import tune
 
 from pptp.bank import ReferenceBank
 from pptp.config import TrialConfig
+from pptp.train import EpochLog
 from pptp.trial import TrialResult, run_trial
-from search.samplers import TRIAL_NUMBER
+from search import faults
+from search.failures import exception_reason
+from search.repeats import aggregate, repeat_seeds
+from search.samplers import DUPLICATE_OF, PER_SEED, RECORD, REUSE, TRIAL_NUMBER
 from search.space import Space
 from search.tracking import TrialTracker
+from search.tracking.uris import sqlite_path
 
 logger = logging.getLogger(__name__)
+
+#: config keys that steer the trial rather than configure it
+CONTROL_KEYS = (TRIAL_NUMBER, DUPLICATE_OF, REUSE)
 
 
 @dataclass(frozen=True)
@@ -40,51 +66,154 @@ class TrialContext:
     references: TrialConfig | None  # the base recipe the screening references follow
     overrides: dict[str, Any]  # flat keys applied last (absolute data and bank folders)
 
+    @property
+    def wanted(self) -> list[str]:
+        """Metrics the study optimises or constrains (their spread over seeds is reported)."""
+        study = self.space.study
+        return [*study.metrics, *(c.metric for c in study.constraints)]
+
 
 def run_search_trial(sampled: dict[str, Any], ctx: TrialContext) -> dict[str, Any]:
-    """Run one trial and return the flat dict that is reported to Tune (and so to Optuna)."""
-    params = {k: v for k, v in sampled.items() if k != TRIAL_NUMBER}
+    """Run one trial and return the flat dict that is reported to Tune (and so to Optuna).
+
+    The dict always holds every objective (NaN when the trial failed), ``failed``, ``seconds``
+    and :data:`RECORD` (the trial's MLflow run as JSON, for the driver's run directory).
+    """
+    params = {k: v for k, v in sampled.items() if k not in CONTROL_KEYS}
     number = int(sampled.get(TRIAL_NUMBER, -1))
+    injected = faults.faults_for(number)
+    if faults.has(injected, "delete_store"):
+        _delete_sqlite_store(ctx.tracking_uri)
     start = time.perf_counter()
-    with TrialTracker(
+    tracker = TrialTracker(
         ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, trial_number=number
-    ) as tracker:
+    )
+    with tracker:
         report: dict[str, Any] = {"mlflow_run_id": tracker.run_id}
-        try:
-            cfg = ctx.space.trial_config(params).replace(**ctx.overrides)
-            report.update(describe(cfg))
-            tracker.log_params(cfg.to_flat())
-            result = run_trial(
-                cfg,
-                bank=ReferenceBank(cfg.attack.bank_dir),
-                on_epoch=tracker.log_epoch,
-                references=ctx.references,
+        if DUPLICATE_OF in sampled:
+            report.update(_reuse(sampled, params, ctx, tracker))
+        else:
+            report.update(_train_and_attack(params, ctx, tracker, injected))
+    report["seconds"] = time.perf_counter() - start
+    report[RECORD] = json.dumps(tracker.record())
+    return report
+
+
+def _train_and_attack(
+    params: dict[str, Any],
+    ctx: TrialContext,
+    tracker: TrialTracker,
+    injected: tuple[faults.Fault, ...],
+) -> dict[str, Any]:
+    report: dict[str, Any] = {}
+    seeds: list[int] = []
+    results: list[TrialResult] = []
+    where = ""
+    try:
+        cfg = ctx.space.trial_config(params).replace(**ctx.overrides)
+        if faults.has(injected, "nan_loss"):
+            cfg = cfg.replace(**{"train.lr": 1.0e12})
+        report.update(describe(cfg))
+        tracker.log_params(cfg.to_flat())
+        seeds = repeat_seeds(cfg.train.seed, ctx.space.study.repeats)
+        for r, seed in enumerate(seeds):
+            if len(seeds) > 1:
+                where = f"seed {r + 1}/{len(seeds)} (train.seed {seed})"
+            results.append(
+                run_trial(
+                    cfg.replace(**{"train.seed": seed}),
+                    bank=ReferenceBank(cfg.attack.bank_dir),
+                    on_epoch=_on_epoch(tracker, injected, "" if r == 0 else f"seed{r}/"),
+                    references=ctx.references,
+                )
             )
-        except Exception as error:
-            reason = _reason(error)
-            logger.warning("trial %d failed: %s", number, reason)
-            tracker.fail(reason)
-            return {
-                **report,
-                **_missing_objectives(ctx),
-                "failed": 1,
-                "fail_reason": reason,
-                "seconds": time.perf_counter() - start,
-            }
-        metrics = result.metrics()
-        bad = [m for m in ctx.space.study.metrics if not math.isfinite(metrics.get(m, math.nan))]
-        tracker.log_result(result)
-        if bad:
-            reason = f"objective {bad[0]} is {metrics.get(bad[0])}"
-            tracker.fail(reason)
-            return {**report, **_missing_objectives(ctx), "failed": 1, "fail_reason": reason}
-        return {
-            **report,
-            **metrics,
-            "failed": 0,
-            "seconds": time.perf_counter() - start,
-            "protected_groups": ",".join(result.protected_groups) or "-",
-        }
+    except Exception as error:
+        reason = exception_reason(error, where=where)
+        logger.warning("trial %d failed: %s", tracker.trial_number, reason)
+        tracker.fail(reason, traceback=traceback.format_exc())
+        return {**report, **_failure(ctx, reason)}
+    per_seed = [_flat_metrics(result) for result in results]
+    if faults.has(injected, "nan_metric"):
+        per_seed[0]["attack_auc"] = math.nan
+    metrics, values = aggregate(per_seed, wanted=ctx.wanted)
+    objectives = {m: metrics.get(m, math.nan) for m in ctx.space.study.metrics}
+    tracker.log_result(results[0], metrics=metrics, objectives=objectives)
+    for r, seed_metrics in enumerate(per_seed if len(per_seed) > 1 else []):
+        tracker.log_metrics(
+            {f"seed/{k}": v for k, v in seed_metrics.items() if k in values}, step=r
+        )
+    bad = [m for m, v in objectives.items() if not math.isfinite(v)]
+    if bad:
+        reason = f"objective {bad[0]} is {objectives[bad[0]]}"
+        tracker.fail(reason)
+        return {**report, **_failure(ctx, reason)}
+    out = {
+        **report,
+        **{k: v for k, v in metrics.items() if not k.startswith("extras/")},
+        "failed": 0,
+        "protected_groups": ",".join(results[0].protected_groups) or "-",
+        "repeats": len(seeds),
+    }
+    if values:
+        out[PER_SEED] = json.dumps(values)
+    return out
+
+
+def _reuse(
+    sampled: dict[str, Any], params: dict[str, Any], ctx: TrialContext, tracker: TrialTracker
+) -> dict[str, Any]:
+    """A duplicate of a finished trial: log and report its results, train nothing."""
+    original = int(sampled[DUPLICATE_OF])
+    reused: dict[str, Any] = json.loads(str(sampled.get(REUSE) or "{}"))
+    cfg = ctx.space.trial_config(params).replace(**ctx.overrides)
+    tracker.log_params(cfg.to_flat())
+    numbers = {
+        k: float(v)
+        for k, v in reused.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+    tracker.log_metrics(numbers)
+    tracker.set_tags({DUPLICATE_OF: str(original), **describe(cfg)})
+    logger.info(
+        "trial %d repeats finished trial %d: its results are reused", tracker.trial_number, original
+    )
+    return {**reused, **describe(cfg), DUPLICATE_OF: original, "failed": 0}
+
+
+def _on_epoch(tracker: TrialTracker, injected: tuple[faults.Fault, ...], prefix: str) -> Any:
+    seen = [0]
+
+    def on_epoch(log: EpochLog) -> None:
+        tracker.log_epoch(log, prefix=prefix)
+        seen[0] += 1
+        if injected:
+            faults.on_epoch_fault(injected, first=seen[0] == 1 and not prefix)
+
+    return on_epoch
+
+
+def _flat_metrics(result: TrialResult) -> dict[str, float]:
+    metrics = dict(result.metrics())
+    metrics.update({f"extras/{k}": v for k, v in result.extras.items()})
+    return metrics
+
+
+def _failure(ctx: TrialContext, reason: str) -> dict[str, Any]:
+    """NaN for every objective: a failure report must still name them, or Ray Tune ends the whole
+    run ("Trial returned a result which did not include the specified metric(s)")."""
+    return {
+        **{metric: math.nan for metric in ctx.space.study.metrics},
+        "failed": 1,
+        "fail_reason": reason,
+    }
+
+
+def _delete_sqlite_store(uri: str) -> None:
+    """Test-only (``PPTP_TEST_FAULT=delete_store``): the tracking store lost mid-study."""
+    path, _ = sqlite_path(uri) if uri.startswith("sqlite") else (None, "")
+    if path is not None:
+        Path(path).unlink(missing_ok=True)
+        logger.warning("PPTP_TEST_FAULT: deleted the tracking store %s", path)
 
 
 def trainable(config: dict[str, Any], ctx: TrialContext) -> None:
@@ -97,18 +226,6 @@ def describe(cfg: TrialConfig) -> dict[str, Any]:
     """The few fields that name a trial in tables: operator, strength, defense."""
     operator = cfg.protect.operator if cfg.protect.strength > 0 else "none"
     return {"operator": operator, "strength": cfg.protect.strength, "defense": cfg.defense.name}
-
-
-def _missing_objectives(ctx: TrialContext) -> dict[str, float]:
-    """NaN for every objective: a failure report must still name them, or Ray Tune ends the whole
-    run ("Trial returned a result which did not include the specified metric(s)")."""
-    return {metric: math.nan for metric in ctx.space.study.metrics}
-
-
-def _reason(error: BaseException) -> str:
-    kind = "out of memory" if "out of memory" in str(error).lower() else type(error).__name__
-    first = (str(error).strip().splitlines() or [""])[0]
-    return f"{kind}: {first}"[:500]
 
 
 __all__ = ["TrialContext", "TrialResult", "run_search_trial", "trainable"]

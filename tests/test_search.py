@@ -1,31 +1,25 @@
-"""The search end to end: a tiny study through Ray Tune, Optuna and MLflow; resume after kill -9.
+"""The search end to end: a tiny study through Ray Tune, Optuna and MLflow, then extended; bad
+input refused before anything starts.
 
-These start Ray and train real (tiny) models, so they take tens of seconds: marked slow, and they
-still run in CI. Each test gives Ray its own temporary folder (RAY_TMPDIR) so that every process
-it started can be found and stopped by PID afterwards.
+The end-to-end test starts Ray and trains real (tiny) models, so it takes tens of seconds: marked
+slow, and it still runs in CI. Kill -9 and resume, Ctrl-C, two drivers and the other faults are
+in the fault suite (tests/test_faults.py).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import subprocess
-import sys
-import tempfile
 import textwrap
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
 import pytest
+from fixtures_ray import ray_tmp
 from mlflow.tracking import MlflowClient
 
-from search import rundir
+from search import records, rundir
 from search.run import main
 
-REPO = Path(__file__).resolve().parents[1]
+__all__ = ["ray_tmp"]  # the fixture, imported for its use below
 
 SPACE = """
 study:
@@ -60,33 +54,6 @@ def write_space(folder: Path, *, n_trials: int, epochs: int = 10, sampler: str =
         SPACE.format(n_trials=n_trials, epochs=epochs, sampler=sampler, bank=folder / "bank")
     )
     return path
-
-
-@pytest.fixture
-def ray_tmp(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A short private RAY_TMPDIR; afterwards, stop every process whose command line names it."""
-    folder = tempfile.mkdtemp(prefix="pptp-ray-", dir="/tmp")
-    monkeypatch.setenv("RAY_TMPDIR", folder)
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
-    yield folder
-    import ray
-
-    ray.shutdown()
-    _kill_processes_naming(folder)
-
-
-def _kill_processes_naming(text: str) -> None:
-    for pid_dir in Path("/proc").iterdir():
-        if not pid_dir.name.isdigit() or int(pid_dir.name) == os.getpid():
-            continue
-        try:
-            cmdline = (pid_dir / "cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmdline:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(pid_dir.name), signal.SIGKILL)
 
 
 def _args(space: Path, run: Path, store: Path, *extra: str) -> list[str]:
@@ -136,73 +103,15 @@ def test_two_trial_study_end_to_end_then_extended(
         assert {"roc.png", "mask.json", "history.csv"} <= files
     csv_front = (run / "pareto_front.csv").read_text().splitlines()[1:]
     assert len(csv_front) == len(front)  # our front is Optuna's best_trials
+    kept = records.read_all(run)  # the run directory's own record of every trial
+    assert sorted(kept) == [t.number for t in complete]
+    assert all(not r.pending and r.spool.run_id for r in kept.values())
+    assert not (run / "driver.json").exists()  # the lock was released
 
     # a finished study is extended with --resume --n-trials
     assert main(_args(space, run, store, "--resume", "--n-trials", "3")) == 0
     study = optuna.load_study(study_name="tiny", storage=rundir.storage(run))
     assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 3
-
-
-@pytest.mark.slow
-def test_resume_after_kill_9_keeps_finished_trials_and_replaces_running_ones(
-    tmp_path: Path, ray_tmp: str
-) -> None:
-    n = 6
-    space, run, store = write_space(tmp_path, n_trials=n, epochs=20), tmp_path / "run", tmp_path
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    driver = subprocess.Popen(
-        [sys.executable, str(REPO / "search" / "run.py"), *_args(space, run, store)],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 240
-        finished_before: dict[int, tuple[float, ...]] = {}
-        while time.monotonic() < deadline and driver.poll() is None:
-            time.sleep(0.5)
-            if not (run / "study.db").exists():
-                continue
-            try:
-                trials = optuna.load_study(study_name="tiny", storage=rundir.storage(run))
-            except (KeyError, ValueError):  # the study row is not written yet
-                continue
-            done = trials.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-            running = trials.get_trials(states=(optuna.trial.TrialState.RUNNING,))
-            if len(done) >= 2 and running:
-                finished_before = {t.number: tuple(t.values) for t in done}
-                os.killpg(driver.pid, signal.SIGKILL)
-                break
-        assert finished_before, "the driver finished or stalled before it could be killed"
-    finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
-        driver.wait()
-        _kill_processes_naming(ray_tmp)
-
-    assert main(_args(space, run, store, "--resume")) == 0
-    study = optuna.load_study(study_name="tiny", storage=rundir.storage(run))
-    trials = study.get_trials()
-    complete = {
-        t.number: tuple(t.values) for t in trials if t.state == optuna.trial.TrialState.COMPLETE
-    }
-    interrupted = [t for t in trials if t.user_attrs.get(rundir.INTERRUPTED)]
-    failed_on_their_own = [  # e.g. a strong operator left the model at chance: a data point
-        t for t in trials if t.state == optuna.trial.TrialState.FAIL and t not in interrupted
-    ]
-    assert len(complete) + len(failed_on_their_own) == n
-    for number, values in finished_before.items():  # kept, not run again
-        assert complete.get(number) == values
-    assert interrupted and all(t.state == optuna.trial.TrialState.FAIL for t in interrupted)
-    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
-    stale = [
-        r
-        for r in client.search_runs([rundir.read_state(run).experiment_id or ""])
-        if r.info.status == "RUNNING"
-    ]
-    assert not stale
 
 
 def test_bad_space_exits_2_without_traceback_and_starts_nothing(

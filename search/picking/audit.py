@@ -13,7 +13,7 @@ import math
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pptp.tables import format_cell, format_table
@@ -30,11 +30,13 @@ ATTACK_METRICS = ("attack_auc", "attack_tpr@0.1%fpr", "attack_tpr@1%fpr")
 
 @dataclass(frozen=True)
 class Audit:
-    """Metrics of one config re-trained on several seeds (``runs[i]`` belongs to ``seeds[i]``)."""
+    """Metrics of one config re-trained on several seeds (``runs[i]`` belongs to ``seeds[i]``;
+    a seed whose model was at chance has an empty dict there and its reason in ``failures``)."""
 
     label: str
     seeds: tuple[int, ...]
     runs: tuple[dict[str, float], ...]
+    failures: dict[int, str] = field(default_factory=dict)  # seed -> reason
 
     def values(self, metric: str) -> list[float]:
         return [r[metric] for r in self.runs if metric in r]
@@ -90,12 +92,20 @@ def _run_seeds(
     label: str,
     references: TrialConfig | None,
 ) -> Audit:
+    from pptp.errors import ModelAtChance
     from pptp.trial import run_trial
 
-    runs = []
+    runs: list[dict[str, float]] = []
+    failures: dict[int, str] = {}
     for i, seed in enumerate(seeds, start=1):
         start = time.perf_counter()
-        result = run_trial(cfg.replace(**{"train.seed": seed}), references=references)
+        try:
+            result = run_trial(cfg.replace(**{"train.seed": seed}), references=references)
+        except ModelAtChance as error:  # that seed's failure, not the audit's
+            failures[seed] = f"ModelAtChance: {str(error).splitlines()[0]}"
+            runs.append({})
+            print(f"{label:<11} seed {seed} ({i}/{len(seeds)}): FAILED: {failures[seed]}")
+            continue
         metrics = result.metrics()
         runs.append(metrics)
         shown = ", ".join(f"{m} {format_cell(metrics.get(m, math.nan))}" for m in TABLE_METRICS)
@@ -104,7 +114,7 @@ def _run_seeds(
             f"({time.perf_counter() - start:.0f}s)",
             flush=True,
         )
-    return Audit(label, tuple(seeds), tuple(runs))
+    return Audit(label, tuple(seeds), tuple(runs), failures)
 
 
 def retrain(cfg: TrialConfig, seeds: Sequence[int], *, references: TrialConfig | None) -> Audit:

@@ -1,0 +1,380 @@
+"""The fault suite (issue 10): each fault injected into a real, tiny study; the invariants after.
+
+Every study is ``search/run.py`` in a subprocess on 8x8 digits (an MLP, 5 epochs, 2 reference
+models shared through one bank) with its own ``--output`` and MLflow store under the test's
+temporary folder. Faults inside trials come through the test-only hook ``PPTP_TEST_FAULT``
+(:mod:`search.faults`), which the Ray workers inherit from the driver. After each fault
+:func:`fault_checks.check_run` checks: every finished trial is in Optuna and MLflow exactly once
+with the same metrics; the front CSV equals the one recomputed from Optuna; the enqueued baseline
+completed; the bank holds no partial entry; nothing is left RUNNING.
+
+Each test adds rows to the fault table (``$PPTP_FAULT_TABLE``, default
+``<pytest's basetemp>/fault_table.jsonl``); the module prints it at the end and writes
+``fault_table.txt`` beside it::
+
+    PPTP_FAULT_TABLE=/tmp/faults.jsonl .venv/bin/python -m pytest -m faults tests/test_faults.py -s
+
+Marked ``faults`` (run them alone with ``-m faults``) and ``slow``; they run in the normal suite
+and CI too. Ray processes a test started are stopped by PID (fixtures_ray).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+from fault_checks import (
+    Row,
+    add_row,
+    check_run,
+    format_rows,
+    partial_bank_entries,
+    row_from,
+    table_path,
+)
+from fixtures_ray import kill_processes_naming, ray_tmp, run_driver, start_driver, wait_for
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from search import rundir
+
+__all__ = ["ray_tmp"]  # the fixture, imported for its use below
+
+pytestmark = [pytest.mark.faults, pytest.mark.slow]
+
+SPACE = """
+study:
+  name: faults
+  objectives: {{test_acc: maximize, attack_auc: minimize}}
+  sampler: random
+  seed: 0
+  n_trials: {n_trials}
+  max_concurrent: {max_concurrent}
+  resources: {{cpus: 1, gpus: 0}}
+  enqueue:
+    - {{protect.operator: damp, protect.strength: 0.0, protect.split: 1}}
+{enqueue}
+fixed:
+  data: {{name: digits, pool_size: 200, test_size: 100, val_size: 0}}
+  model: {{name: mlp, width: 64, norm: none}}
+  train: {{epochs: 5, batch_size: 10, lr: {lr}, augment: false, warmup_epochs: 0, device: cpu}}
+  attack: {{attacks: [loss, lira_offline], n_references: 2, bank_dir: {bank}}}
+params:
+  protect.operator: {{type: categorical, choices: [damp, anchor]}}
+  protect.strength: {{type: float, low: 0.0, high: 0.3}}
+  protect.split: {{type: int, low: 1, high: 3}}
+"""
+
+
+@pytest.fixture(scope="module")
+def bank(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One reference bank for the module: the references are trained by the first study."""
+    return tmp_path_factory.mktemp("bank")
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    path = table_path(tmp_path_factory.getbasetemp())
+    yield path
+    if path.exists():
+        text = format_rows(path)
+        path.with_suffix(".txt").write_text(text + "\n")
+        print(f"\nfault table ({path}):\n{text}")
+
+
+def write_space(
+    folder: Path,
+    bank: Path,
+    *,
+    n_trials: int,
+    max_concurrent: int = 2,
+    lr: str = "0.1",
+    enqueue: tuple[str, ...] = (),
+) -> Path:
+    path = folder / "faults.yaml"
+    lines = "\n".join(f"    - {{{e}}}" for e in enqueue)
+    path.write_text(
+        SPACE.format(
+            n_trials=n_trials, max_concurrent=max_concurrent, lr=lr, bank=bank, enqueue=lines
+        )
+    )
+    return path
+
+
+def args(space: Path, run: Path, store: str, *extra: str) -> list[str]:
+    return ["--space", str(space), "--output", str(run), "--tracking-uri", store, *extra]
+
+
+def load(run: Path) -> optuna.Study:
+    return optuna.load_study(study_name="faults", storage=rundir.storage(run))
+
+
+def trials_in(run: Path, *states: TrialState) -> list[optuna.trial.FrozenTrial]:
+    if not (run / "study.db").exists():
+        return []
+    try:
+        return load(run).get_trials(deepcopy=False, states=states or None)
+    except (KeyError, ValueError):  # the study row is not written yet
+        return []
+
+
+def test_trial_faults_are_recorded_and_the_study_goes_on(
+    tmp_path: Path, ray_tmp: str, bank: Path, table: Path
+) -> None:
+    """Exception, NaN loss, NaN metric, out of memory, a SIGKILLed worker, max_concurrent 10000."""
+    mild = "protect.operator: damp, protect.strength: 0.1, protect.split: 1"
+    space = write_space(tmp_path, bank, n_trials=6, max_concurrent=10000, enqueue=(mild,) * 5)
+    run, store = tmp_path / "run", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    faults = "raise@1;nan_loss@2;nan_metric@3;oom@4;kill@5"
+    log = tmp_path / "driver.log"
+    code = run_driver(args(space, run, store), log, env={"PPTP_TEST_FAULT": faults})
+    out = log.read_text()
+    assert code == 0, out[-3000:]
+    assert "study.max_concurrent = 10000 capped to 2" in out
+    outcome = check_run(run, store, bank_dir=bank)
+    assert outcome.ok, outcome.problems
+    trials = {t.number: t for t in load(run).trials}
+    assert trials[0].state == TrialState.COMPLETE
+    expected = {
+        1: "RuntimeError: injected fault",
+        2: "TrainingDiverged: training loss is",
+        3: "objective attack_auc is nan",
+        4: "out of memory (OutOfMemoryError): CUDA out of memory",
+        5: "worker process died (ActorDiedError",
+    }
+    for number, reason in expected.items():
+        assert trials[number].state == TrialState.FAIL
+        assert trials[number].user_attrs["fail_reason"].startswith(reason), number
+    client = MlflowClient(store)
+    killed = client.get_run(trials[5].user_attrs.get("mlflow_run_id") or _run_of(run, 5))
+    assert killed.info.status == "FAILED"
+    assert killed.data.tags["fail_reason"].startswith("worker process died")
+    assert "traceback.txt" in {f.path for f in client.list_artifacts(killed.info.run_id)}
+    # never more trials RUNNING at once than the 2 CPUs hold
+    spans = [(t.datetime_start, t.datetime_complete) for t in trials.values()]
+    assert max(sum(s <= start < e for s, e in spans) for start, _ in spans) <= 2
+    for fault in (
+        "exception in a trial",
+        "NaN loss",
+        "NaN metric",
+        "out of memory",
+        "worker SIGKILL",
+    ):
+        add_row(table, row_from(fault, outcome))
+    add_row(table, row_from("max_concurrent: 10000 (capped to 2)", outcome))
+
+
+def _run_of(run: Path, number: int) -> str:
+    from search import records
+
+    return records.read_all(run)[number].spool.run_id or ""
+
+
+def test_diverging_reference_stops_before_any_trial(
+    tmp_path: Path, ray_tmp: str, bank: Path, table: Path
+) -> None:
+    space = write_space(tmp_path, bank, n_trials=3, lr="1.0e+6")
+    run, store = tmp_path / "run", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    log = tmp_path / "driver.log"
+    code = run_driver(args(space, run, store), log)
+    out = log.read_text()
+    assert code == 2, out[-3000:]
+    assert "reference models cannot be trained: TrainingDiverged" in out
+    assert "Traceback" not in out
+    assert not trials_in(run, TrialState.RUNNING, TrialState.COMPLETE, TrialState.FAIL)
+    client = MlflowClient(store)
+    state = rundir.read_state(run)
+    parent = client.get_run(state.parent_run_id or "")
+    assert parent.info.status == "FAILED" and "TrainingDiverged" in parent.data.tags["fail_reason"]
+    running = [
+        r for r in client.search_runs([state.experiment_id or ""]) if r.info.status == "RUNNING"
+    ]
+    assert not running and not partial_bank_entries(bank)
+    add_row(table, Row("diverging reference model (exit 2)", 1, 0, 0, 0, 0, len(running)))
+
+
+def test_kill_9_resume_two_drivers_duplicates_and_ctrl_c(
+    tmp_path: Path, ray_tmp: str, bank: Path, table: Path
+) -> None:
+    space = write_space(tmp_path, bank, n_trials=4)
+    run, store = tmp_path / "run", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    host = socket.gethostname()
+
+    # driver A: the enqueued baseline (trial 0) runs slowly; kill -9 while it runs
+    a = start_driver(
+        args(space, run, store), tmp_path / "a.log", env={"PPTP_TEST_FAULT": "slow@0=8"}
+    )
+    try:
+        wait_for(
+            lambda: (
+                bool(trials_in(run, TrialState.COMPLETE))
+                and any(t.number == 0 for t in trials_in(run, TrialState.RUNNING))
+            ),
+            timeout=150,
+            what="a finished trial while the baseline runs",
+            alive=a,
+        )
+        # a second driver, and a --resume, on the live run directory: refused at once
+        start = time.monotonic()
+        others = {
+            name: start_driver(args(space, run, store, *extra), tmp_path / f"{name}.log")
+            for extra, name in (((), "second driver"), (("--resume",), "resume of a live run"))
+        }
+        for name, other in others.items():
+            code = other.wait(timeout=60)
+            said = (tmp_path / f"{name}.log").read_text()
+            assert code == 2, said[-2000:]
+            assert f"PID {a.pid} on host {host}" in said, said[-2000:]
+            add_row(table, Row(name, 1, 1, 0, 0, 0, 0))  # the study's outcome: checked below
+        assert time.monotonic() - start < 30
+        assert any(t.number == 0 for t in trials_in(run, TrialState.RUNNING))
+        before = {t.number: tuple(t.values) for t in trials_in(run, TrialState.COMPLETE)}
+        os.killpg(a.pid, signal.SIGKILL)
+        a.wait()
+    finally:
+        if a.poll() is None:
+            os.killpg(a.pid, signal.SIGKILL)
+            a.wait()
+        kill_processes_naming(ray_tmp)
+
+    # driver D resumes (taking over the stale lock) with many trials to go; Ctrl-C stops it
+    d = start_driver(
+        args(space, run, store, "--resume", "--n-trials", "40"),
+        tmp_path / "d.log",
+        env={"PPTP_TEST_FAULT": "slow@*=1"},
+    )
+    try:
+        wait_for(
+            lambda: " started: " in (tmp_path / "d.log").read_text(),
+            timeout=120,
+            what="a resumed trial to start",
+            alive=d,
+        )
+        sent = time.monotonic()
+        os.kill(d.pid, signal.SIGINT)
+        code = d.wait(timeout=60)
+        stopped_in = time.monotonic() - sent
+    finally:
+        if d.poll() is None:
+            os.killpg(d.pid, signal.SIGKILL)
+            d.wait()
+        kill_processes_naming(ray_tmp)
+    said = (tmp_path / "d.log").read_text()
+    assert code == 130, said[-3000:]
+    assert "took over" in said and f"PID {a.pid}" in said
+    assert "Resume with:" in said and "--resume" in said
+    assert stopped_in < 30, stopped_in
+    assert not trials_in(run, TrialState.RUNNING)
+    client = MlflowClient(store)
+    experiment = rundir.read_state(run).experiment_id or ""
+    assert not [r for r in client.search_runs([experiment]) if r.info.status == "RUNNING"]
+
+    # the user enqueues a config the study already finished: it must not be trained again;
+    # driver E completes the study (extended by one trial for it)
+    finished = min(before)
+    load(run).enqueue_trial(dict(load(run).trials[finished].params))
+    code = run_driver(args(space, run, store, "--resume", "--n-trials", "5"), tmp_path / "e.log")
+    assert code == 0, (tmp_path / "e.log").read_text()[-3000:]
+    outcome = check_run(run, store, bank_dir=bank, before=before)
+    assert outcome.ok, outcome.problems
+    trials = load(run).trials
+    duplicates = [t for t in trials if t.user_attrs.get("duplicate_of") == finished]
+    assert duplicates and all(t.values == trials[finished].values for t in duplicates)
+    requeued = [t for t in trials if t.user_attrs.get(rundir.REQUEUED_FROM) is not None]
+    assert requeued and any(t.state == TrialState.COMPLETE for t in requeued)
+    for fault in (
+        "driver kill -9 + resume (baseline running)",
+        "stale lock after kill -9",
+        "duplicate suggestion after resume",
+        "Ctrl-C (40 trials pending)",
+    ):
+        add_row(table, row_from(fault, outcome))
+
+
+def test_tracking_store_deleted_mid_study_then_sync(
+    tmp_path: Path, ray_tmp: str, bank: Path, table: Path
+) -> None:
+    space = write_space(tmp_path, bank, n_trials=3)
+    run, store = tmp_path / "run", f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    log = tmp_path / "driver.log"
+    code = run_driver(args(space, run, store), log, env={"PPTP_TEST_FAULT": "delete_store@1"})
+    out = log.read_text()
+    assert code == 3, out[-3000:]
+    assert "MLflow lacks" in out and "--sync --output" in out
+    assert len(trials_in(run, TrialState.COMPLETE)) == 3  # the trials did not fail
+    front_before = (run / "pareto_front.csv").read_text()
+    code = run_driver(["--sync", "--output", str(run)], tmp_path / "sync.log")
+    said = (tmp_path / "sync.log").read_text()
+    assert code == 0, said[-3000:]
+    assert "replayed 3 trial run(s)" in said
+    outcome = check_run(run, store, bank_dir=bank)
+    assert outcome.ok, outcome.problems
+    assert (run / "pareto_front.csv").read_text() == front_before
+    add_row(table, row_from("tracking store deleted mid-study (+ --sync)", outcome))
+
+
+def test_unreachable_address_fails_within_seconds_and_leaves_nothing(
+    tmp_path: Path, bank: Path, table: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from search.run import main
+
+    with socket.socket() as probe:  # a free port: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    space = write_space(tmp_path, bank, n_trials=2)
+    run, store = tmp_path / "run", tmp_path / "store"
+    start = time.monotonic()
+    code = main(
+        args(space, run, f"sqlite:///{store / 'mlflow.db'}", "--address", f"127.0.0.1:{port}")
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and f"127.0.0.1:{port}" in err and "Traceback" not in err
+    assert time.monotonic() - start < 15
+    assert not run.exists() and not (store / "mlflow.db").exists()
+    add_row(table, Row("unreachable --address (exit 2)", 1, 0, 0, 0, 0, 0))
+
+
+def test_disk_full_while_writing_a_bank_entry_leaves_no_partial_entry(
+    tmp_path: Path, table: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In-process: the bank's fsync raises ENOSPC on the data file, then on the marker."""
+    import pptp.bank
+    from pptp.bank import ReferenceBank
+    from pptp.config import TrialConfig
+    from search.run import ReferencesUnavailable, _reference_failure
+
+    cfg = TrialConfig.from_flat(
+        {
+            "data.name": "digits", "data.pool_size": 200, "data.test_size": 100,
+            "data.val_size": 0, "model.name": "mlp", "model.width": 16, "model.norm": "none",
+            "train.epochs": 1, "train.batch_size": 20, "train.augment": False,
+            "train.warmup_epochs": 0, "train.device": "cpu",
+        }
+    )  # fmt: skip
+    store = ReferenceBank(tmp_path / "bank")
+    real_fsync = os.fsync
+    for failing in (".ref-0000.npz.", ".ref-0000.json."):  # the data file, then the marker
+
+        def full(fd: int, failing: str = failing) -> None:
+            if os.readlink(f"/proc/self/fd/{fd}").rsplit("/", 1)[-1].startswith(failing):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            real_fsync(fd)
+
+        monkeypatch.setattr(pptp.bank.os, "fsync", full)
+        with pytest.raises(OSError, match="No space left") as raised:
+            store.train_one(cfg, 0)
+        assert isinstance(_reference_failure(raised.value), ReferencesUnavailable)
+        monkeypatch.setattr(pptp.bank.os, "fsync", real_fsync)
+        assert store.missing(cfg, 1) == [0]  # not an entry: retrained, never used
+        assert not partial_bank_entries(tmp_path / "bank")
+    store.train_one(cfg, 0)  # the disk has room again
+    assert store.missing(cfg, 1) == []
+    assert not partial_bank_entries(tmp_path / "bank")
+    add_row(table, Row("disk full writing a bank entry", 2, 1, 0, 0, 0, 0))
