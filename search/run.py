@@ -328,7 +328,7 @@ def _run_session(plan: Plan, tracker: Any, study: Any, remaining: int) -> int | 
     space = plan.space
     searcher: StudySearch | None = None
     try:
-        ray.init(**_ray_init_args(plan))
+        _start_ray(plan)
         concurrency = _concurrency(plan)
         references = _train_references(plan)
         ctx = _trial_context(plan, tracker, references)
@@ -360,7 +360,7 @@ def _run_session(plan: Plan, tracker: Any, study: Any, remaining: int) -> int | 
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the clean-up takes seconds: let it end
         ray.shutdown()
         return _interrupted(plan, tracker, searcher)
-    except ReferencesFailed as error:
+    except ConfigError as error:  # the cluster, its resources, a recipe that cannot train
         ray.shutdown()
         _fail_parent(tracker, str(error))
         raise
@@ -483,6 +483,23 @@ def _rows(plan: Plan, study: Any) -> list[dict[str, Any]]:
 
     held = {n: r.spool.run_id for n, r in records.read_all(plan.run_dir).items() if r.spool.run_id}
     return with_run_ids(trial_rows(study, plan.space.study.objectives), held)
+
+
+def _start_ray(plan: Plan) -> None:
+    """``ray.init``; a cluster that answered the probe but cannot be joined is bad input."""
+    import ray
+
+    from search.cluster import RayUnreachable
+
+    try:
+        ray.init(**_ray_init_args(plan))
+    except (ConnectionError, TimeoutError) as error:
+        if not plan.args.address:
+            raise
+        first = (str(error).strip().splitlines() or [""])[0]
+        raise RayUnreachable(
+            f"--address {plan.args.address}: could not join the Ray cluster ({first})"
+        ) from error
 
 
 def _ray_init_args(plan: Plan) -> dict[str, Any]:
