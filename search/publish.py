@@ -49,6 +49,7 @@ TAG_LOCALIZATION_RUN_ID = "localization_run_id"
 TAG_LOCALIZATION_URL = "localization_url"
 TAG_STEERED_PREFIX = "steered/"  # on a localisation run: steered/<study> = link to the study
 TAG_LOCALIZATION_JSON = "localization_json"  # on a localisation run, when it records its file
+NOT_ASKED = "was not asked (--no-mlflow)"
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,8 @@ class Published:
             + ("  (also on the study's MLflow run)" if self.attached else "")
         ]
         if self.problem:
-            lines.append(f"MLflow      left as it is: {self.problem}")
+            why = "(--no-mlflow)" if self.problem == NOT_ASKED else f"(the store {self.problem})"
+            lines.append(f"MLflow      left as it is {why}")
         else:
             lines.append(
                 f"MLflow      {self.renamed} trial runs renamed, {self.described} descriptions "
@@ -223,7 +225,7 @@ def publish_study(
     state = run.state
     uri = tracking_uri or state.tracking_uri
     page = output or run.run_dir / REPORT_FILE
-    problem = None if mlflow else "--no-mlflow"
+    problem = None if mlflow else NOT_ASKED
     if problem is None:
         problem = tracking_problem(uri)
     if problem is None and not (state.experiment_id and state.parent_run_id):
@@ -238,7 +240,7 @@ def publish_study(
         write_report(inputs, page)
         links = (
             Links(state.experiment_id, state.parent_run_id)
-            if state.experiment_id and problem == "--no-mlflow"
+            if state.experiment_id and problem == NOT_ASKED
             else None
         )
         return Published(

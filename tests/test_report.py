@@ -112,6 +112,6 @@ def test_report_command_without_mlflow(run_dir: Path, capsys: pytest.CaptureFixt
     page = run_dir / "report.html"
     assert page.is_file() and page.stat().st_size > 1_000_000  # plotly.js inlined
     assert f"report      {page}" in out
-    assert "MLflow      left as it is: --no-mlflow" in out
+    assert "MLflow      left as it is (--no-mlflow)" in out
     assert "missing     ROC curves of the finalists" in out
     assert report.main(["--run", str(run_dir / "nothing")]) == 2  # bad input: exit status 2
