@@ -29,7 +29,7 @@ if __package__ in (None, ""):  # `python search/localize.py` puts search/ first 
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from pptp.errors import ConfigError
-from search.cli import quiet_environment, run_command
+from search.cli import add_output_flags, quiet_environment, run_command, verbosity
 
 quiet_environment()  # before anything imports ray or mlflow
 
@@ -69,6 +69,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=2000,
         help="examples scored per set (D1, D2, held-out; default 2000)",
     )
+    add_output_flags(p)
     return p.parse_args(argv)
 
 
@@ -84,6 +85,7 @@ class Plan:
     output: Path
     tracking_uri: str
     max_examples: int
+    verbosity: int = 0  # --quiet: -1 (no progress lines), --verbose: 1
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
@@ -122,7 +124,7 @@ def prepare(args: argparse.Namespace) -> Plan:
     )
     if (output / FILES[0]).exists():
         raise ConfigError(f"{output} already holds a localisation; pass another --output")
-    return Plan(space, cfg, seeds, output, uri, args.max_examples)
+    return Plan(space, cfg, seeds, output, uri, args.max_examples, verbosity(args))
 
 
 def execute(plan: Plan) -> int:
@@ -132,6 +134,8 @@ def execute(plan: Plan) -> int:
     start = time.monotonic()
 
     def progress(line: str) -> None:
+        if plan.verbosity < 0:
+            return
         seconds = int(time.monotonic() - start)
         print(f"[{seconds // 60:02d}:{seconds % 60:02d}] {line}", flush=True)
 

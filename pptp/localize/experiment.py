@@ -100,14 +100,19 @@ def localize(
     check_localizable(cfg, pool)
     members = np.flatnonzero(pool.keep(1)[0])
     start = time.perf_counter()
+    trainings = _Trainings(2 * len(seeds))
     per_seed: list[tuple[PrivacyRisk, dict[str, float], float, float]] = []
     sizes: dict[str, int] = {}
     for i, seed in enumerate(seeds, start=1):
         tag = f"seed {i}/{len(seeds)} (train.seed {seed})"
         seed_cfg = cfg.replace(**{"train.seed": seed})
         d1, d2 = split_members(members, seed)
-        model_a, early, acc_a = _train_tracked(seed_cfg, pool, members, device, f"{tag}: A", say)
-        model_b, _, acc_b = _train_tracked(seed_cfg, pool, d1, device, f"{tag}: B", say)
+        model_a, early, acc_a = _train_tracked(
+            seed_cfg, pool, members, device, f"{tag}: A", say, note=trainings.note
+        )
+        model_b, _, acc_b = _train_tracked(
+            seed_cfg, pool, d1, device, f"{tag}: B", say, note=trainings.note
+        )
         t0 = time.perf_counter()
         s1, s2, sh = (
             _sample(len(d1), max_examples, seed, 1),
@@ -154,6 +159,8 @@ def _train_tracked(
     device: torch.device,
     tag: str,
     say: Progress,
+    *,
+    note: Callable[[], str] = lambda: "",
 ) -> tuple[nn.Module, dict[str, torch.Tensor], float]:
     """Train plainly; returns the model, its state at the end of warm-up, and its test accuracy."""
     model = build_model(cfg.model, pool, seed=cfg.train.seed)
@@ -182,8 +189,26 @@ def _train_tracked(
         device=device,
         on_epoch=on_epoch,
     )
-    say(f"{tag}: done in {result.train_seconds:.1f}s, test_acc {result.test_acc:.3f}")
+    say(f"{tag}: done in {result.train_seconds:.1f}s, test_acc {result.test_acc:.3f}{note()}")
     return model, early, result.test_acc
+
+
+class _Trainings:
+    """Progress only: counts finished trainings and notes the time left on the line that ends
+    each, `` (3/6 trainings, ~1m20s left)`` (elapsed / finished x remaining)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.done = 0
+        self.start = time.perf_counter()
+
+    def note(self) -> str:
+        self.done += 1
+        if self.done >= self.total:
+            return f" ({self.done}/{self.total} trainings)"
+        seconds = int((time.perf_counter() - self.start) / self.done * (self.total - self.done))
+        left = f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+        return f" ({self.done}/{self.total} trainings, ~{left} left)"
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
