@@ -378,3 +378,24 @@ def test_disk_full_while_writing_a_bank_entry_leaves_no_partial_entry(
     assert store.missing(cfg, 1) == []
     assert not partial_bank_entries(tmp_path / "bank")
     add_row(table, Row("disk full writing a bank entry", 2, 1, 0, 0, 0, 0))
+
+
+def test_a_reference_at_chance_stops_the_study_as_bad_input(tmp_path: Path) -> None:
+    """In-process: the check the driver runs as a Ray task after the references are trained."""
+    from pptp.bank import ReferenceBank
+    from pptp.config import TrialConfig
+    from pptp.errors import ModelAtChance
+    from search.run import ReferencesFailed, _check_references, _reference_failure
+
+    flat = {
+        "data.name": "digits", "data.pool_size": 200, "data.test_size": 100, "data.val_size": 0,
+        "model.name": "mlp", "model.width": 16, "model.norm": "none", "train.epochs": 1,
+        "train.lr": 1.0e-6, "train.batch_size": 50, "train.augment": False,
+        "train.warmup_epochs": 0, "train.device": "cpu",
+    }  # fmt: skip
+    bank = ReferenceBank(tmp_path / "bank")
+    bank.train_one(TrialConfig.from_flat(flat), 0)  # stored with a warning: it learned nothing
+    with pytest.raises(ModelAtChance, match="reference model 0") as raised:
+        _check_references(str(bank.root), flat, 1)
+    failure = _reference_failure(raised.value)
+    assert isinstance(failure, ReferencesFailed) and "ModelAtChance" in str(failure)
