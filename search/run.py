@@ -226,7 +226,6 @@ def _execute(plan: Plan) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-    from search.sync import SyncReport, replay_records, store_identity
     from search.tracking import StudyTracker, TrackingUnavailable
 
     space, run_dir = plan.space, plan.run_dir
@@ -268,6 +267,23 @@ def _execute(plan: Plan) -> int:
             f"tracking store {plan.tracking_uri} failed while opening the study ({error}); "
             "check it and run again (with --resume for this run directory)"
         ) from error
+    try:
+        return _with_parent(plan, tracker, study, interrupted)
+    except KeyboardInterrupt:  # outside the session (which handles its own)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            tracker.finish(status="KILLED")
+        except Exception as error:
+            logger.warning("could not mark the MLflow parent run KILLED (%s)", error)
+        print(f"\ninterrupted (no trial was running). {_resume_hint(plan)}", flush=True)
+        return EXIT_INTERRUPTED
+
+
+def _with_parent(plan: Plan, tracker: Any, study: Any, interrupted: list[int]) -> int:
+    """Everything after the parent run exists: state, resume bookkeeping, the session, the end."""
+    from search.sync import SyncReport, replay_records, store_identity
+
+    space, run_dir = plan.space, plan.run_dir
     identity = store_identity(plan.tracking_uri)
     rundir.write_state(
         run_dir,
