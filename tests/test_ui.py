@@ -148,7 +148,22 @@ def test_server_starts_answers_and_stops_by_pid(tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match="already listens"):
             MlflowUi(store, port=server.port).start()
     assert not Path(f"/proc/{pid}").exists() or _zombie(pid)
+    assert not _group(pid)  # its workers are gone too
     assert port_free("127.0.0.1", int(server.port or 0))
+
+
+def _group(pgid: int) -> list[int]:
+    """Live processes of process group ``pgid``."""
+    alive = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = entry.joinpath("stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                alive.append(int(entry.name))
+    return alive
 
 
 def _zombie(pid: int) -> bool:
