@@ -241,7 +241,12 @@ def sync_run(run_dir: Path, uri: str | None = None) -> SyncReport:
     from pptp.errors import ConfigError
     from search import rundir
     from search.space import load_space
-    from search.tracking import StudyTracker, check_tracking, resolve_tracking_uri
+    from search.tracking import (
+        StudyTracker,
+        TrackingUnavailable,
+        check_tracking,
+        resolve_tracking_uri,
+    )
 
     state = rundir.read_state(run_dir)
     target = resolve_tracking_uri(uri or state.tracking_uri)
@@ -252,13 +257,21 @@ def sync_run(run_dir: Path, uri: str | None = None) -> SyncReport:
     except KeyError:
         raise ConfigError(f"{run_dir / 'study.db'} holds no study {state.study_name!r}") from None
     tracker = StudyTracker(target, state.study_name, run_dir=run_dir)
-    parent = tracker.start(
-        resolved_space=space.resolved(),
-        space_path=Path(state.space_path),
-        space_sha256=state.space_sha256,
-        parent_run_id=state.parent_run_id if target == state.tracking_uri else None,
-        recreate_missing=True,
-    )
+    try:
+        parent = tracker.start(
+            resolved_space=space.resolved(),
+            space_path=Path(state.space_path),
+            space_sha256=state.space_sha256,
+            parent_run_id=state.parent_run_id if target == state.tracking_uri else None,
+            recreate_missing=True,
+        )
+    except Exception as error:
+        first = (str(error).strip().splitlines() or [""])[0]
+        raise TrackingUnavailable(
+            f"the tracking store {target} cannot be opened ({type(error).__name__}: {first}); "
+            "repair it, or replay the study into another store with --tracking-uri (e.g. "
+            "sqlite:///mlflow/new.db): the run directory holds everything"
+        ) from error
     if (parent, tracker.experiment_id, target) != (
         state.parent_run_id,
         state.experiment_id,

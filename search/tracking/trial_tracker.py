@@ -39,6 +39,7 @@ from search.tracking.store import (
     now_ms,
     set_tags,
 )
+from search.tracking.uris import sqlite_path
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +110,11 @@ class TrialTracker:
         """The MLflow client, created on first use (creating it opens, and may migrate, the
         store: it fails when the store does, inside :meth:`_mlflow`'s guard)."""
         if self._client is None:
+            path, _ = sqlite_path(self.uri) if self.uri.lower().startswith("sqlite") else (None, "")
+            if path is not None and not path.exists():
+                # MLflow would create an empty store here (every worker at once, racing on the
+                # schema): the study's store was deleted; keep the run for replay instead
+                raise FileNotFoundError(f"the SQLite tracking store {path} does not exist")
             self._client = MlflowClient(tracking_uri=self.uri)
         return self._client
 
