@@ -387,7 +387,7 @@ def test_disk_full_while_writing_a_bank_entry_leaves_no_partial_entry(
     add_row(table, Row("disk full writing a bank entry", 2, 1, 0, 0, 0, 0))
 
 
-def test_a_reference_at_chance_stops_the_study_as_bad_input(tmp_path: Path) -> None:
+def test_a_reference_at_chance_stops_the_study_as_bad_input(tmp_path: Path, table: Path) -> None:
     """In-process: the check the driver runs as a Ray task after the references are trained."""
     from pptp.bank import ReferenceBank
     from pptp.config import TrialConfig
@@ -406,3 +406,4 @@ def test_a_reference_at_chance_stops_the_study_as_bad_input(tmp_path: Path) -> N
         _check_references(str(bank.root), flat, 1)
     failure = _reference_failure(raised.value)
     assert isinstance(failure, ReferencesFailed) and "ModelAtChance" in str(failure)
+    add_row(table, Row("reference model at chance (exit 2)", 1, 0, 0, 0, 0, 0))
