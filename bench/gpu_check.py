@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import importlib.metadata as md
 import json
 import os
 import signal
@@ -167,10 +168,17 @@ def header_lines(argv: Sequence[str]) -> list[str]:
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown (no git here)"
+    versions = []
+    for name in ("torch", "ray", "optuna", "mlflow", "opacus"):
+        try:
+            versions.append(f"{name} {md.version(name)}")
+        except md.PackageNotFoundError:
+            versions.append(f"{name} missing")
     return [
-        f"command: {' '.join([os.path.basename(sys.executable), *argv])}",
+        f"command: {' '.join([os.path.basename(sys.executable), 'bench/gpu_check.py', *argv])}",
         f"date: {datetime.datetime.now().isoformat(timespec='seconds')}; git commit {commit}; "
         f"python {sys.version.split()[0]}; {os.cpu_count()} CPUs",
+        ", ".join(versions),
     ]
 
 
@@ -200,6 +208,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--budget", type=float, help="seconds for the whole run (default 470; smoke 560)"
     )
+    p.add_argument(
+        "--part-budget", type=float, help="seconds for each part run (default: the part's own)"
+    )
     p.add_argument("--data-dir", help="where CIFAR-10 may be (cifar-10-batches-py/); optional")
     p.add_argument("--child", help=argparse.SUPPRESS)  # internal: run one part in this process
     p.add_argument("--mode", help=argparse.SUPPRESS)
@@ -227,7 +238,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    budgets = BUDGETS_SMOKE if args.cpu_smoke else BUDGETS_GPU
+    budgets = dict(BUDGETS_SMOKE if args.cpu_smoke else BUDGETS_GPU)
+    if args.part_budget:
+        budgets = dict.fromkeys(budgets, args.part_budget)
     total = args.budget or (TOTAL_SMOKE if args.cpu_smoke else TOTAL_GPU)
     out = output_dir(args.out)
     names = [n for n in BUDGETS_GPU if n in args.parts.split(",")]

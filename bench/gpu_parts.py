@@ -107,7 +107,7 @@ GPU = Sizes(
     cpus_per_trial=4,
     study_image_size=32,
     study_width=64,
-    study_epochs=8,
+    study_epochs=15,
     study_batch_size=64,
     study_trials=3,
     study_references=2,
@@ -304,8 +304,14 @@ def training_flop_per_image(model_cfg: ModelConfig, pool: Pool, dev: torch.devic
     return counter.get_total_flops() / len(y)
 
 
-def throughput_configs(sizes: Sizes, dev: torch.device) -> list[tuple[str, TrainConfig, str]]:
-    """(name, train config, reason it is skipped or "") for each configuration measured."""
+BARE_LOOP = "bare step loop, bf16 + channels_last"
+
+
+def throughput_configs(
+    sizes: Sizes, dev: torch.device
+) -> list[tuple[str, TrainConfig | None, str]]:
+    """(name, train config, why it is skipped or ""), in the order they run: the riskiest and
+    slowest (``torch.compile``) last. A None config is the bare step loop (:func:`bare_loop`)."""
     base = TrainConfig(
         epochs=sizes.epochs,
         batch_size=sizes.batch_size,
@@ -319,6 +325,7 @@ def throughput_configs(sizes: Sizes, dev: torch.device) -> list[tuple[str, Train
     return [
         ("fp32", replace(base, bf16=False), ""),
         ("bf16 + channels_last", base, ""),
+        (BARE_LOOP, None, ""),
         (
             "bf16 + channels_last + compile",
             replace(base, compile=True),
@@ -337,9 +344,9 @@ def throughput(sizes: Sizes, rec: Recorder) -> None:
     images (no evaluation in the timed seconds: ``EpochLog.seconds``). The first epoch carries
     cuDNN's algorithm search and ``torch.compile``'s compilation; the steady rate is the median
     of the later epochs. The loop uses channels_last in every configuration (pptp.train); on the
-    CPU, bf16 autocast is off (pptp.device.autocast), so its rows there are fp32. A last row times
-    a bare step loop (pre-shuffled slices, no augmentation, no per-step host work) on the same
-    model and batch, as the ceiling the loop can approach.
+    CPU, bf16 autocast is off (pptp.device.autocast), so its rows there are fp32. The bare step
+    loop (:func:`bare_loop`) on the same model and batch is the ceiling the loop can approach.
+    A configuration that fails is recorded as such and the next one runs; the part then fails.
     """
     dev = device()
     rec["device"] = describe_device(dev)
@@ -355,38 +362,38 @@ def throughput(sizes: Sizes, rec: Recorder) -> None:
     rec["flop_per_image"] = training_flop_per_image(model_cfg, pool, dev)
     results: dict[str, Any] = {}
     for name, cfg, skipped in throughput_configs(sizes, dev):
-        if skipped:
-            results[name] = {"status": "skipped", "reason": skipped}
-            rec["configs"] = results
-            continue
-        results[name] = {"status": "running"}
+        results[name] = (
+            {"status": "skipped", "reason": skipped} if skipped else {"status": "running"}
+        )
         rec["configs"] = results
-        model = build_model(model_cfg, pool, seed=0)
+        if skipped:
+            continue
         _reset_memory(dev)
         t0 = time.perf_counter()
-        result = train(model, pool, members, cfg, device=dev)
-        synchronize(dev)
-        epochs = [h.seconds for h in result.history]
+        try:
+            if cfg is None:
+                epochs = bare_loop(model_cfg, pool, sizes, dev)
+            else:
+                model = build_model(model_cfg, pool, seed=0)
+                trained = train(model, pool, members, cfg, device=dev)
+                epochs = [h.seconds for h in trained.history]
+            synchronize(dev)
+        except Exception as error:
+            logger.exception("throughput: %s failed", name)
+            results[name] = {"status": "failed", "reason": f"{type(error).__name__}: {error}"}
+            rec["configs"] = results
+            continue
         results[name] = _rates(sizes.images, epochs) | {
             "status": "ok",
             "wall_s": time.perf_counter() - t0,
             "max_memory_gib": _max_memory(dev),
-            "bf16_active": cfg.bf16 and dev.type == "cuda",
-            "compiled": cfg.compile and dev.type == "cuda",
+            "bf16_active": dev.type == "cuda" and (cfg is None or cfg.bf16),
+            "compiled": dev.type == "cuda" and cfg is not None and cfg.compile,
         }
         rec["configs"] = results
-    name = "bare step loop, bf16 + channels_last (ceiling)"
-    results[name] = {"status": "running"}
-    rec["configs"] = results
-    _reset_memory(dev)
-    epochs = bare_loop(model_cfg, pool, sizes, dev)
-    results[name] = _rates(sizes.images, epochs) | {
-        "status": "ok",
-        "max_memory_gib": _max_memory(dev),
-        "bf16_active": dev.type == "cuda",
-        "compiled": False,
-    }
-    rec["configs"] = results
+    failed = [n for n, r in results.items() if r["status"] == "failed"]
+    if failed:
+        raise RuntimeError(f"{', '.join(failed)}: {results[failed[0]]['reason']}")
 
 
 def bare_loop(model_cfg: ModelConfig, pool: Pool, sizes: Sizes, dev: torch.device) -> list[float]:

@@ -8,6 +8,7 @@ The bench/ scripts are not a package: this module puts bench/ on ``sys.path`` th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -17,6 +18,7 @@ import textwrap
 import time
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -245,6 +247,28 @@ def test_the_peak_part_measures_a_correct_product(tmp_path: Path) -> None:
     assert peak["tflops_median"] > 0
     assert peak["rel_error_vs_fp32"] < 1e-5  # fp32 on the CPU
     assert peak["repeats"] == gpu_parts.SMOKE.peak_repeats
+
+
+def test_a_failing_throughput_config_is_recorded_and_the_others_still_run(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    real_train = gpu_parts.train
+
+    def fp32_explodes(model: Any, pool: Any, members: Any, cfg: Any, **kwargs: Any) -> Any:
+        if not cfg.bf16:
+            raise RuntimeError("fp32 exploded")
+        return real_train(model, pool, members, cfg, **kwargs)
+
+    monkeypatch.setattr(gpu_parts, "train", fp32_explodes)
+    tiny = dataclasses.replace(gpu_parts.SMOKE, images=16, batch_size=8, test_images=8)
+    with pytest.raises(RuntimeError, match="fp32: RuntimeError: fp32 exploded"):
+        gpu_parts.throughput(tiny, gpu_parts.Recorder(tmp_path / "t.json"))
+    configs = json.loads((tmp_path / "t.json").read_text())["configs"]
+    assert configs["fp32"] == {"status": "failed", "reason": "RuntimeError: fp32 exploded"}
+    for name in ("bf16 + channels_last", gpu_parts.BARE_LOOP):
+        assert configs[name]["status"] == "ok"
+        assert len(configs[name]["epoch_seconds"]) == tiny.epochs
+    assert configs["bf16 + channels_last + compile"]["status"] == "skipped"
 
 
 @pytest.mark.parametrize("sizes", [gpu_parts.GPU, gpu_parts.SMOKE], ids=lambda s: s.mode)
