@@ -36,8 +36,13 @@ fi
 
 export PYTHONPATH="$PWD:$site${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 MLFLOW_DISABLE_TELEMETRY=true RAY_AUTH_MODE=disabled
-"$python" - <<'EOF'
+"$python" - "$site/gpu_site.txt" <<'EOF'
+# what the check will import, and any requirement of a carried package that this machine's own
+# packages do not meet (a likely cause if a part then fails at import)
 import importlib.metadata as md
+import sys
+from pathlib import Path
+
 names = ["torch", "torchvision", "numpy", "ray", "optuna", "mlflow", "opacus", "pydantic"]
 found = []
 for name in names:
@@ -46,6 +51,24 @@ for name in names:
     except md.PackageNotFoundError:
         found.append(f"{name} MISSING")
 print("packages: " + ", ".join(found))
+manifest = Path(sys.argv[1])
+if manifest.exists():
+    from packaging.markers import default_environment
+    from packaging.requirements import Requirement
+
+    env = {**default_environment(), "extra": ""}
+    for line in manifest.read_text().splitlines()[1:]:
+        for text in md.requires(line.split("==")[0]) or []:
+            req = Requirement(text)
+            if req.marker is not None and not req.marker.evaluate(env):
+                continue
+            try:
+                have = md.version(req.name)
+            except md.PackageNotFoundError:
+                print(f"warning: {line} needs {req}: not installed")
+                continue
+            if req.specifier and not req.specifier.contains(have, prereleases=True):
+                print(f"warning: {line} needs {req}, this machine has {have}")
 EOF
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader
 exec "$python" bench/gpu_check.py "$@"
