@@ -4,7 +4,7 @@
     python bench/gpu_check.py --cpu-smoke      # the same code paths on the CPU, tiny sizes (CI)
     python bench/gpu_check.py --parts peak,throughput
 
-Parts (``bench/gpu_parts.py``), each in its own process with its own time budget, in this order:
+Parts (``bench/gpu/``), each in its own process with its own time budget, in this order:
 
 1. ``peak``: the bf16 matrix-product rate of this machine (8192^3, CUDA events), measured;
 2. ``throughput``: ``pptp.train.train`` on synthetic CIFAR-shaped tensors held on the GPU,
@@ -47,7 +47,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path[:0] = [p for p in (str(BENCH), str(REPO)) if p not in sys.path]
 
-from gpu_report import Part, render, summarise  # noqa: E402
+from gpu.report import Part, render, summarise  # noqa: E402
 
 from pptp.fileio import atomic_write  # noqa: E402
 
@@ -227,10 +227,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.child:
         import logging
 
-        import gpu_parts
+        from gpu.parts import run_part
 
         logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-        return gpu_parts.run_part(args.child, args.mode, Path(args.result), data_dir=args.data_dir)
+        return run_part(args.child, args.mode, Path(args.result), data_dir=args.data_dir)
     mode = "cpu-smoke" if args.cpu_smoke else "gpu"
     if mode == "gpu" and not _cuda_visible():
         print(

@@ -30,8 +30,7 @@ sys.path.insert(0, str(BENCH))
 
 import gpu_bundle  # noqa: E402
 import gpu_check  # noqa: E402
-import gpu_parts  # noqa: E402
-import gpu_report  # noqa: E402
+from gpu import loop, report, study, workload  # noqa: E402
 
 from pptp.config import ModelConfig  # noqa: E402
 from search.space import load_space  # noqa: E402
@@ -191,8 +190,8 @@ def resnet18_training_flop(width: int, size: int = 32, classes: int = 10) -> flo
 
 
 def test_the_flop_count_per_training_image_matches_the_architecture() -> None:
-    pool = gpu_parts.synthetic_pool(8, device=torch.device("cpu"), n_test=4)
-    counted = gpu_parts.training_flop_per_image(
+    pool = workload.synthetic_pool(8, device=torch.device("cpu"), n_test=4)
+    counted = loop.training_flop_per_image(
         ModelConfig(name="resnet18", width=8, norm="group"), pool, torch.device("cpu")
     )
     assert counted == pytest.approx(resnet18_training_flop(8))
@@ -202,7 +201,7 @@ def test_the_flop_count_per_training_image_matches_the_architecture() -> None:
 
 
 def test_fraction_of_peak_and_trials_per_hour_ratio() -> None:
-    part = gpu_report.Part
+    part = report.Part
     parts = {
         "peak": part("ok", 1, 30, "", {"peak": {"tflops_median": 100.0}}),
         "throughput": part(
@@ -231,50 +230,50 @@ def test_fraction_of_peak_and_trials_per_hour_ratio() -> None:
             },
         ),
     }
-    summary = gpu_report.summarise(parts)
+    summary = report.summarise(parts)
     assert summary["throughput"] == [
         {"config": "fp32", "tflops": pytest.approx(33.0), "fraction_of_peak": pytest.approx(0.33)}
     ]
     assert summary["shared_over_single"] == pytest.approx(2.5)
-    text = gpu_report.render(parts | {"study": part("not run", 0, 130, "no time", {})}, summary, [])
+    text = report.render(parts | {"study": part("not run", 0, 130, "no time", {})}, summary, [])
     assert "33.0%" in text and "2.50x" in text and "not run" in text
 
 
 def test_the_peak_part_measures_a_correct_product(tmp_path: Path) -> None:
-    rec = gpu_parts.Recorder(tmp_path / "peak.json")
-    gpu_parts.peak(gpu_parts.SMOKE, rec)
+    rec = workload.Recorder(tmp_path / "peak.json")
+    loop.peak(workload.SMOKE, rec)
     peak = json.loads((tmp_path / "peak.json").read_text())["peak"]
     assert peak["tflops_median"] > 0
     assert peak["rel_error_vs_fp32"] < 1e-5  # fp32 on the CPU
-    assert peak["repeats"] == gpu_parts.SMOKE.peak_repeats
+    assert peak["repeats"] == workload.SMOKE.peak_repeats
 
 
 def test_a_failing_throughput_config_is_recorded_and_the_others_still_run(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    real_train = gpu_parts.train
+    real_train = loop.train
 
     def fp32_explodes(model: Any, pool: Any, members: Any, cfg: Any, **kwargs: Any) -> Any:
         if not cfg.bf16:
             raise RuntimeError("fp32 exploded")
         return real_train(model, pool, members, cfg, **kwargs)
 
-    monkeypatch.setattr(gpu_parts, "train", fp32_explodes)
-    tiny = dataclasses.replace(gpu_parts.SMOKE, images=16, batch_size=8, test_images=8)
+    monkeypatch.setattr(loop, "train", fp32_explodes)
+    tiny = dataclasses.replace(workload.SMOKE, images=16, batch_size=8, test_images=8)
     with pytest.raises(RuntimeError, match="fp32: RuntimeError: fp32 exploded"):
-        gpu_parts.throughput(tiny, gpu_parts.Recorder(tmp_path / "t.json"))
+        loop.throughput(tiny, workload.Recorder(tmp_path / "t.json"))
     configs = json.loads((tmp_path / "t.json").read_text())["configs"]
     assert configs["fp32"] == {"status": "failed", "reason": "RuntimeError: fp32 exploded"}
-    for name in ("bf16 + channels_last", gpu_parts.BARE_LOOP):
+    for name in ("bf16 + channels_last", loop.BARE_LOOP):
         assert configs[name]["status"] == "ok"
         assert len(configs[name]["epoch_seconds"]) == tiny.epochs
     assert configs["bf16 + channels_last + compile"]["status"] == "skipped"
 
 
-@pytest.mark.parametrize("sizes", [gpu_parts.GPU, gpu_parts.SMOKE], ids=lambda s: s.mode)
-def test_the_generated_study_space_is_valid(sizes: gpu_parts.Sizes, tmp_path: Path) -> None:
-    data = gpu_parts.study_data(sizes, data_dir=str(tmp_path))  # no CIFAR-10 there: digits
-    space = gpu_parts.study_space(sizes, data, bank_dir=tmp_path / "bank")
+@pytest.mark.parametrize("sizes", [workload.GPU, workload.SMOKE], ids=lambda s: s.mode)
+def test_the_generated_study_space_is_valid(sizes: workload.Sizes, tmp_path: Path) -> None:
+    data = study.study_data(sizes, data_dir=str(tmp_path))  # no CIFAR-10 there: digits
+    space = study.study_space(sizes, data, bank_dir=tmp_path / "bank")
     path = tmp_path / "space.yaml"
     path.write_text(yaml.safe_dump(space, sort_keys=False))
     loaded = load_space(path)
@@ -371,8 +370,8 @@ def test_cpu_smoke_runs_every_part(tmp_path: Path) -> None:
     assert compiled["status"] == "skipped" and "CUDA only" in compiled["reason"]
     fractional = parts["fractional"]["figures"]["configs"]
     assert [c["trials_ok"] for c in fractional.values()] == [
-        gpu_parts.SMOKE.single_trials,
-        gpu_parts.SMOKE.shared_trials,
+        workload.SMOKE.single_trials,
+        workload.SMOKE.shared_trials,
     ]
     assert all(c["trials_per_hour"] > 0 for c in fractional.values())
     assert parts["study"]["figures"]["exit_code"] == 0

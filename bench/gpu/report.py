@@ -1,7 +1,7 @@
 """What ``bench/gpu_check.py`` makes of its parts' figures: derived numbers and the tables.
 
 Input: one :class:`Part` per part (status, seconds, budget, reason, the figures the part recorded
-in ``bench/gpu_parts.py``). :func:`summarise` computes what needs several parts (each throughput
+in ``bench/gpu/``). :func:`summarise` computes what needs several parts (each throughput
 row as a fraction of the measured bf16 peak; shared over single trials per hour);
 :func:`render` lays everything out as aligned tables (``pptp.tables.format_table``).
 """
