@@ -478,7 +478,7 @@ def _finish(plan: Plan, tracker: Any, identity: Any, report: Any) -> int:
     print(format_front(rows, space.study.objectives))
     for line in report.lines():
         print(line)
-    print(_next_steps(plan, tracker))
+    print(_publish(plan, mlflow=not store_replaced(plan.tracking_uri, identity)))
     if not complete:
         print(f"\nstopped with {done} of {plan.n_trials} trials finished. {_resume_hint(plan)}")
         return EXIT_STOPPED
@@ -733,26 +733,21 @@ def _resume_hint(plan: Plan) -> str:
     )
 
 
-def _next_steps(plan: Plan, tracker: Any) -> str:
-    from search.tracking import default_tracking_uri
+def _publish(plan: Plan, *, mlflow: bool) -> str:
+    """Name and describe the trial runs, save the MLflow views, write ``report.html`` (and attach
+    it), and return what to print: the report and where to look next (:mod:`search.publish`). A
+    failure here costs the study nothing: it is a warning, and ``pptp-search report`` redoes it."""
+    from search.publish import publish_study
+    from search.ui import where_to_look
 
-    uri = plan.tracking_uri
-    ui = (
-        f".venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
-        if uri == default_tracking_uri() or uri.startswith("sqlite")
-        else f"open {uri}"
-    )
-    return "\n".join(
-        [
-            "",
-            "where to look next:",
-            f"  MLflow UI   {ui}",
-            f"              experiment {plan.space.study.name!r}, "
-            f"parent run {tracker.parent_run_id}",
-            f"  run dir     {plan.run_dir} (study.db, pareto_front.csv, space.yaml, trials/)",
-            f"  pick        python search/pick.py --run {plan.run_dir} --rule knee",
-        ]
-    )
+    try:
+        return (
+            "\n"
+            + publish_study(plan.run_dir, tracking_uri=plan.tracking_uri, mlflow=mlflow).summary()
+        )
+    except Exception as error:  # the study is done and saved; the report is a convenience
+        logger.warning("could not write the report (%s: %s)", type(error).__name__, error)
+        return "\n" + where_to_look(plan.run_dir, tracking_uri=plan.tracking_uri, links=None)
 
 
 def _yaml(data: Any) -> str:

@@ -43,6 +43,7 @@ from pptp.train import EpochLog
 from pptp.trial import TrialResult, run_trial
 from search import faults
 from search.failures import exception_reason
+from search.naming import space_run_name
 from search.repeats import aggregate, repeat_seeds
 from search.samplers import DUPLICATE_OF, PER_SEED, RECORD, REUSE, TRIAL_NUMBER
 from search.space import Space
@@ -50,6 +51,8 @@ from search.tracking import TrialTracker
 from search.tracking.uris import sqlite_path
 
 logger = logging.getLogger(__name__)
+
+RUN_NAME = "mlflow.runName"  # the MLflow tag that renames a run
 
 #: config keys that steer the trial rather than configure it
 CONTROL_KEYS = (TRIAL_NUMBER, DUPLICATE_OF, REUSE)
@@ -114,6 +117,7 @@ def _train_and_attack(
         if faults.has(injected, "nan_loss"):
             cfg = cfg.replace(**{"train.lr": 1.0e12})
         report.update(describe(cfg))
+        tracker.set_tags({RUN_NAME: space_run_name(tracker.trial_number, cfg, ctx.space)})
         tracker.log_params(cfg.to_flat())
         seeds = repeat_seeds(cfg.train.seed, ctx.space.study.repeats)
         for r, seed in enumerate(seeds):
@@ -138,6 +142,10 @@ def _train_and_attack(
     metrics, values = aggregate(per_seed, wanted=ctx.wanted)
     objectives = {m: metrics.get(m, math.nan) for m in ctx.space.study.metrics}
     tracker.log_result(results[0], metrics=metrics, objectives=objectives)
+    named = space_run_name(
+        tracker.trial_number, cfg, ctx.space, protected_groups=results[0].protected_groups
+    )
+    tracker.set_tags({RUN_NAME: named})
     for r, seed_metrics in enumerate(per_seed if len(per_seed) > 1 else []):
         tracker.log_metrics(
             {f"seed/{k}": v for k, v in seed_metrics.items() if k in values}, step=r
@@ -166,6 +174,7 @@ def _reuse(
     original = int(sampled[DUPLICATE_OF])
     reused: dict[str, Any] = json.loads(str(sampled.get(REUSE) or "{}"))
     cfg = ctx.space.trial_config(params).replace(**ctx.overrides)
+    tracker.set_tags({RUN_NAME: space_run_name(tracker.trial_number, cfg, ctx.space)})
     tracker.log_params(cfg.to_flat())
     numbers = {
         k: float(v)

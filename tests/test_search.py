@@ -75,7 +75,7 @@ def test_two_trial_study_end_to_end_then_extended(
     space, run, store = write_space(tmp_path, n_trials=2), tmp_path / "run", tmp_path / "store"
     assert main(_args(space, run, store)) == 0
     out = capsys.readouterr().out
-    assert "Pareto front" in out and "mlflow ui --backend-store-uri" in out
+    assert "Pareto front" in out and "ui --run" in out and "report.html" in out
 
     study = optuna.load_study(study_name="tiny", storage=rundir.storage(run))
     complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
@@ -101,6 +101,12 @@ def test_two_trial_study_end_to_end_then_extended(
         assert child.data.tags["pareto"] == ("true" if t.number in front else "false")
         files = {f.path for f in client.list_artifacts(child.info.run_id)}
         assert {"roc.png", "mask.json", "history.csv"} <= files
+        # named by what it tried: "t00 undefended", "t01 anchor s=0.54 first2", ...
+        assert child.info.run_name.startswith(f"t{t.number:02d} "), child.info.run_name
+    assert complete[0].number == 0
+    assert client.get_run(complete[0].user_attrs["mlflow_run_id"]).info.run_name == "t00 undefended"
+    assert (run / "report.html").stat().st_size > 100_000  # plotly inlined: works offline
+    assert "report.html" in {f.path for f in client.list_artifacts(parent.info.run_id)}
     csv_front = (run / "pareto_front.csv").read_text().splitlines()[1:]
     assert len(csv_front) == len(front)  # our front is Optuna's best_trials
     kept = records.read_all(run)  # the run directory's own record of every trial
