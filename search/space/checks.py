@@ -8,6 +8,9 @@ sense, before anything is built or loaded.
 - no objective or constraint is a TPR at an FPR the pool cannot resolve (always NaN);
 - per-example gradients (``noise``, ``dpsgd``) never meet BatchNorm, which makes them ill-defined;
 - an ``epsilon`` objective has DP-SGD fixed (only DP-SGD trials report epsilon);
+- a protection operator and a defense that do not compose (:mod:`pptp.compose`) are refused when
+  the study fixes or enqueues them together; a pair the sampler could draw is a warning (such a
+  trial fails at once, naming both), unless ``study.combine: false`` keeps them apart;
 - NSGA-II's population fits in the study (a warning otherwise: every trial would be random).
 """
 
@@ -20,6 +23,7 @@ from typing import Any
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 
 from pptp.attacks import ATTACKS, attack_names
+from pptp.compose import pair
 from pptp.config import TrialConfig
 from pptp.data import DATASETS
 from pptp.defenses import DEFENSES
@@ -124,6 +128,67 @@ def check_resolution(study: StudySpec, base: TrialConfig, *, source: str) -> Non
     for i, c in enumerate(study.constraints):
         if c.metric in unresolved:
             raise space_error(source, f"study.constraints[{i}].metric", unresolved[c.metric])
+
+
+BASELINE_PROTECT = {"protect.operator": "none", "protect.strength": 0.0}
+"""What a baseline trial's protect section becomes when ``study.combine`` is false."""
+
+
+def _acts(operator: Any, strength: Any) -> bool:
+    """Whether an operator changes training: any operator but ``none`` at a strength above 0."""
+    return operator != "none" and (not isinstance(strength, int | float) or strength > 0)
+
+
+def check_pairs(
+    study: StudySpec, base: TrialConfig, params: Mapping[str, BaseDistribution], *, source: str
+) -> None:
+    """Operator and defense pairs the study runs must compose (:func:`pptp.compose.pair`).
+
+    Fixed together, or together in an enqueued trial: a :class:`SpaceError` naming both and why.
+    Drawn by the sampler (either key searched): a warning listing the refused pairs, since each
+    such trial fails at once with the reason; ``study.combine: false`` never draws them.
+    """
+    flat = base.to_flat()
+
+    def refused(operator: Any, defense: Any, strength: Any) -> str | None:
+        if not study.combine and defense != "none":
+            return None
+        verdict = pair(operator, defense)
+        return None if verdict.allowed or not _acts(operator, strength) else verdict.reason
+
+    for i, entry in enumerate(study.enqueue):
+        point = {**flat, **entry}
+        reason = refused(
+            point["protect.operator"], point["defense.name"], point["protect.strength"]
+        )
+        if reason:
+            raise space_error(
+                source,
+                f"study.enqueue[{i}]",
+                f"protect.operator {point['protect.operator']!r} does not compose with "
+                f"defense.name {point['defense.name']!r}: {reason}",
+            )
+    operators = [v for _, v in possible_values("protect.operator", flat, params)]
+    defenses = [v for _, v in possible_values("defense.name", flat, params)]
+    strength = "searched" if "protect.strength" in params else flat["protect.strength"]
+    bad = [(o, d, r) for o in operators for d in defenses if (r := refused(o, d, strength))]
+    if not bad:
+        return
+    searched = "protect.operator" in params or "defense.name" in params
+    if not searched:
+        operator, defense, reason = bad[0]
+        raise space_error(
+            source,
+            "fixed.protect.operator",
+            f"{operator!r} does not compose with defense.name {defense!r}: {reason}",
+        )
+    logger.warning(
+        "%s: the sampler can draw operator/defense pairs that do not compose (%s); each such "
+        "trial fails at once naming both. Set study.combine: false to search PPTP and the "
+        "defenses apart, or drop one of each pair from the choices",
+        source,
+        ", ".join(f"{o} + {d}" for o, d, _ in bad),
+    )
 
 
 def check_epsilon(

@@ -19,8 +19,10 @@ from optuna.distributions import BaseDistribution
 from pptp.config import TrialConfig
 from pptp.errors import ConfigError
 from search.space.checks import (
+    BASELINE_PROTECT,
     check_epsilon,
     check_names,
+    check_pairs,
     check_resolution,
     warn_small_population,
 )
@@ -56,7 +58,8 @@ class Space:
         return TrialConfig.from_flat(self.fixed, source=f"{self.path}: fixed")
 
     def trial_config(self, sampled: Mapping[str, Any]) -> TrialConfig:
-        """The config of one trial: fixed values plus ``sampled`` (keys must be searched)."""
+        """The config of one trial: fixed values plus ``sampled`` (keys must be searched); with
+        ``study.combine: false`` a trial with a baseline defense trains with no protection."""
         for key in sampled:
             if key not in self.params:
                 raise space_error(
@@ -64,7 +67,10 @@ class Space:
                     key,
                     f"is not a searched key; searched: {', '.join(self.params) or '(none)'}",
                 )
-        return TrialConfig.from_flat({**self.fixed, **sampled}, source=f"{self.path}: trial")
+        flat = {**self.fixed, **sampled}
+        if not self.study.combine and flat.get("defense.name", "none") != "none":
+            flat.update(BASELINE_PROTECT)  # a baseline trial: no protection (study.combine)
+        return TrialConfig.from_flat(flat, source=f"{self.path}: trial")
 
     def resolved(self) -> dict[str, Any]:
         """The fully resolved space as plain data (YAML/JSON-safe) in the space-file format.
@@ -136,6 +142,7 @@ def load_space(path: str | Path) -> Space:
     study = parse_study(doc["study"], fixed, params, known_metrics(base), source=source)
     check_names(base, params, source=source)
     check_epsilon(study, base, params, source=source)
+    check_pairs(study, base, params, source=source)
     check_resolution(study, base, source=source)
     warn_small_population(study, source=source)
     space = Space(

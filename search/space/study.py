@@ -115,6 +115,11 @@ class StudySpec:
     membership); the sampler sees the means (:mod:`search.repeats`).
     ``localization`` is read by :mod:`search.steering`: kept as given, only checked to be a
     mapping here.
+    ``combine``: whether a trial may apply a protection operator and a baseline defense together.
+    With ``False`` every trial is either PPTP (``defense.name: none``) or a baseline: a trial
+    whose defense is not ``none`` trains with ``protect.operator: none`` (what a sampler proposed
+    for the protect keys is ignored, and recorded as such), so PPTP and the baselines meet on one
+    front with no mixed points (:meth:`search.space.Space.trial_config`).
     """
 
     name: str
@@ -129,6 +134,7 @@ class StudySpec:
     enqueue: tuple[dict[str, Any], ...] = ()
     localization: dict[str, Any] | None = None
     repeats: int = 1
+    combine: bool = True
 
     @property
     def metrics(self) -> list[str]:
@@ -166,6 +172,7 @@ class StudySpec:
             ],
             "enqueue": [dict(e) for e in self.enqueue],
             "repeats": self.repeats,
+            "combine": self.combine,
         }
         if self.localization is not None:
             out["localization"] = self.localization

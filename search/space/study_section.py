@@ -100,6 +100,7 @@ class StudySection(Section):
         Field(description="a mapping like {run: path/to/localization.json, top_k: 3}"),
     ] = None
     repeats: Annotated[Int, Field(ge=1)] = 1
+    combine: bool = True
 
 
 def parse_study(
@@ -134,6 +135,7 @@ def parse_study(
         enqueue=_enqueue(section.enqueue, fixed, params, source=source),
         localization=dict(section.localization) if section.localization is not None else None,
         repeats=section.repeats,
+        combine=section.combine,
     )
     # options coerced to the sampler's types; building the sampler once checks the values
     study = dataclasses.replace(study, sampler_options=check_sampler_options(study, source=source))
