@@ -51,8 +51,8 @@ from gpu.report import Part, render, summarise  # noqa: E402
 
 from pptp.fileio import atomic_write  # noqa: E402
 
-#: parts in running order with their budgets in seconds on one H200 (expected use in brackets,
-#: estimated before any GPU run: to be replaced by measured figures)
+#: parts in running order with their budgets in seconds on one H200: estimates made before any
+#: GPU run (bench/README.md), to be replaced by measured times
 BUDGETS_GPU = {"peak": 45, "throughput": 170, "fractional": 130, "study": 130}
 BUDGETS_SMOKE = {"peak": 60, "throughput": 120, "fractional": 150, "study": 240}
 TOTAL_GPU, TOTAL_SMOKE = 470, 560  # the whole run; the issue's limit is 8 minutes on one GPU
@@ -126,9 +126,11 @@ def run_parts(
     total_s: float,
     data_dir: str | None,
     command: Callable[..., list[str]] = part_command,
+    on_part: Callable[[dict[str, Part]], object] | None = None,
 ) -> dict[str, Part]:
     """Each part in turn, ``command(name, mode=, result=, data_dir=)`` in a process of its own;
-    each gets its budget or what is left of ``total_s``, whichever is less."""
+    each gets its budget or what is left of ``total_s``, whichever is less. ``on_part`` sees the
+    outcomes so far after each part (the figures are written then, not only at the end)."""
     deadline = time.perf_counter() + total_s
     outcomes: dict[str, Part] = {}
     for name in names:
@@ -137,19 +139,21 @@ def run_parts(
         if budget < MIN_PART_S:
             reason = f"{left:.0f}s of the {total_s:.0f}s budget left"
             outcomes[name] = Part("not run", 0.0, budgets[name], reason, {})
-            continue
-        print(f"[{_stamp()}] {name}: started (budget {budget:.0f}s)", flush=True)
-        result = out / f".part-{name}.json"
-        cmd = command(name, mode=mode, result=result, data_dir=data_dir)
-        outcomes[name] = run_command(
-            cmd, log=out / f"part-{name}.log", result=result, budget_s=budget
-        )
+        else:
+            print(f"[{_stamp()}] {name}: started (budget {budget:.0f}s)", flush=True)
+            result = out / f".part-{name}.json"
+            cmd = command(name, mode=mode, result=result, data_dir=data_dir)
+            outcomes[name] = run_command(
+                cmd, log=out / f"part-{name}.log", result=result, budget_s=budget
+            )
         o = outcomes[name]
         print(
-            f"[{_stamp()}] {name}: {o.status} in {o.seconds:.0f}s"
+            f"[{_stamp()}] {name}: {o.status} after {o.seconds:.0f}s"
             + (f" ({o.reason})" if o.reason else ""),
             flush=True,
         )
+        if on_part is not None:
+            on_part(outcomes)
     return outcomes
 
 
@@ -247,23 +251,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     header = header_lines(sys.argv[1:] if argv is None else list(argv))
     print("\n".join(header) + f"\nfigures in {out}", flush=True)
     t0 = time.perf_counter()
+
+    def write(outcomes: dict[str, Part]) -> str:
+        """gpu_check.json and gpu_check.txt as they stand: rewritten after every part, so that
+        a run cut short (the device tool's limit) still leaves its figures in ``out``."""
+        summary = summarise(outcomes)
+        record = {
+            "check": "gpu_check",
+            "mode": mode,
+            "header": header,
+            "budget_s": total,
+            "wall_s": time.perf_counter() - t0,
+            "parts": {n: asdict(o) for n, o in outcomes.items()},
+            "summary": summary,
+        }
+        atomic_write(out / "gpu_check.json", json.dumps(record, indent=1, default=str))
+        text = render(outcomes, summary, [f"gpu_check ({mode})", *header])
+        atomic_write(out / "gpu_check.txt", text + "\n")
+        return text
+
     outcomes = run_parts(
-        names, mode=mode, out=out, budgets=budgets, total_s=total, data_dir=args.data_dir
+        names,
+        mode=mode,
+        out=out,
+        budgets=budgets,
+        total_s=total,
+        data_dir=args.data_dir,
+        on_part=write,
     )
-    summary = summarise(outcomes)
-    record = {
-        "check": "gpu_check",
-        "mode": mode,
-        "header": header,
-        "budget_s": total,
-        "wall_s": time.perf_counter() - t0,
-        "parts": {n: asdict(o) for n, o in outcomes.items()},
-        "summary": summary,
-    }
-    atomic_write(out / "gpu_check.json", json.dumps(record, indent=1, default=str))
-    text = render(outcomes, summary, [f"gpu_check ({mode})", *header])
-    atomic_write(out / "gpu_check.txt", text + "\n")
-    print("\n" + text)
+    print("\n" + write(outcomes))
     return 0 if all(o.status == "ok" for o in outcomes.values()) else 1
 
 

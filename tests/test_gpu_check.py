@@ -122,6 +122,7 @@ def test_a_failing_part_does_not_stop_the_others_and_the_budget_is_shared(
     def command(name: str, *, mode: str, result: Path, data_dir: str | None) -> list[str]:
         return [sys.executable, "-c", scripts[name], str(result)]
 
+    seen: list[list[str]] = []
     parts = gpu_check.run_parts(
         list(scripts),
         mode="cpu-smoke",
@@ -130,7 +131,9 @@ def test_a_failing_part_does_not_stop_the_others_and_the_budget_is_shared(
         total_s=gpu_check.MIN_PART_S + 3,  # the first three start, then too little is left
         data_dir=None,
         command=command,
+        on_part=lambda so_far: seen.append(list(so_far)),
     )
+    assert seen == [list(scripts)[: i + 1] for i in range(4)]  # figures written after each
     assert parts["peak"].status == "failed"
     assert "no GPU today" in parts["peak"].reason  # the last line of its log
     assert parts["throughput"].reason == "ValueError: bad"  # the error it recorded
