@@ -18,6 +18,7 @@ from typing import Any
 from gpu.workload import REPO, Recorder, Sizes
 from pptp.config import DataConfig
 from pptp.data import check_data
+from pptp.errors import DataUnavailableError
 
 logger = logging.getLogger("gpu_check")
 
@@ -34,7 +35,7 @@ def study_data(sizes: Sizes, data_dir: str | None) -> dict[str, Any]:
             check_data(cifar)
             keys = ("name", "data_dir", "test_size", "val_size", "pool_size")
             return {k: getattr(cifar, k) for k in keys}
-        except Exception as error:  # not on disk: the bundled data instead, said in the log
+        except DataUnavailableError as error:  # not on disk: the bundled digits (said in the log)
             logger.info("CIFAR-10 not used (%s); digits instead", str(error).splitlines()[0])
     return {"name": "digits", "image_size": sizes.study_image_size}
 
