@@ -115,8 +115,11 @@ def fractional(sizes: Sizes, rec: Recorder) -> None:
             grid = tuner.fit()
             wall = time.perf_counter() - t0
             ended = [grid[i] for i in range(len(grid))]
-            metrics = [r.metrics for r in ended if r.error is None and r.metrics]
+            reported = [r.metrics or {} for r in ended if r.error is None]
+            metrics = [m for m in reported if "train_s" in m]
             errors = [f"{type(r.error).__name__}: {r.error}"[:300] for r in ended if r.error]
+            if len(metrics) + len(errors) < n:  # Tune caught a SIGINT (the budget) and ended
+                errors.append(f"{n - len(metrics) - len(errors)} trials did not finish")
             devices = sorted({str(m["device"]) for m in metrics})
             if dev.type == "cuda" and devices != ["cuda"]:
                 errors.append(f"trials ran on {devices}, not on the GPU Ray gave them")
@@ -138,6 +141,8 @@ def fractional(sizes: Sizes, rec: Recorder) -> None:
                 "errors": errors,
             }
             rec["configs"] = results
+            if errors:  # stopped or broken: the next configuration would measure nothing
+                break
     finally:
         ray.shutdown()
         shutil.rmtree(storage, ignore_errors=True)
