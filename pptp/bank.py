@@ -40,6 +40,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -123,12 +124,95 @@ def _code_only(source: str) -> str:
 class ReferenceSignals:
     """K reference models' signals on the pool.
 
-    ``logits: (K, n_pool, n_aug, n_classes)``, ``keep: (K, n_pool)`` bool.
+    ``logits: (K, n_pool, n_aug, n_classes)``, ``keep: (K, n_pool)`` bool. ``queries`` names the
+    ``n_aug`` queries and ``entry`` the bank entry (its key) they came from, so that signals
+    shipped to a trial (``pptp.trial.run_trial(reference_signals=...)``) are checked against what
+    the trial needs (empty for signals built by hand).
     """
 
     logits: np.ndarray
     keep: np.ndarray
     test_acc: np.ndarray  # (K,)
+    queries: tuple[str, ...] = ()
+    entry: str = ""
+
+
+@dataclass(frozen=True)
+class ReferenceEntry:
+    """One trained reference as it travels between processes: what a Ray task on any node returns
+    to the driver, which writes it into its own bank (:meth:`ReferenceBank.store`), so that no
+    node ever writes into a bank folder of its own disk by mistake.
+
+    ``npz``: the ``ref-NNNN.npz`` file's bytes (``logits (n_pool, n_queries, n_classes)`` float32,
+    ``keep (n_pool,)`` bool); ``meta``: the ``ref-NNNN.json`` content (its ``sha256`` is the
+    checksum of ``npz``; ``host`` names the machine that trained it); ``recipe``: the flat dict
+    ``key`` hashes (:func:`recipe_key`).
+    """
+
+    key: str
+    recipe: dict[str, Any]
+    index: int
+    npz: bytes
+    meta: dict[str, Any]
+
+
+def train_entry(
+    cfg: TrialConfig,
+    index: int,
+    *,
+    adaptive: bool = False,
+    queries: Sequence[str] | None = None,
+) -> ReferenceEntry:
+    """Train reference ``index`` of ``cfg``'s recipe and return it, writing nothing.
+
+    Picklable and self-contained, so ``search/`` runs it as a Ray task on any node; reads only the
+    dataset (``data.data_dir``). Reference ``i`` trains on keep row ``i + 1`` with
+    :func:`reference_seed`.
+    """
+    key, determining = recipe_key(cfg, adaptive=adaptive, queries=queries)
+    rcfg = recipe(cfg, adaptive=adaptive)
+    pool = build_pool(rcfg.data, device=resolve_device(rcfg.train.device))
+    seed = reference_seed(_hash(_recipe_fields(cfg, adaptive=adaptive)), index)
+    members = np.flatnonzero(keep_row(len(pool.y), rcfg.data.seed, index + 1))
+    start = time.perf_counter()
+    model = build_model(rcfg.model, pool, seed=seed)
+    result = train(
+        model,
+        pool,
+        members,
+        dataclasses.replace(rcfg.train, seed=seed),
+        protect=rcfg.protect,
+        defense=rcfg.defense,
+    )
+    signals = compute_signals(model, pool.x, pool.y, queries=determining["attack.queries"])
+    keep = np.zeros(len(pool.y), dtype=bool)
+    keep[members] = True
+    npz = _npz_bytes(logits=signals.logits, keep=keep)
+    meta = {
+        "index": index,
+        "seed": seed,
+        "sha256": hashlib.sha256(npz).hexdigest(),
+        "shape": list(signals.logits.shape),
+        "test_acc": result.test_acc,
+        "train_acc": result.train_acc,
+        "seconds": time.perf_counter() - start,
+        "host": socket.gethostname(),
+    }
+    logger.info(
+        "reference %d of %s: test_acc %.4f, %.1fs", index, key, result.test_acc, meta["seconds"]
+    )
+    if len(pool.y_test):
+        level = chance_level(pool.y_test.cpu().numpy())
+        if not result.test_acc > level.threshold:
+            logger.warning(
+                "reference %d of %s is at chance level (test accuracy %.4f, must exceed "
+                "%.4f): trials that use it will fail",
+                index,
+                key,
+                result.test_acc,
+                level.threshold,
+            )
+    return ReferenceEntry(key=key, recipe=determining, index=index, npz=npz, meta=meta)
 
 
 def recipe(cfg: TrialConfig, *, adaptive: bool) -> TrialConfig:
@@ -217,59 +301,30 @@ class ReferenceBank:
     ) -> Path:
         """Train reference ``index`` for ``cfg``'s recipe and store it; returns its ``.json``.
 
-        Picklable and self-contained, so ``search/`` can run it as a Ray task. A reference at
-        chance level is stored all the same (retraining would give the same model) with a warning;
-        the trial that uses it fails (:func:`pptp.trial.attack_target`).
+        :func:`train_entry` then :meth:`store`. A reference at chance level is stored all the same
+        (retraining would give the same model) with a warning; the trial that uses it fails
+        (:func:`pptp.trial.attack_target`).
         """
-        key, determining = recipe_key(cfg, adaptive=adaptive, queries=queries)
-        folder = self.root / key
+        return self.store(train_entry(cfg, index, adaptive=adaptive, queries=queries))
+
+    def store(self, entry: ReferenceEntry) -> Path:
+        """Write a trained reference (from :func:`train_entry`, possibly on another machine) into
+        this bank, atomically, and return its ``.json`` (the commit marker, written last).
+
+        The ``.npz`` bytes are checked against the entry's own checksum before anything is
+        written, so an entry damaged on its way here is refused (``ValueError``), never stored.
+        """
+        if hashlib.sha256(entry.npz).hexdigest() != entry.meta.get("sha256"):
+            raise ValueError(
+                f"reference {entry.index} of {entry.key}: its bytes do not match its checksum"
+            )
+        folder = self.root / entry.key
         folder.mkdir(parents=True, exist_ok=True)
         if not (folder / "recipe.json").exists():
-            _atomic_write(folder / "recipe.json", json.dumps(determining, indent=1).encode())
-        rcfg = recipe(cfg, adaptive=adaptive)
-        pool = build_pool(rcfg.data, device=resolve_device(rcfg.train.device))
-        seed = reference_seed(_hash(_recipe_fields(cfg, adaptive=adaptive)), index)
-        members = np.flatnonzero(keep_row(len(pool.y), rcfg.data.seed, index + 1))
-        start = time.perf_counter()
-        model = build_model(rcfg.model, pool, seed=seed)
-        result = train(
-            model,
-            pool,
-            members,
-            dataclasses.replace(rcfg.train, seed=seed),
-            protect=rcfg.protect,
-            defense=rcfg.defense,
-        )
-        signals = compute_signals(model, pool.x, pool.y, queries=determining["attack.queries"])
-        keep = np.zeros(len(pool.y), dtype=bool)
-        keep[members] = True
-        npz = folder / f"ref-{index:04d}.npz"
-        _atomic_write(npz, _npz_bytes(logits=signals.logits, keep=keep))
-        meta = {
-            "index": index,
-            "seed": seed,
-            "sha256": _sha256(npz),
-            "shape": list(signals.logits.shape),
-            "test_acc": result.test_acc,
-            "train_acc": result.train_acc,
-            "seconds": time.perf_counter() - start,
-        }
-        marker = folder / f"ref-{index:04d}.json"
-        _atomic_write(marker, json.dumps(meta, indent=1).encode())
-        logger.info(
-            "reference %d of %s: test_acc %.4f, %.1fs", index, key, result.test_acc, meta["seconds"]
-        )
-        if len(pool.y_test):
-            level = chance_level(pool.y_test.cpu().numpy())
-            if not result.test_acc > level.threshold:
-                logger.warning(
-                    "reference %d of %s is at chance level (test accuracy %.4f, must exceed "
-                    "%.4f): trials that use it will fail",
-                    index,
-                    key,
-                    result.test_acc,
-                    level.threshold,
-                )
+            _atomic_write(folder / "recipe.json", json.dumps(entry.recipe, indent=1).encode())
+        _atomic_write(folder / f"ref-{entry.index:04d}.npz", entry.npz)
+        marker = folder / f"ref-{entry.index:04d}.json"
+        _atomic_write(marker, json.dumps(entry.meta, indent=1).encode())
         return marker
 
     def load(
@@ -306,9 +361,14 @@ class ReferenceBank:
             logits.append(ref_logits)
             keeps.append(keep)
             accs.append(meta["test_acc"])
+        names = tuple(resolve_queries(cfg) if queries is None else queries)
         if not logits:
-            return ReferenceSignals(np.zeros((0,)), np.zeros((0,), dtype=bool), np.zeros((0,)))
-        return ReferenceSignals(np.stack(logits), np.stack(keeps), np.asarray(accs))
+            return ReferenceSignals(
+                np.zeros((0,)), np.zeros((0,), dtype=bool), np.zeros((0,)), names, folder.name
+            )
+        return ReferenceSignals(
+            np.stack(logits), np.stack(keeps), np.asarray(accs), names, folder.name
+        )
 
     def ensure(
         self,

@@ -6,8 +6,10 @@
 3. **signals**: query the target on every pool example, in float32, with the queries that follow
    its training (:func:`pptp.signals.resolve_queries`).
 4. **references**: load the K reference models' signals (same queries) from the bank, training
-   what is missing (``search/`` trains missing references as parallel Ray tasks before the trials
-   start); a reference at chance level fails the trial too.
+   what is missing, or take the signals the caller loaded once (``reference_signals``: a search
+   driver trains missing references as parallel Ray tasks before the trials start and ships the
+   signals to every trial through Ray, so no trial opens a bank folder); a reference at chance
+   level fails the trial too.
 5. **attack**: every attack of :func:`pptp.attacks.attack_names` scores every pool example; the
    target's keep row is the ground truth; ROC, AUC and TPR at 0.1% / 1% FPR per attack, and the
    two-sided worst case over attacks (:meth:`TrialResult.metrics`).
@@ -27,11 +29,11 @@ import numpy as np
 from torch import nn
 
 from pptp.attacks import ATTACKS, AttackInput, attack_names, check_attacks
-from pptp.bank import ReferenceBank
+from pptp.bank import ReferenceBank, ReferenceSignals, recipe_key
 from pptp.canaries import CANARY_TPR_METRICS, canary_metrics, split_scores
 from pptp.chance import require_above_chance
 from pptp.config import DataConfig, TrialConfig
-from pptp.data import DATASETS, Pool, build_pool
+from pptp.data import DATASETS, Pool, build_pool, keep_row
 from pptp.device import resolve_device
 from pptp.errors import ConfigError
 from pptp.metrics import TPR_METRICS, AttackMetrics, resolvable
@@ -171,6 +173,7 @@ def run_trial(
     bank: ReferenceBank | None = None,
     on_epoch: Callable[[EpochLog], None] | None = None,
     references: TrialConfig | None = None,
+    reference_signals: ReferenceSignals | None = None,
     keep_model: bool = False,
 ) -> TrialResult:
     """Train the target of ``cfg``, attack it, and return what was measured.
@@ -183,12 +186,20 @@ def run_trial(
     references trained under their own config. ``keep_model`` returns the trained target (on the
     CPU) in ``TrialResult.model``, for export and registration.
 
+    ``reference_signals``: the references' signals, loaded once by the caller (a search driver
+    ships them to its trials through Ray's object store): the trial then scores against them and
+    never opens the bank, so it depends on no folder of the driver's disk (``bank`` and
+    ``attack.bank_dir`` are not used). They must follow ``references`` (or ``cfg``) with the
+    target's queries and hold at least ``attack.n_references`` models; see
+    :func:`attack_scores`.
+
     Raises :class:`~pptp.errors.ModelAtChance` when the target or a reference model is not clearly
     above chance on the held-out test set (:mod:`pptp.chance`).
     """
     check_attacks(cfg.attack)
     queries = resolve_queries(cfg)
-    bank = bank or ReferenceBank(Path(cfg.attack.bank_dir))
+    if reference_signals is None:
+        bank = bank or ReferenceBank(Path(cfg.attack.bank_dir))
     timings: dict[str, float] = {}
     device = resolve_device(cfg.train.device)
 
@@ -211,7 +222,14 @@ def run_trial(
     with _timed(timings, "signals"):
         signals = compute_signals(model, pool.x, pool.y, queries=queries)
     scores = attack_scores(
-        cfg, pool, signals, bank=bank, timings=timings, references=references, queries=queries
+        cfg,
+        pool,
+        signals,
+        bank=bank,
+        timings=timings,
+        references=references,
+        queries=queries,
+        reference_signals=reference_signals,
     )
     with _timed(timings, "attack"):
         results, canaries = split_scores(scores, pool.keep(1)[0], pool.canary)
@@ -265,10 +283,11 @@ def attack_scores(
     pool: Pool,
     signals: Signals,
     *,
-    bank: ReferenceBank,
+    bank: ReferenceBank | None,
     timings: dict[str, float] | None = None,
     references: TrialConfig | None = None,
     queries: Sequence[str] | None = None,
+    reference_signals: ReferenceSignals | None = None,
 ) -> dict[str, np.ndarray]:
     """Run every attack of ``cfg`` on a target's signals: ``{attack: scores (n_pool,)}``, higher
     = member; the ground truth is keep row 0.
@@ -294,7 +313,17 @@ def attack_scores(
     ref_logits = np.zeros((0, n, n_queries, n_classes), np.float32)
     ref_keep = np.zeros((0, n), dtype=bool)
     with _timed(timings, "references"):
-        if n_refs:
+        if n_refs and reference_signals is not None:
+            refs = _shipped_references(
+                reference_signals, ref_cfg, pool, n_refs, adaptive=adaptive, queries=queries
+            )
+            for i, acc in enumerate(refs.test_acc):
+                name = f"reference model {i} of bank entry {refs.entry or '(shipped)'}"
+                _check_chance(float(acc), pool, what=name)
+            ref_logits, ref_keep = refs.logits, refs.keep
+        elif n_refs:
+            if bank is None:
+                raise ValueError("attack_scores needs a bank or reference_signals")
             refs = bank.load(
                 ref_cfg, n_refs, pool=pool, adaptive=adaptive, queries=queries, train_missing=True
             )
@@ -310,6 +339,50 @@ def attack_scores(
             ref_keep=ref_keep,
         )
         return {name: ATTACKS[name](inputs) for name in attack_names(cfg.attack)}
+
+
+def _shipped_references(
+    shipped: ReferenceSignals,
+    ref_cfg: TrialConfig,
+    pool: Pool,
+    n_refs: int,
+    *,
+    adaptive: bool,
+    queries: Sequence[str],
+) -> ReferenceSignals:
+    """The first ``n_refs`` of ``shipped``, checked against what the trial needs."""
+    if adaptive:
+        raise ConfigError(
+            "attack.adaptive: an adaptive audit trains references under the trial's own config; "
+            "signals loaded for another recipe (reference_signals) cannot serve it"
+        )
+    want = (n_refs, len(pool.y), len(queries))
+    if shipped.queries and tuple(shipped.queries) != tuple(queries):
+        raise ConfigError(
+            f"the reference signals were queried with {', '.join(shipped.queries)}, this trial "
+            f"queries {', '.join(queries)}; its references must come from the bank"
+        )
+    if shipped.entry and shipped.entry != recipe_key(ref_cfg, adaptive=False, queries=queries)[0]:
+        raise ConfigError(
+            f"the reference signals come from bank entry {shipped.entry}, which is not the "
+            "recipe this trial's references follow"
+        )
+    if (
+        shipped.logits.ndim != 4
+        or shipped.logits.shape[0] < n_refs
+        or (shipped.logits.shape[1:3] != want[1:])
+    ):
+        raise ConfigError(
+            f"the reference signals have shape {tuple(shipped.logits.shape)}; this trial needs "
+            f"at least {n_refs} references x {want[1]} pool examples x {want[2]} queries"
+        )
+    keep = shipped.keep[:n_refs]
+    for i in range(n_refs):
+        if not np.array_equal(keep[i], keep_row(len(pool.y), ref_cfg.data.seed, i + 1)):
+            raise ConfigError(f"reference {i}'s keep row does not match this trial's pool")
+    return ReferenceSignals(
+        shipped.logits[:n_refs], keep, shipped.test_acc[:n_refs], shipped.queries, shipped.entry
+    )
 
 
 def references_needed(cfg: TrialConfig) -> int:

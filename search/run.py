@@ -347,7 +347,7 @@ def _run_session(plan: Plan, tracker: Any, study: Any, remaining: int) -> int | 
         _start_ray(plan)
         concurrency = _concurrency(plan)
         references = _train_references(plan)
-        ctx = _trial_context(plan, tracker, references)
+        ctx = _trial_context(plan, tracker, references.config)
         sampler_study = space.study
         if plan.state is not None:
             # a resumed sampler with the study's seed would replay its first proposals
@@ -371,7 +371,7 @@ def _run_session(plan: Plan, tracker: Any, study: Any, remaining: int) -> int | 
             flat_config=lambda sampled: space.trial_config(sampled).to_flat(),
         )
         plan.say(f"trials      {remaining} to run ({plan.n_trials} in the study)")
-        _run_tuner(plan, searcher, ctx, remaining, concurrency, keeper)
+        _run_tuner(plan, searcher, ctx, remaining, concurrency, keeper, references.signals)
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the clean-up takes seconds: let it end
         ray.shutdown()
@@ -565,19 +565,61 @@ def _trial_context(plan: Plan, tracker: Any, references: Any) -> Any:
     )
 
 
-def _train_references(plan: Plan) -> Any:
-    """Train the base recipe's missing reference models as parallel Ray tasks, then check that
-    every reference learned (above chance).
+#: searched keys that change which references a trial needs (besides data.* and model.*): with
+#: any of them the trials load their references from the bank themselves, as before
+_REFERENCE_KEYS = frozenset(
+    {
+        "train.augment",
+        "train.crop_pad",
+        "attack.query_augment",
+        "attack.n_references",
+        "attack.attacks",
+        "attack.adaptive",
+    }
+)
 
-    Returns the config the screening references follow, or None when the space searches data or
-    model keys (then every trial needs references of its own, trained inside the trial). A
-    reference that cannot be trained raises :class:`ReferencesFailed` when the recipe is the
+
+@dataclasses.dataclass(frozen=True)
+class References:
+    """What the reference stage hands the trials.
+
+    ``config``: the recipe the screening references follow (None when the space searches data or
+    model keys: each trial then needs references of its own). ``signals``: an ``ObjectRef`` to
+    the :class:`~pptp.bank.ReferenceSignals` the driver loaded once and put in Ray's object store
+    (None when the trials load their own from the bank, or need none). ``trained``: how many
+    reference models this stage trained.
+    """
+
+    config: Any  # pptp.config.TrialConfig | None
+    signals: Any = None  # ray.ObjectRef | None
+    trained: int = 0
+
+
+def _train_references(plan: Plan) -> References:
+    """Train the base recipe's missing reference models as parallel Ray tasks, store them in the
+    driver's bank, check that every reference learned (above chance), and put their signals in
+    Ray's object store for the trials.
+
+    Each task trains on whichever node Ray picks and *returns* the entry
+    (:class:`pptp.bank.ReferenceEntry`, the ``.npz`` bytes and their metadata) to the driver,
+    which writes it into its bank (``attack.bank_dir``): no node writes a bank of its own disk,
+    and no trial opens one. The driver then loads the K references once and puts them in Ray's
+    object store; every trial reads them there, on its node (:func:`search.trainable.trainable`).
+
+    When the space searches data or model keys, every trial needs references of its own: they are
+    trained inside the trial, from the trial's node's ``attack.bank_dir`` (as before; a shared
+    folder, e.g. NFS, avoids training them once per node). The same holds, for the recipe's own
+    references, when it searches a key of :data:`_REFERENCE_KEYS` (the queries, the number of
+    references, the attacks or adaptive audits).
+
+    A reference that cannot be trained raises :class:`ReferencesFailed` when the recipe is the
     cause (exit status 2), or :class:`ReferencesUnavailable` otherwise (a full disk, a lost
     worker; exit status 1).
     """
     import ray
 
     from pptp.bank import ReferenceBank
+    from pptp.signals import resolve_queries
     from pptp.trial import references_needed
     from search.progress import duration, eta
 
@@ -586,18 +628,19 @@ def _train_references(plan: Plan) -> Any:
     base = base.replace(**rundir.absolute_paths(base))
     if any(k.startswith(("data.", "model.")) for k in space.params):
         logger.warning("the space searches data/model keys: each trial trains its own references")
-        return None
+        return References(None)
     n = references_needed(base)
     if not n:
-        return base
+        return References(base)
     bank = ReferenceBank(base.attack.bank_dir)
-    missing = bank.missing(base, n)
+    queries = resolve_queries(base)
+    missing = bank.missing(base, n, queries=queries)
     plan.say(f"references  {n} needed, {n - len(missing)} in the bank ({bank.entry_dir(base)})")
     res = space.study.resources
     flat = base.to_flat()
     options = {"num_cpus": res.cpus, "num_gpus": res.gpus}
     pending = [
-        ray.remote(_train_reference).options(**options).remote(str(bank.root), flat, i)
+        ray.remote(_train_reference).options(**options).remote(flat, i, list(queries))
         for i in missing
     ]
     start, done = time.perf_counter(), 0
@@ -605,24 +648,39 @@ def _train_references(plan: Plan) -> Any:
         while pending:
             ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
             for ref in ready:
-                ray.get(ref)
+                bank.store(ray.get(ref))
                 done += 1
                 elapsed = time.perf_counter() - start
                 plan.say(
                     f"references  {done}/{len(missing)} trained ({duration(elapsed)}, "
                     f"{eta(elapsed, done, len(missing))})"
                 )
-        check = ray.remote(_check_references).options(**options).remote(str(bank.root), flat, n)
-        while True:
-            ready, _ = ray.wait([check], timeout=1.0)
-            if ready:
-                ray.get(check)
-                break
     except ray.exceptions.RayTaskError as error:
         for ref in pending:
             ray.cancel(ref, force=True)
         raise _reference_failure(error) from None
-    return base
+    except OSError as error:  # the driver's bank could not take an entry (a full disk)
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise _reference_failure(error) from None
+    signals = bank.load(base, n, queries=queries)
+    try:
+        _require_learned(signals, base, what=str(bank.entry_dir(base)))
+    except Exception as error:
+        raise _reference_failure(error) from None
+    searched = sorted(_REFERENCE_KEYS & set(space.params))
+    if searched:
+        logger.warning(
+            "the space searches %s: each trial loads its references from the bank itself",
+            ", ".join(searched),
+        )
+        return References(base, None, len(missing))
+    shipped = ray.put(signals)
+    plan.say(
+        f"references  {n} shipped to the trials through Ray's object store "
+        f"({signals.logits.nbytes / 2**20:.1f} MiB)"
+    )
+    return References(base, shipped, len(missing))
 
 
 def _reference_failure(error: Exception) -> Exception:
@@ -644,38 +702,53 @@ def _reference_failure(error: Exception) -> Exception:
     return ReferencesUnavailable(f"{what}; fix the cause and run again with --resume")
 
 
-def _train_reference(root: str, flat: dict[str, Any], index: int) -> str:
+def _train_reference(flat: dict[str, Any], index: int, queries: list[str]) -> Any:
+    """A Ray task on any node: train reference ``index`` and return it
+    (:class:`pptp.bank.ReferenceEntry`); it writes nothing on that node."""
     import logging as _logging
 
-    from pptp.bank import ReferenceBank
+    from pptp.bank import train_entry
     from pptp.config import TrialConfig
 
     _logging.basicConfig(level=_logging.INFO)
-    return str(ReferenceBank(root).train_one(TrialConfig.from_flat(flat), index))
+    return train_entry(TrialConfig.from_flat(flat), index, queries=queries)
 
 
 def _check_references(root: str, flat: dict[str, Any], n: int) -> None:
-    """Raise :class:`~pptp.errors.ModelAtChance` naming the first of the ``n`` references whose
-    recorded test accuracy is at chance (a trial scored against it would fail)."""
+    """Raise :class:`~pptp.errors.ModelAtChance` naming the first of the ``n`` references of the
+    bank at ``root`` whose recorded test accuracy is at chance (a trial scored against it would
+    fail)."""
     from pptp.bank import ReferenceBank
-    from pptp.chance import require_above_chance
     from pptp.config import TrialConfig
-    from pptp.data import build_pool
 
     cfg = TrialConfig.from_flat(flat)
     bank = ReferenceBank(root)
-    refs = bank.load(cfg, n)
+    _require_learned(bank.load(cfg, n), cfg, what=str(bank.entry_dir(cfg)))
+
+
+def _require_learned(signals: Any, cfg: Any, *, what: str) -> None:
+    """:class:`~pptp.errors.ModelAtChance` for the first reference of ``signals``
+    (:class:`~pptp.bank.ReferenceSignals`) whose test accuracy is at chance on ``cfg``'s test
+    set (the driver builds the pool for its labels: the data is on the driver's disk, which
+    :func:`pptp.data.check_data` made sure of)."""
+    from pptp.chance import require_above_chance
+    from pptp.data import build_pool
+
     labels = build_pool(cfg.data).y_test.cpu().numpy()
     if len(labels) == 0:
         return
-    for i, accuracy in enumerate(refs.test_acc):
-        require_above_chance(
-            float(accuracy), labels, what=f"reference model {i} of {bank.entry_dir(cfg)}"
-        )
+    for i, accuracy in enumerate(signals.test_acc):
+        require_above_chance(float(accuracy), labels, what=f"reference model {i} of {what}")
 
 
 def _run_tuner(
-    plan: Plan, searcher: Any, ctx: Any, remaining: int, concurrency: int, keeper: Any
+    plan: Plan,
+    searcher: Any,
+    ctx: Any,
+    remaining: int,
+    concurrency: int,
+    keeper: Any,
+    reference_signals: Any = None,
 ) -> None:
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
@@ -688,7 +761,8 @@ def _run_tuner(
     res = plan.space.study.resources
     tuner = tune.Tuner(
         tune.with_resources(
-            tune.with_parameters(trainable, ctx=ctx), {"cpu": res.cpus, "gpu": res.gpus}
+            tune.with_parameters(trainable, ctx=ctx, reference_signals=reference_signals),
+            {"cpu": res.cpus, "gpu": res.gpus},
         ),
         tune_config=tune.TuneConfig(
             search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrency),

@@ -21,6 +21,11 @@ the run directory and replay when MLflow could not take it (:mod:`search.records
 :data:`DUPLICATE_OF` and the finished trial's results (:data:`REUSE`, set by the searcher): the
 trial reports and logs those, and trains nothing.
 
+**Nothing on the trial's path is on the driver's disk.** The screening references arrive through
+Ray's object store (``reference_signals``, loaded once by the driver, :mod:`search.run`); the
+trial's MLflow run goes to the tracking server; what MLflow could not take comes back in the
+report. A trial records where it ran as tags (``node.hostname``, ``node.ray_id``, ``node.ip``).
+
 Test-only: ``PPTP_TEST_FAULT`` injects faults (:mod:`search.faults`).
 """
 
@@ -29,6 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import socket
 import time
 import traceback
 from dataclasses import dataclass
@@ -37,7 +43,7 @@ from typing import Any
 
 from ray import tune
 
-from pptp.bank import ReferenceBank
+from pptp.bank import ReferenceBank, ReferenceSignals
 from pptp.config import TrialConfig
 from pptp.train import EpochLog
 from pptp.trial import TrialResult, run_trial
@@ -53,6 +59,10 @@ from search.tracking.uris import sqlite_path
 logger = logging.getLogger(__name__)
 
 RUN_NAME = "mlflow.runName"  # the MLflow tag that renames a run
+#: MLflow tags naming where a trial ran (:func:`node_tags`)
+TAG_HOSTNAME, TAG_RAY_NODE, TAG_NODE_IP = "node.hostname", "node.ray_id", "node.ip"
+#: MLflow tag: ``shipped`` (the driver's references, through Ray) or ``bank`` (loaded in the trial)
+TAG_REFERENCES = "references"
 
 #: config keys that steer the trial rather than configure it
 CONTROL_KEYS = (TRIAL_NUMBER, DUPLICATE_OF, REUSE)
@@ -76,11 +86,23 @@ class TrialContext:
         return [*study.metrics, *(c.metric for c in study.constraints)]
 
 
-def run_search_trial(sampled: dict[str, Any], ctx: TrialContext) -> dict[str, Any]:
+def run_search_trial(
+    sampled: dict[str, Any],
+    ctx: TrialContext,
+    *,
+    reference_signals: ReferenceSignals | None = None,
+    node: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Run one trial and return the flat dict that is reported to Tune (and so to Optuna).
 
     The dict always holds every objective (NaN when the trial failed), ``failed``, ``seconds``
     and :data:`RECORD` (the trial's MLflow run as JSON, for the driver's run directory).
+
+    ``reference_signals``: the screening references the driver loaded once and shipped through
+    Ray (:data:`TAG_REFERENCES` ``= shipped``): the trial scores against them and never opens
+    ``attack.bank_dir``. Without them (a space that searches data or model keys) the trial loads
+    its references from the bank, training what is missing (``= bank``). ``node``: tags naming
+    where the trial ran (:func:`node_tags`).
     """
     params = {k: v for k, v in sampled.items() if k not in CONTROL_KEYS}
     number = int(sampled.get(TRIAL_NUMBER, -1))
@@ -93,10 +115,11 @@ def run_search_trial(sampled: dict[str, Any], ctx: TrialContext) -> dict[str, An
     )
     with tracker:
         report: dict[str, Any] = {"mlflow_run_id": tracker.run_id}
+        tracker.set_tags(node or {})
         if DUPLICATE_OF in sampled:
             report.update(_reuse(sampled, params, ctx, tracker))
         else:
-            report.update(_train_and_attack(params, ctx, tracker, injected))
+            report.update(_train_and_attack(params, ctx, tracker, injected, reference_signals))
     report["seconds"] = time.perf_counter() - start
     report[RECORD] = json.dumps(tracker.record())
     return report
@@ -107,6 +130,7 @@ def _train_and_attack(
     ctx: TrialContext,
     tracker: TrialTracker,
     injected: tuple[faults.Fault, ...],
+    reference_signals: ReferenceSignals | None = None,
 ) -> dict[str, Any]:
     report: dict[str, Any] = {}
     seeds: list[int] = []
@@ -119,6 +143,7 @@ def _train_and_attack(
         report.update(describe(cfg))
         tracker.set_tags({RUN_NAME: space_run_name(tracker.trial_number, cfg, ctx.space)})
         tracker.log_params(cfg.to_flat())
+        tracker.set_tags({TAG_REFERENCES: "shipped" if reference_signals is not None else "bank"})
         seeds = repeat_seeds(cfg.train.seed, ctx.space.study.repeats)
         for r, seed in enumerate(seeds):
             if len(seeds) > 1:
@@ -126,9 +151,12 @@ def _train_and_attack(
             results.append(
                 run_trial(
                     cfg.replace(**{"train.seed": seed}),
-                    bank=ReferenceBank(cfg.attack.bank_dir),
+                    bank=None
+                    if reference_signals is not None
+                    else ReferenceBank(cfg.attack.bank_dir),
                     on_epoch=_on_epoch(tracker, injected, "" if r == 0 else f"seed{r}/"),
                     references=ctx.references,
+                    reference_signals=reference_signals,
                 )
             )
     except Exception as error:
@@ -225,10 +253,29 @@ def _delete_sqlite_store(uri: str) -> None:
         logger.warning("PPTP_TEST_FAULT: deleted the tracking store %s", path)
 
 
-def trainable(config: dict[str, Any], ctx: TrialContext) -> None:
-    """The function Tune runs (wrapped with ``tune.with_parameters(trainable, ctx=...)``)."""
+def trainable(
+    config: dict[str, Any], ctx: TrialContext, reference_signals: ReferenceSignals | None = None
+) -> None:
+    """The function Tune runs, wrapped with ``tune.with_parameters(trainable, ctx=...,
+    reference_signals=<ObjectRef>)``: Tune resolves both from Ray's object store on whichever node
+    runs the trial (the signals are read in place from the node's shared memory)."""
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    tune.report(run_search_trial(config, ctx))
+    tune.report(
+        run_search_trial(config, ctx, reference_signals=reference_signals, node=node_tags())
+    )
+
+
+def node_tags() -> dict[str, str]:
+    """Where this process runs, as MLflow tags: :data:`TAG_HOSTNAME` (the machine's host name)
+    and, inside Ray, :data:`TAG_RAY_NODE` (the Ray node id, which tells apart two nodes of one
+    machine) and :data:`TAG_NODE_IP` (the address the node registered with)."""
+    tags = {TAG_HOSTNAME: socket.gethostname()}
+    import ray
+
+    if ray.is_initialized():
+        tags[TAG_RAY_NODE] = ray.get_runtime_context().get_node_id()
+        tags[TAG_NODE_IP] = ray.util.get_node_ip_address()
+    return tags
 
 
 def describe(cfg: TrialConfig) -> dict[str, Any]:
@@ -237,4 +284,4 @@ def describe(cfg: TrialConfig) -> dict[str, Any]:
     return {"operator": operator, "strength": cfg.protect.strength, "defense": cfg.defense.name}
 
 
-__all__ = ["TrialContext", "TrialResult", "run_search_trial", "trainable"]
+__all__ = ["TrialContext", "TrialResult", "node_tags", "run_search_trial", "trainable"]
