@@ -97,6 +97,9 @@ class DefenseConfig:
     max_grad_norm: float = 1.0  # dpsgd
     delta: float = 1.0e-5  # dpsgd: the delta of (epsilon, delta)
     relaxloss_alpha: float = 0.5  # relaxloss: target loss level (Chen et al. 2022)
+    # one knob in [0, 1] for every defense, as protect.strength is for operators: when set, it
+    # replaces the defense's own knob above (pptp.defenses.resolve_strength says how); None: off
+    strength: float | None = None
 
 
 @dataclass(frozen=True)

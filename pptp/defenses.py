@@ -22,19 +22,38 @@ composes with, and why the others are refused.
 ``relaxloss``        RelaxLoss (Chen et al., ICLR 2022, "RelaxLoss: Defending Membership
                      Inference Attacks without Losing Utility", Algorithm 1)
 ===================  ======================================================================
+
+**One strength for every defense.** A baseline is only as fair as its tuning (Aerni et al. 2024:
+at equal accuracy a tuned DP-SGD beats every heuristic defense), so each defense's own knob is
+searchable in the same study through ``defense.strength`` in [0, 1], as ``protect.strength`` is
+for operators; :func:`resolve_strength` maps it (this project's choice of ranges, 0 the weakest
+setting and 1 a strong one; when ``defense.strength`` is null the knobs are used as given):
+
+===================  ======================================================================
+``weight_decay``     ``train.weight_decay * (STRONG_WEIGHT_DECAY / train.weight_decay) ** s``
+                     (log scale, from the recipe's own decay at 0 to 5e-2 at 1)
+``label_smoothing``  ``0.5 * s``
+``early_stopping``   patience ``round(epochs - s * (epochs - 1))``: never stops early at 0, one
+                     epoch of patience at 1 (the best epoch's weights are kept either way)
+``dpsgd``            noise multiplier ``2.0 * s`` (``defense.max_grad_norm`` is its own key; at
+                     0 only clipping acts and epsilon is infinite)
+``relaxloss``        alpha ``2.0 * s`` (0: plain descent; ln 10 = 2.3 is the loss of a uniform
+                     guess over 10 classes)
+===================  ======================================================================
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-from pptp.config import DefenseConfig
+from pptp.config import DefenseConfig, TrainConfig
 from pptp.errors import ConfigError
 from pptp.hooks import Mechanism, Needs, TrainContext
 from pptp.registry import Registry
@@ -54,8 +73,49 @@ DEFENSES: Registry[type[Defense]] = Registry("defense")
 
 
 def build_defense(cfg: DefenseConfig) -> Defense:
-    """The defense ``cfg.name``."""
+    """The defense ``cfg.name`` (pass a config through :func:`resolve_strength` first)."""
     return DEFENSES[cfg.name](cfg)
+
+
+STRONG_WEIGHT_DECAY = 5.0e-2
+MAX_LABEL_SMOOTHING = 0.5
+MAX_NOISE_MULTIPLIER = 2.0
+MAX_RELAXLOSS_ALPHA = 2.0
+
+
+def _weight_decay(s: float, train: TrainConfig) -> dict[str, Any]:
+    start = max(train.weight_decay, 1.0e-5)  # a recipe without decay starts the scale at 1e-5
+    return {
+        "weight_decay": start * (STRONG_WEIGHT_DECAY / start) ** s if s > 0 else train.weight_decay
+    }
+
+
+#: defense name -> its knob(s) at strength s (module docstring); ``none`` has no knob
+STRENGTH_KNOBS: dict[str, Callable[[float, TrainConfig], dict[str, Any]]] = {
+    "none": lambda s, train: {},
+    "weight_decay": _weight_decay,
+    "label_smoothing": lambda s, train: {"label_smoothing": MAX_LABEL_SMOOTHING * s},
+    "early_stopping": lambda s, train: {
+        "patience": max(1, round(train.epochs - s * (train.epochs - 1)))
+    },
+    "dpsgd": lambda s, train: {"noise_multiplier": MAX_NOISE_MULTIPLIER * s},
+    "relaxloss": lambda s, train: {"relaxloss_alpha": MAX_RELAXLOSS_ALPHA * s},
+}
+
+
+def resolve_strength(cfg: DefenseConfig, train: TrainConfig) -> DefenseConfig:
+    """``cfg`` with ``defense.strength`` turned into the defense's own knob (module docstring);
+    unchanged when the strength is null. Every registered defense must have a knob here."""
+    if cfg.strength is None:
+        return cfg
+    if not 0.0 <= cfg.strength <= 1.0:
+        raise ConfigError(
+            f"defense.strength = {cfg.strength} is outside [0, 1]; 0 is the defense's weakest "
+            "setting, 1 a strong one (null: use the defense's own keys)"
+        )
+    if cfg.name not in STRENGTH_KNOBS:
+        raise ConfigError(f"defense {cfg.name!r} has no strength knob; set its own keys")
+    return dataclasses.replace(cfg, **STRENGTH_KNOBS[cfg.name](cfg.strength, train))
 
 
 @DEFENSES.register("none")
@@ -251,8 +311,8 @@ class RelaxLoss(Defense):
 
     def __init__(self, cfg: DefenseConfig) -> None:
         super().__init__(cfg)
-        if cfg.relaxloss_alpha <= 0:
-            raise ConfigError(f"defense.relaxloss_alpha = {cfg.relaxloss_alpha} must be > 0")
+        if cfg.relaxloss_alpha < 0:
+            raise ConfigError(f"defense.relaxloss_alpha = {cfg.relaxloss_alpha} must be >= 0")
         self.alpha = cfg.relaxloss_alpha
 
     def loss(self, ctx: TrainContext, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,7 @@ from torch import nn
 from pptp.compose import check_pair
 from pptp.config import DataConfig, DefenseConfig, ModelConfig, ProtectConfig, TrainConfig
 from pptp.data import Pool, augment, batches, load_raw, make_pool
-from pptp.defenses import build_defense
+from pptp.defenses import build_defense, resolve_strength
 from pptp.device import autocast, channels_last, resolve_device
 from pptp.errors import ConfigError
 from pptp.hooks import FineTune, Mechanism, TrainContext, snapshot
@@ -159,7 +159,7 @@ def train(
     phases) as soon as it is measured (trackers stream curves through it).
     """
     protect = protect or ProtectConfig()
-    defense = defense or DefenseConfig()
+    defense = resolve_strength(defense or DefenseConfig(), cfg)  # defense.strength -> its knob
     check_pair(protect.operator, defense.name)  # defence in depth: search/ checks it first
     operator, guard = build_operator(protect), build_defense(defense)
     mechanisms: tuple[Mechanism, ...] = (operator, guard)
@@ -170,7 +170,7 @@ def train(
     part = partition(model, selection) if selection is not None else None
     ctx = _context(model, part, cfg, device, n_members=len(members))
     data = _Data.of(pool, members, device, mechanisms)
-    # the one optimizer: a free and a protected parameter group (STYLE.md lesson 5)
+    # the one optimizer: protected and free parameter groups (STYLE.md lesson 5)
     base = _sgd(cfg, ctx, mechanisms)
     if any(m.needs.grad_terms for m in mechanisms):
         base.register_step_pre_hook(_grad_terms_hook(ctx, mechanisms))

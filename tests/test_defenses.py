@@ -121,7 +121,7 @@ def test_relaxloss_ascends_below_alpha_on_even_epochs() -> None:
         (DefenseConfig(name="weight_decay", weight_decay=-1.0), "defense.weight_decay"),
         (DefenseConfig(name="label_smoothing", label_smoothing=1.0), "defense.label_smoothing"),
         (DefenseConfig(name="early_stopping", patience=0), "defense.patience"),
-        (DefenseConfig(name="relaxloss", relaxloss_alpha=0.0), "defense.relaxloss_alpha"),
+        (DefenseConfig(name="relaxloss", relaxloss_alpha=-0.5), "defense.relaxloss_alpha"),
         (DefenseConfig(name="dpsgd", max_grad_norm=0.0), "defense.max_grad_norm"),
         (DefenseConfig(name="mixup"), "known: dpsgd, early_stopping"),
     ],
