@@ -25,7 +25,6 @@ from pptp.errors import ConfigError
 PlanT = TypeVar("PlanT")
 
 ENVIRONMENT = {
-    "RAY_AUTH_MODE": "disabled",  # no ~/.ray/auth_token
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "MLFLOW_LOGGING_LEVEL": "WARNING",  # no "Creating initial tables" lines
     "RAY_DEDUP_LOGS": "0",
@@ -40,9 +39,27 @@ ENVIRONMENT = {
 }
 
 
+#: set (unless the user set them) only for the Ray a driver starts itself on this machine, by
+#: :func:`local_ray_environment`; a cluster joined with ``--address`` gets the user's environment
+#: as it is (Ray then uses token authentication when the user set ``RAY_AUTH_MODE=token`` or
+#: has a token in ``~/.ray/auth_token``, and none otherwise)
+LOCAL_RAY_ENVIRONMENT = {
+    # a local Ray's GCS and raylets still listen on every interface (docs: "Running on a
+    # cluster"); without this Ray 2.60 writes ~/.ray/auth_token and enables token auth
+    "RAY_AUTH_MODE": "disabled",
+}
+
+
 def quiet_environment() -> None:
     """Set the defaults above, unless the user set them."""
     for key, value in ENVIRONMENT.items():
+        os.environ.setdefault(key, value)
+
+
+def local_ray_environment() -> None:
+    """Set :data:`LOCAL_RAY_ENVIRONMENT` (unless the user set it): call it right before a
+    ``ray.init()`` that starts Ray on this machine, never before joining a cluster."""
+    for key, value in LOCAL_RAY_ENVIRONMENT.items():
         os.environ.setdefault(key, value)
 
 

@@ -47,6 +47,7 @@ from pptp.errors import ConfigError
 from pptp.fileio import atomic_write
 from search import rundir
 from search.cli import add_output_flags, quiet_environment, run_command, verbosity
+from search.tracking.uris import redact
 
 quiet_environment()  # before anything imports ray or mlflow
 
@@ -97,6 +98,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="MLflow tracking URI (default: the embedded SQLite store under mlflow/)",
     )
     p.add_argument("--output", help="run directory (default: runs/<study>/<timestamp>)")
+    p.add_argument(
+        "--storage",
+        help="Optuna storage: a database URL every driver of the study reaches, e.g. "
+        "postgresql://user@db-host/optuna (default: study.db in the run directory); with "
+        "--resume, continues the study from any machine (a new --output there)",
+    )
     p.add_argument("--seed", type=int, help="sampler seed (overrides study.seed)")
     p.add_argument("--data-dir", help="where the dataset lives on disk (overrides data.data_dir)")
     add_output_flags(p)
@@ -142,6 +149,8 @@ class Plan:
     seeded: list[dict[str, Any]]  # first trials from study.localization (search/steering.py)
     lock: Any  # search.lock.RunLock, held
     verbosity: int = 0
+    storage_url: str | None = None  # --storage (or the run's): the study in a shared database
+    claim: Any = None  # search.shared_study.DriverClaim, held while the driver runs
 
     def say(self, line: str) -> None:
         """A progress line (not with --quiet)."""
@@ -153,6 +162,7 @@ def prepare(args: argparse.Namespace) -> Plan:
     """Every check that can fail on bad input; starts nothing (takes the run directory's lock)."""
     from search.cluster import probe_ray_address
     from search.lock import RunLock
+    from search.shared_study import check_storage, has_study, open_storage
     from search.space import load_space
     from search.steering import localization_enqueue
     from search.tracking import check_tracking, resolve_tracking_uri
@@ -165,22 +175,41 @@ def prepare(args: argparse.Namespace) -> Plan:
     n_trials = args.n_trials if args.n_trials is not None else space.study.n_trials
     if n_trials < 1:
         raise ConfigError(f"--n-trials = {n_trials} must be >= 1")
+    storage_url = args.storage
+    if storage_url:
+        check_storage(storage_url)
     state = None
     lock = None
+    run_dir: Path | None = None
     if args.resume:
-        run_dir = rundir.existing_run_dir(space.study.name, args.output)
-        lock = RunLock(run_dir)
-        lock.acquire()  # a live driver there: RunDirBusy, before anything is changed
-        state = rundir.read_state(run_dir)
+        run_dir = rundir.resume_target(space.study.name, args.output, storage_url)
+        if run_dir is not None:
+            lock = RunLock(run_dir)
+            lock.acquire()  # a live driver there: RunDirBusy, before anything is changed
+            state = rundir.read_state(run_dir)
+            if storage_url and not state.storage:
+                raise ConfigError(
+                    f"--resume --storage: {run_dir} keeps its study in its own study.db; resume "
+                    "it without --storage (a study cannot move into a database)"
+                )
+            storage_url = storage_url or state.storage
+        else:  # the study of another machine: its state comes from the database
+            state = _shared_state(storage_url, space)
         if state.space_sha256 != space.sha256:
             raise ConfigError(
-                f"{args.space} changed since {run_dir} started (sha256 {state.space_sha256[:12]} "
-                f"then, {space.sha256[:12]} now); a study resumes with the same space: restore "
-                "the file, or start a new run without --resume"
+                f"{args.space} changed since {run_dir or 'the study'} started (sha256 "
+                f"{state.space_sha256[:12]} then, {space.sha256[:12]} now); a study resumes with "
+                "the same space: restore the file, or start a new run without --resume"
             )
         uri = resolve_tracking_uri(args.tracking_uri or state.tracking_uri)
     else:
         uri = resolve_tracking_uri(args.tracking_uri)
+        if storage_url and has_study(open_storage(storage_url), space.study.name):
+            raise ConfigError(
+                f"--storage {redact(storage_url)} already holds a study named "
+                f"{space.study.name!r}; pass --resume to continue it (from any machine), or "
+                "rename the study (study.name)"
+            )
     check_tracking(uri)
     check_data(space.base_config().data)
     if args.address is None:
@@ -188,7 +217,7 @@ def prepare(args: argparse.Namespace) -> Plan:
     else:
         probe_ray_address(args.address)
     seeded = localization_enqueue(space) if state is None else []
-    if state is None:
+    if run_dir is None:
         run_dir = rundir.new_run_dir(space.study.name, args.output)
         lock = RunLock(run_dir)
         lock.acquire()  # a live driver there: RunDirBusy naming it
@@ -197,7 +226,52 @@ def prepare(args: argparse.Namespace) -> Plan:
         except ConfigError:
             lock.release()
             raise
-    return Plan(args, space, run_dir, uri, n_trials, state, seeded, lock, verbosity(args))
+    return Plan(
+        args,
+        space,
+        run_dir,
+        uri,
+        n_trials,
+        state,
+        seeded,
+        lock,
+        verbosity(args),
+        storage_url=storage_url,
+    )
+
+
+def _shared_state(storage_url: str | None, space: Any) -> Any:
+    """The run state a study in a shared database records (:mod:`search.shared_study`), for a
+    driver that resumes it from a new run directory (another machine)."""
+    import optuna
+
+    from search.shared_study import RUN_ATTR, open_storage, read_run
+
+    assert storage_url is not None
+    name = space.study.name
+    try:
+        study = optuna.load_study(study_name=name, storage=open_storage(storage_url))
+    except KeyError:
+        raise ConfigError(
+            f"--resume: {redact(storage_url)} holds no study named {name!r}; start it without "
+            "--resume"
+        ) from None
+    shared = read_run(study)
+    if shared is None:
+        raise ConfigError(
+            f"--resume: study {name!r} in {redact(storage_url)} was not started by search/run.py "
+            f"(no {RUN_ATTR} user attribute); resume it from its own run directory"
+        )
+    return rundir.RunState(
+        study_name=name,
+        space_path=str(space.path),
+        space_sha256=shared.space_sha256,
+        tracking_uri=shared.tracking_uri,
+        parent_run_id=shared.parent_run_id,
+        experiment_id=shared.experiment_id,
+        cwd=str(Path.cwd()),
+        storage=storage_url,
+    )
 
 
 def check_local_resources(space: Any) -> None:
@@ -218,7 +292,14 @@ def execute(plan: Plan) -> int:
     try:
         return _execute(plan)
     finally:
+        if plan.claim is not None:
+            plan.claim.release()
         plan.lock.release()
+
+
+def _storage(plan: Plan) -> Any:
+    """The study's Optuna storage: the shared database, or the run directory's study.db."""
+    return rundir.storage(plan.run_dir, uri=plan.storage_url)
 
 
 def _execute(plan: Plan) -> int:
@@ -236,16 +317,29 @@ def _execute(plan: Plan) -> int:
         )
     print(space.describe())
     print(f"run dir     {run_dir}")
-    print(f"tracking    {plan.tracking_uri}", flush=True)
+    print(f"tracking    {redact(plan.tracking_uri)}", flush=True)
+    if plan.storage_url:
+        print(f"optuna      {redact(plan.storage_url)} (shared)", flush=True)
     atomic_write(run_dir / "space.yaml", _yaml(space.resolved()))
 
-    storage = rundir.storage(run_dir)
-    study = optuna.create_study(
-        storage=storage,
-        study_name=space.study.name,
-        directions=space.study.directions,
-        load_if_exists=True,
-    )
+    try:
+        study = optuna.create_study(
+            storage=_storage(plan),
+            study_name=space.study.name,
+            directions=space.study.directions,
+            load_if_exists=plan.state is not None or not plan.storage_url,
+        )
+    except optuna.exceptions.DuplicatedStudyError:
+        raise ConfigError(
+            f"another driver created study {space.study.name!r} in "
+            f"{redact(plan.storage_url or '')} a moment ago; pass --resume to join it"
+        ) from None
+    if plan.storage_url:
+        from search.shared_study import DriverClaim
+
+        claim = DriverClaim(plan.storage_url, space.study.name, run_dir)
+        claim.acquire()  # before anything touches the study: a live driver's trials stay live
+        plan.claim = claim
     if plan.state is None:
         for params in [*space.study.enqueue, *plan.seeded]:
             rundir.enqueue(study, params)
@@ -295,8 +389,22 @@ def _with_parent(plan: Plan, tracker: Any, study: Any, interrupted: list[int]) -
             parent_run_id=tracker.parent_run_id,
             experiment_id=tracker.experiment_id,
             cwd=str(Path.cwd()),
+            storage=plan.storage_url,
         ),
     )
+    if plan.storage_url:
+        from search.shared_study import SharedRun, publish_run
+
+        publish_run(
+            study,
+            SharedRun(
+                space_sha256=space.sha256,
+                space_path=str(space.path),
+                tracking_uri=plan.tracking_uri,
+                parent_run_id=tracker.parent_run_id,
+                experiment_id=tracker.experiment_id,
+            ),
+        )
     if space.study.localization:
         where = str(space.study.localization.get("run"))
         tracker.client.set_tag(tracker.parent_run_id, "localization_run", where)
@@ -360,7 +468,7 @@ def _run_session(plan: Plan, tracker: Any, study: Any, remaining: int) -> int | 
             mode=space.study.modes,
             sampler=build_sampler(sampler_study, source=str(space.path)),
             study_name=space.study.name,
-            storage=rundir.storage(plan.run_dir),
+            storage=_storage(plan),
             constraints=space.study.constraints,
             wanted=ctx.wanted,
         )
@@ -401,9 +509,7 @@ def _interrupted(plan: Plan, tracker: Any, searcher: Any) -> int:
 
     if searcher is not None:
         searcher.fail_awaiting()
-    study = optuna.load_study(
-        study_name=plan.space.study.name, storage=rundir.storage(plan.run_dir)
-    )
+    study = optuna.load_study(study_name=plan.space.study.name, storage=_storage(plan))
     numbers = rundir.fail_interrupted(study)
     try:
         tracker.mark_stale_children(f"{INTERRUPTED_REASON} (Ctrl-C)", status="KILLED")
@@ -452,7 +558,7 @@ def _finish(plan: Plan, tracker: Any, identity: Any, report: Any) -> int:
     from search.sync import finish_tracking, store_replaced
 
     space = plan.space
-    study = optuna.load_study(study_name=space.study.name, storage=rundir.storage(plan.run_dir))
+    study = optuna.load_study(study_name=space.study.name, storage=_storage(plan))
     rows = _rows(plan, study)
     _write_front_csv(plan.run_dir, rows)
     done = rundir.finished_count(study)
@@ -505,8 +611,11 @@ def _start_ray(plan: Plan) -> None:
     """``ray.init``; a cluster that answered the probe but cannot be joined is bad input."""
     import ray
 
+    from search.cli import local_ray_environment
     from search.cluster import RayUnreachable
 
+    if _local_ray(plan):
+        local_ray_environment()  # never for a cluster the user started: their settings hold
     try:
         ray.init(**_ray_init_args(plan))
     except (ConnectionError, TimeoutError) as error:
@@ -518,9 +627,13 @@ def _start_ray(plan: Plan) -> None:
         ) from error
 
 
+def _local_ray(plan: Plan) -> bool:
+    return plan.args.address in (None, "", "local")
+
+
 def _ray_init_args(plan: Plan) -> dict[str, Any]:
     verbose = plan.verbosity > 0
-    if plan.args.address:
+    if not _local_ray(plan):
         return {"address": plan.args.address, "log_to_driver": verbose}
     return {
         "num_cpus": os.cpu_count(),
@@ -801,9 +914,17 @@ def _write_front_csv(run_dir: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def _resume_hint(plan: Plan) -> str:
-    return (
-        f"Resume with:\n  python search/run.py --space {shlex.quote(str(plan.space.path))} "
+    command = (
+        f"python search/run.py --space {shlex.quote(str(plan.space.path))} "
         f"--resume --output {shlex.quote(str(plan.run_dir))}"
+    )
+    if not plan.storage_url:
+        return f"Resume with:\n  {command}"
+    storage = shlex.quote(redact(plan.storage_url))
+    return (
+        f"Resume with:\n  {command} --storage {storage}\nor, from another machine:\n  "
+        f"python search/run.py --space {shlex.quote(str(plan.space.path))} --resume "
+        f"--storage {storage} --output <a new run directory>"
     )
 
 

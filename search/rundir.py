@@ -3,8 +3,10 @@
 Layout::
 
     runs/<study>/<YYYYmmdd-HHMMSS>/
-        study.db            Optuna's SQLite storage (every finished trial survives kill -9)
-        state.json          study name, space path and hash, tracking URI, MLflow parent run
+        study.db            Optuna's SQLite storage (every finished trial survives kill -9);
+                            absent when the study lives in a shared database (--storage)
+        state.json          study name, space path and hash, tracking URI, MLflow parent run,
+                            the Optuna storage URL when it is not study.db
         space.yaml          the resolved space
         pareto_front.csv    the front, rewritten at the end of every session
         trials/             every ended trial's record, MLflow run included (search.records)
@@ -15,6 +17,11 @@ Layout::
 RUNNING by a killed driver are marked FAIL with ``interrupted`` set, and do not count; those that
 were enqueued (the undefended baseline, the first PPTP points: user attribute ``enqueued``) are
 enqueued again, so a resumed study never loses its baseline.
+
+With ``--storage URL`` the Optuna study lives in a shared database (:mod:`search.shared_study`)
+and the run directory is only this machine's view of it: ``--resume --storage URL`` on another
+machine, with a new (or no) ``--output``, starts a run directory of its own from what the study
+records (:func:`resume_target`).
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ class RunState:
     parent_run_id: str | None = None
     experiment_id: str | None = None
     cwd: str | None = None  # where the driver ran: relative data/bank folders resolve against it
+    storage: str | None = None  # the Optuna storage URL (--storage); None: study.db here
 
 
 def absolute_paths(cfg: TrialConfig, *, cwd: str | Path | None = None) -> dict[str, str]:
@@ -72,9 +80,15 @@ def new_run_dir(study_name: str, output: str | None) -> Path:
     return path.resolve()
 
 
+def has_study(path: Path) -> bool:
+    """Whether ``path`` is a run directory of a study: its ``study.db``, or the ``state.json`` of
+    a study kept in a shared database."""
+    return (path / "study.db").exists() or (path / "state.json").exists()
+
+
 def refuse_existing_study(path: Path) -> None:
     """ConfigError when ``path`` already holds a study (a new run must not write into it)."""
-    if (path / "study.db").exists():
+    if has_study(path):
         raise ConfigError(
             f"{path} already holds a study; pass --resume to continue it, or another --output"
         )
@@ -84,21 +98,57 @@ def existing_run_dir(study_name: str, output: str | None) -> Path:
     """The run to resume: ``--output``, or the newest under ``runs/<study>/``."""
     if output:
         path = Path(output)
-        if not (path / "study.db").exists():
+        if not has_study(path):
             raise ConfigError(
-                f"--resume: {path} holds no study (no study.db); start it without --resume"
+                f"--resume: {path} holds no study (no study.db or state.json); start it without "
+                "--resume, or give --storage to resume a study kept in a database"
             )
         return path.resolve()
-    candidates = sorted((RUNS / study_name).glob("*/study.db"))
+    candidates = _local_runs(study_name)
     if not candidates:
         raise ConfigError(
             f"--resume: no earlier run of study {study_name!r} under "
             f"{RUNS / study_name}; start it without --resume"
         )
-    return candidates[-1].parent.resolve()
+    return candidates[-1]
 
 
-def storage(run_dir: Path) -> optuna.storages.RDBStorage:
+def _local_runs(study_name: str) -> list[Path]:
+    """This machine's run directories of ``study_name``, oldest first (their names are times)."""
+    return sorted(p.resolve() for p in (RUNS / study_name).glob("*") if has_study(p))
+
+
+def resume_target(study_name: str, output: str | None, storage_url: str | None) -> Path | None:
+    """The run directory ``--resume`` continues, or None when ``--resume --storage`` must start a
+    new one here (another machine's study: :func:`new_run_dir`, state from the database).
+
+    Without ``storage_url`` it is :func:`existing_run_dir`. With it: ``--output`` when that holds
+    a run, else None (a new run directory there); without ``--output``, the newest run here
+    whose state names the same storage, else None (a new ``runs/<study>/<time>``).
+    """
+    if storage_url is None:
+        return existing_run_dir(study_name, output)
+    if output:
+        return Path(output).resolve() if has_study(Path(output)) else None
+    for path in reversed(_local_runs(study_name)):
+        try:
+            if read_state(path).storage == storage_url:
+                return path
+        except ConfigError:
+            continue
+    return None
+
+
+def storage(run_dir: Path, *, uri: str | None = None) -> optuna.storages.RDBStorage:
+    """The run's Optuna storage: ``uri``, else the shared database ``state.json`` names, else the
+    run directory's ``study.db``."""
+    chosen = uri
+    if chosen is None and (run_dir / "state.json").exists():
+        chosen = read_state(run_dir).storage
+    if chosen:
+        from search.shared_study import open_storage
+
+        return open_storage(chosen)
     return optuna.storages.RDBStorage(f"sqlite:///{run_dir / 'study.db'}")
 
 

@@ -15,6 +15,8 @@ rather than MLflow's minutes of retries.
 from __future__ import annotations
 
 import base64
+import importlib.util
+import logging
 import os
 import re
 import socket
@@ -26,6 +28,8 @@ import urllib.request
 from pathlib import Path
 
 from pptp.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,7 +63,56 @@ def resolve_tracking_uri(uri: str | None) -> str:
         return chosen
     if scheme in ("http", "https"):
         return chosen.rstrip("/")
-    return chosen
+    return database_url(chosen)
+
+
+def database_url(uri: str) -> str:
+    """``uri`` with a PostgreSQL driver SQLAlchemy can load, for MLflow's and Optuna's stores.
+
+    SQLAlchemy 2.1 (which MLflow 3.17 installs) maps ``postgresql://`` to psycopg 3; the
+    project's ``server`` extra installs psycopg2 (``pip install -e '.[server]'``). So when
+    ``psycopg`` cannot be imported and ``psycopg2`` can, ``postgresql://`` (and Heroku's
+    ``postgres://``) become ``postgresql+psycopg2://``, said once per process as a warning. A URI
+    that names its driver (``postgresql+psycopg2://``, ``postgresql+psycopg://``) and any other
+    scheme are returned as they are. No driver at all is a :class:`TrackingUnavailable` naming
+    the extra.
+    """
+    scheme, sep, rest = uri.partition("://")
+    if not sep or scheme.lower() not in ("postgresql", "postgres"):
+        return uri
+    have_3, have_2 = _importable("psycopg"), _importable("psycopg2")
+    if have_3:
+        return f"postgresql://{rest}"
+    if have_2:
+        global _PSYCOPG_NOTE_SHOWN
+        if not _PSYCOPG_NOTE_SHOWN:
+            _PSYCOPG_NOTE_SHOWN = True
+            logger.warning(
+                "%s://... : psycopg 3 is not installed, using psycopg2 (postgresql+psycopg2://)",
+                scheme,
+            )
+        return f"postgresql+psycopg2://{rest}"
+    raise TrackingUnavailable(
+        f"{redact(uri)}: no PostgreSQL driver is installed; install the server extra "
+        "(pip install -e '.[server]', which brings psycopg2-binary)"
+    )
+
+
+def redact(uri: str) -> str:
+    """``uri`` with its password (if any) shown as ``***``, for printing and logs."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.netloc.rpartition("@")[2]
+    user = urllib.parse.quote(parts.username or "", safe="")
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def _importable(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+_PSYCOPG_NOTE_SHOWN = False
 
 
 def check_tracking(uri: str, *, timeout_s: float = 10.0) -> None:
@@ -69,7 +122,8 @@ def check_tracking(uri: str, *, timeout_s: float = 10.0) -> None:
       client retries with backoff for minutes before failing); credentials from
       ``MLFLOW_TRACKING_TOKEN`` or ``MLFLOW_TRACKING_USERNAME``/``_PASSWORD`` are sent.
     - ``sqlite:///``: the database's folder is created if needed and must be writable.
-    - ``postgresql``/``mysql``/``mssql``: a TCP connection to the database host must open.
+    - ``postgresql``/``mysql``/``mssql``: a TCP connection to the database host must open (a
+      ``postgresql://`` URI is first given a driver, :func:`database_url`).
     - anything else: error.
     """
     scheme = urllib.parse.urlsplit(uri).scheme.lower()
@@ -77,7 +131,8 @@ def check_tracking(uri: str, *, timeout_s: float = 10.0) -> None:
         _check_http(uri, timeout_s=timeout_s)
     elif scheme == "sqlite":
         _check_sqlite(uri)
-    elif scheme.split("+")[0] in _SQL_SERVER_SCHEMES:
+    elif scheme.split("+")[0] in (*_SQL_SERVER_SCHEMES, "postgres"):
+        database_url(uri)  # a missing driver is named here, before anything starts
         _check_tcp(uri, timeout_s=timeout_s)
     else:
         raise TrackingUnavailable(
@@ -174,6 +229,7 @@ def _check_http(uri: str, *, timeout_s: float) -> None:
 def _check_tcp(uri: str, *, timeout_s: float) -> None:
     parts = urllib.parse.urlsplit(uri)
     scheme = parts.scheme.lower().split("+")[0]
+    scheme = "postgresql" if scheme == "postgres" else scheme
     host = parts.hostname or "localhost"
     port = parts.port or _SQL_SERVER_SCHEMES[scheme]
     try:
@@ -181,8 +237,8 @@ def _check_tcp(uri: str, *, timeout_s: float) -> None:
             pass
     except OSError as err:
         raise TrackingUnavailable(
-            f"tracking database {parts.scheme}://{host}:{port} is not reachable ({err}); start "
-            "the database or fix --tracking-uri"
+            f"database {parts.scheme}://{host}:{port} is not reachable ({err}); start "
+            "the database or fix the URI (--tracking-uri, --storage)"
         ) from err
 
 
