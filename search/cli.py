@@ -44,10 +44,15 @@ ENVIRONMENT = {
 #: as it is (Ray then uses token authentication when the user set ``RAY_AUTH_MODE=token`` or
 #: has a token in ``~/.ray/auth_token``, and none otherwise)
 LOCAL_RAY_ENVIRONMENT = {
-    # a local Ray's GCS and raylets still listen on every interface (docs: "Running on a
-    # cluster"); without this Ray 2.60 writes ~/.ray/auth_token and enables token auth
+    # the local Ray listens on 127.0.0.1 only (below), so no token: without this Ray 2.60 writes
+    # ~/.ray/auth_token and enables token authentication for every local run
     "RAY_AUTH_MODE": "disabled",
 }
+#: Ray's switch for a machine-local Ray (its default on macOS and Windows): the node's address is
+#: 127.0.0.1 instead of the routable one, and then the GCS, the raylet, the driver and the workers
+#: listen on 127.0.0.1 only (measured with ``ss -ltnp``: bench/ray_sockets.py). Ray reads it when
+#: ``ray`` is imported, so it is set only while ``ray`` is not imported yet in this process
+LOOPBACK_RAY = ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 def quiet_environment() -> None:
@@ -57,10 +62,14 @@ def quiet_environment() -> None:
 
 
 def local_ray_environment() -> None:
-    """Set :data:`LOCAL_RAY_ENVIRONMENT` (unless the user set it): call it right before a
-    ``ray.init()`` that starts Ray on this machine, never before joining a cluster."""
+    """Set :data:`LOCAL_RAY_ENVIRONMENT` and, while ``ray`` is not imported yet,
+    :data:`LOOPBACK_RAY` (each unless the user set it): call it before a ``ray.init()`` that
+    starts Ray on this machine (as early as possible: before anything imports ray), never before
+    joining a cluster."""
     for key, value in LOCAL_RAY_ENVIRONMENT.items():
         os.environ.setdefault(key, value)
+    if "ray" not in sys.modules:  # once imported, Ray keeps the value it read: never mix them
+        os.environ.setdefault(*LOOPBACK_RAY)
 
 
 def add_output_flags(parser: argparse.ArgumentParser) -> None:

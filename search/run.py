@@ -46,7 +46,13 @@ from pptp.data import check_data
 from pptp.errors import ConfigError
 from pptp.fileio import atomic_write
 from search import rundir
-from search.cli import add_output_flags, quiet_environment, run_command, verbosity
+from search.cli import (
+    add_output_flags,
+    local_ray_environment,
+    quiet_environment,
+    run_command,
+    verbosity,
+)
 from search.tracking.uris import redact
 
 quiet_environment()  # before anything imports ray or mlflow
@@ -115,6 +121,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.address in (None, "", "local") and not args.sync:
+        local_ray_environment()  # before anything imports ray: a local Ray listens on 127.0.0.1
     if args.sync:
         from search import sync
 
@@ -611,7 +619,6 @@ def _start_ray(plan: Plan) -> None:
     """``ray.init``; a cluster that answered the probe but cannot be joined is bad input."""
     import ray
 
-    from search.cli import local_ray_environment
     from search.cluster import RayUnreachable
 
     if _local_ray(plan):
