@@ -1,9 +1,13 @@
 """search.cluster: --address is probed within seconds (nothing there, not Ray, a real Ray head);
-max_concurrent is capped to what the resources run at once."""
+max_concurrent is capped to what the resources run at once. Secure by default: a local Ray
+listens on 127.0.0.1 only, and joining a cluster leaves Ray's authentication to the user."""
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +25,8 @@ from search.cluster import (
 )
 
 __all__ = ["ray_tmp"]  # the fixture, imported for its use below
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _serve(reply: bytes) -> Iterator[int]:
@@ -120,3 +126,58 @@ def test_concurrency_cap(
     assert (warning is None) == (got == wanted)
     if warning:
         assert f"study.max_concurrent = {wanted} capped to {cap}" in warning
+
+
+def test_ray_auth_is_left_to_the_user_when_joining_a_cluster(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--address``: the driver sets nothing of Ray's (the user's environment holds); a local
+    run sets RAY_AUTH_MODE=disabled unless the user chose otherwise."""
+    from search.run import main
+
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    port = _free_port()
+    space = str(REPO / "spaces" / "quickstart.yaml")
+    assert main(["--space", space, "--address", f"127.0.0.1:{port}"]) == 2
+    assert "no Ray cluster answers" in capsys.readouterr().err
+    assert "RAY_AUTH_MODE" not in os.environ
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # the user's choice holds for a local run too
+    assert main(["--space", "no-such-space.yaml"]) == 2
+    assert os.environ["RAY_AUTH_MODE"] == "token"
+    monkeypatch.delenv("RAY_AUTH_MODE")
+    assert main(["--space", "no-such-space.yaml"]) == 2
+    assert os.environ["RAY_AUTH_MODE"] == "disabled"
+
+
+def test_the_loopback_switch_is_set_only_before_ray_is_imported() -> None:
+    code = (
+        "import os, sys; from search.cli import local_ray_environment as f; f(); "
+        "a = os.environ.get('RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER'); "
+        "os.environ.pop('RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER', None); import ray; f(); "
+        "print(a, os.environ.get('RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER'))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["0", "None"]
+
+
+@pytest.mark.slow
+def test_a_local_run_listens_on_loopback_only(ray_tmp: str) -> None:
+    """What search/run.py sets before a local ray.init, measured with ``ss -ltnp`` over every
+    process of that Ray (bench/ray_sockets.py): no socket on every interface."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    out = subprocess.run(
+        [sys.executable, "bench/ray_sockets.py"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert "node address Ray reports: 127.0.0.1" in lines
+    assert any("gcs_server" in line for line in lines) and any("raylet" in line for line in lines)
+    assert lines[-1].endswith("sockets, 0 on every interface"), out.stdout
