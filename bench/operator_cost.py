@@ -12,7 +12,8 @@ for ``rewind`` it includes its ``finetune_epochs`` (default 2) epochs of fine-tu
 image size: an untimed one-epoch warm-up of each operator, then every configuration once, in an
 order rotated from repeat to repeat. The table shows medians over repeats, the median of the
 per-repeat ratios to ``none`` and, as checks on a shared noisy machine, the ratio of the fastest
-repeats and the median ratio of the process CPU time spent in ``train()``. Default sizes: 8x8 digits for 15 epochs (the quickstart) and 32x32 for 4 epochs.
+repeats and the median ratio of the process CPU time spent in ``train()``. Default sizes: 8x8
+digits for 15 epochs (the quickstart) and 32x32 for 4 epochs.
 
 ``--trees A,B`` runs the same measurement with each tree's own ``pptp`` (``PYTHONPATH=<tree>``),
 repeats interleaved across trees, and prints them side by side: a before/after in one run.

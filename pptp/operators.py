@@ -148,8 +148,8 @@ class NoiseOperator(Operator):
         if self.grads is None:
             return
         for n, p in ctx.protected.items():
-            if not p.requires_grad:
-                continue
+            if not p.requires_grad and n not in self.grads.taken:
+                continue  # frozen by someone else
             g = self.clipped_sum.pop(n, None)
             if g is None:  # unused in the forward pass: only noise
                 g = torch.zeros_like(p, dtype=torch.float32)
