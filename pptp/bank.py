@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from pptp.chance import chance_level
 from pptp.config import AttackConfig, DefenseConfig, ProtectConfig, TrialConfig
@@ -197,6 +198,7 @@ def train_entry(
         "train_acc": result.train_acc,
         "seconds": time.perf_counter() - start,
         "host": socket.gethostname(),
+        "torch_threads": torch.get_num_threads(),  # what it trained with (pptp/threads.py)
     }
     logger.info(
         "reference %d of %s: test_acc %.4f, %.1fs", index, key, result.test_acc, meta["seconds"]

@@ -75,7 +75,8 @@ class TrainResult:
     images_per_second: float
     protected_groups: tuple[str, ...]
     mask: dict[str, bool]  # group -> protected
-    extras: dict[str, float] = field(default_factory=dict)  # e.g. epsilon, dp_steps (dpsgd)
+    #: torch_threads (what it trained with), and the mechanisms' (epsilon, dp_steps for dpsgd)
+    extras: dict[str, float] = field(default_factory=dict)
 
 
 def build_model(cfg: ModelConfig, pool: Pool, *, seed: int) -> nn.Module:
@@ -206,7 +207,7 @@ def train(
         for m in mechanisms:
             m.detach(ctx)
 
-    extras: dict[str, float] = {}
+    extras: dict[str, float] = {"torch_threads": float(torch.get_num_threads())}  # pptp/threads.py
     for m in mechanisms:
         extras.update(m.summary())
     history = tuple(loop.history)

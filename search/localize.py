@@ -129,6 +129,7 @@ def prepare(args: argparse.Namespace) -> Plan:
 
 def execute(plan: Plan) -> int:
     from pptp.localize import localization_table, localize, plot_localization, write_csv
+    from pptp.threads import process_cpus, torch_threads
 
     space, cfg = plan.space, plan.cfg
     start = time.monotonic()
@@ -151,7 +152,9 @@ def execute(plan: Plan) -> int:
     )
     print(f"output      {plan.output}")
     print(f"tracking    {plan.tracking_uri}", flush=True)
-    result = localize(cfg, seeds=plan.seeds, progress=progress, max_examples=plan.max_examples)
+    with torch_threads(process_cpus()) as threads:  # explicit, whatever OMP_NUM_THREADS says
+        print(f"threads     {threads} torch threads (the CPUs of this process)", flush=True)
+        result = localize(cfg, seeds=plan.seeds, progress=progress, max_examples=plan.max_examples)
     print()
     print(localization_table(result))
     plan.output.mkdir(parents=True, exist_ok=True)

@@ -257,8 +257,19 @@ def _off_front_note(plan: Plan) -> str:
 
 
 def execute(plan: Plan) -> int:
+    """Print the pick, re-train and audit it, export it, register it; every training runs with as
+    many torch threads as this process's CPUs (:mod:`pptp.threads`)."""
+    from pptp.threads import process_cpus, torch_threads
+
+    with torch_threads(process_cpus()) as threads:
+        print(describe_pick(plan), flush=True)
+        if plan.seeds or plan.args.adaptive or plan.args.register:
+            print(f"threads     {threads} torch threads (the CPUs of this process)", flush=True)
+        return _execute(plan)
+
+
+def _execute(plan: Plan) -> int:
     args, run, c = plan.args, plan.run, plan.pick.candidate
-    print(describe_pick(plan), flush=True)
     cfg_run = plan.config.replace(**rundir.absolute_paths(plan.config, cwd=run.state.cwd))
     references = screening_references(run)
     comparison = Comparison(

@@ -760,7 +760,7 @@ def _train_references(plan: Plan) -> References:
     flat = base.to_flat()
     options = {"num_cpus": res.cpus, "num_gpus": res.gpus}
     pending = [
-        ray.remote(_train_reference).options(**options).remote(flat, i, list(queries))
+        ray.remote(_train_reference).options(**options).remote(flat, i, list(queries), res.cpus)
         for i in missing
     ]
     start, done = time.perf_counter(), 0
@@ -822,16 +822,19 @@ def _reference_failure(error: Exception) -> Exception:
     return ReferencesUnavailable(f"{what}; fix the cause and run again with --resume")
 
 
-def _train_reference(flat: dict[str, Any], index: int, queries: list[str]) -> Any:
-    """A Ray task on any node: train reference ``index`` and return it
-    (:class:`pptp.bank.ReferenceEntry`); it writes nothing on that node."""
+def _train_reference(flat: dict[str, Any], index: int, queries: list[str], cpus: float) -> Any:
+    """A Ray task on any node: train reference ``index`` with as many torch threads as the
+    ``cpus`` the task reserved, and return it (:class:`pptp.bank.ReferenceEntry`, whose meta
+    records ``torch_threads``); it writes nothing on that node."""
     import logging as _logging
 
     from pptp.bank import train_entry
     from pptp.config import TrialConfig
+    from pptp.threads import torch_threads
 
     _logging.basicConfig(level=_logging.INFO)
-    return train_entry(TrialConfig.from_flat(flat), index, queries=queries)
+    with torch_threads(cpus):
+        return train_entry(TrialConfig.from_flat(flat), index, queries=queries)
 
 
 def _check_references(root: str, flat: dict[str, Any], n: int) -> None:

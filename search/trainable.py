@@ -45,6 +45,7 @@ from ray import tune
 
 from pptp.bank import ReferenceBank, ReferenceSignals
 from pptp.config import TrialConfig
+from pptp.threads import torch_threads
 from pptp.train import EpochLog
 from pptp.trial import TrialResult, run_trial
 from search import faults
@@ -61,6 +62,8 @@ logger = logging.getLogger(__name__)
 RUN_NAME = "mlflow.runName"  # the MLflow tag that renames a run
 #: MLflow tags naming where a trial ran (:func:`node_tags`)
 TAG_HOSTNAME, TAG_RAY_NODE, TAG_NODE_IP = "node.hostname", "node.ray_id", "node.ip"
+#: MLflow tag: the torch threads the trial trained with (``study.resources.cpus``, rounded down)
+TAG_THREADS = "torch.threads"
 #: MLflow tag: ``shipped`` (the driver's references, through Ray) or ``bank`` (loaded in the trial)
 TAG_REFERENCES = "references"
 
@@ -258,11 +261,13 @@ def trainable(
 ) -> None:
     """The function Tune runs, wrapped with ``tune.with_parameters(trainable, ctx=...,
     reference_signals=<ObjectRef>)``: Tune resolves both from Ray's object store on whichever node
-    runs the trial (the signals are read in place from the node's shared memory)."""
+    runs the trial (the signals are read in place from the node's shared memory). The trial
+    trains with as many torch threads as the CPUs it reserved (:func:`pptp.threads.torch_threads`,
+    tag :data:`TAG_THREADS`), whatever Ray put in the worker's environment."""
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    tune.report(
-        run_search_trial(config, ctx, reference_signals=reference_signals, node=node_tags())
-    )
+    with torch_threads(ctx.space.study.resources.cpus) as threads:  # pptp/threads.py
+        node = {**node_tags(), TAG_THREADS: str(threads)}
+        tune.report(run_search_trial(config, ctx, reference_signals=reference_signals, node=node))
 
 
 def node_tags() -> dict[str, str]:

@@ -46,10 +46,25 @@ def test_command_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture
 
 @pytest.mark.slow
 def test_command_writes_files_and_an_mlflow_run(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import torch
     from mlflow.tracking import MlflowClient
 
+    import pptp.localize.experiment as experiment
+    import pptp.threads
+
+    # the trainings run with the process's CPUs as torch threads, set explicitly (pptp/threads.py)
+    seen: list[int] = []
+    real_train = experiment.train
+
+    def spy(*args: object, **kwargs: object) -> object:
+        seen.append(torch.get_num_threads())
+        return real_train(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(experiment, "train", spy)
+    monkeypatch.setattr(pptp.threads, "process_cpus", lambda: 1)
+    before = torch.get_num_threads()
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = tmp_path / "out"
     code = _main(
@@ -68,6 +83,8 @@ def test_command_writes_files_and_an_mlflow_run(
     assert code == 0, printed
     assert "seed 1/1 (train.seed 3): A: training on 200 examples" in printed
     assert "localization: {run:" in printed
+    assert "threads     1 torch threads" in printed
+    assert seen == [1, 1] and torch.get_num_threads() == before  # A and B; restored after
     for name in ("localization.json", "localization.csv", "localization.png"):
         assert (out / name).stat().st_size > 0
     result = LocalizationResult.load(out / "localization.json")

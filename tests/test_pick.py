@@ -63,8 +63,10 @@ def test_rules_pick_the_expected_trial(front_run: Path, argv: list[str], expecte
 
 def test_off_front_note(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run_dir = make_run(tmp_path)
-    assert pick.main(["--run", str(run_dir), "--rule", "max-acc",
-                      "--max", "attack_tpr@0.1%fpr=0.005"]) == 0
+    assert (
+        pick.main(["--run", str(run_dir), "--rule", "max-acc", "--max", "attack_tpr@0.1%fpr=0.005"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "picked      trial 3" in out
     assert "trial 4 is off the front" in out
@@ -76,8 +78,9 @@ def test_off_front_note(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
 
 def test_no_trial_meets_the_bound(front_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run_dir = front_run
-    code = pick.main(["--run", str(run_dir), "--rule", "max-acc",
-                      "--max", "attack_tpr@0.1%fpr=0.0005"])
+    code = pick.main(
+        ["--run", str(run_dir), "--rule", "max-acc", "--max", "attack_tpr@0.1%fpr=0.0005"]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("error: no Pareto-front trial has attack_tpr@0.1%fpr <= 0.0005")
@@ -130,9 +133,7 @@ def test_bad_run_directories(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert "state.json is missing or unreadable" in capsys.readouterr().err
 
 
-def test_study_without_completed_trials(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_study_without_completed_trials(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run_dir = make_run(tmp_path, points=[], failed=2)
     assert pick.main(["--run", str(run_dir)]) == 2
     err = capsys.readouterr().err
@@ -145,8 +146,10 @@ def test_study_without_completed_trials(
 
 def test_export_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run_dir = make_run(tmp_path)
-    assert pick.main(["--run", str(run_dir), "--rule", "max-acc",
-                      "--max", "attack_tpr@0.1%fpr=0.01"]) == 0
+    assert (
+        pick.main(["--run", str(run_dir), "--rule", "max-acc", "--max", "attack_tpr@0.1%fpr=0.01"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "picked      trial 2" in out
     assert "screening (trial 2, seed 0)" in out
@@ -189,11 +192,29 @@ def restore_mlflow_uris() -> Iterator[None]:
 
 @pytest.mark.slow
 def test_retrain_adaptive_register_end_to_end(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], restore_mlflow_uris: None
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    restore_mlflow_uris: None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import mlflow
     import torch
     from mlflow import MlflowClient
+
+    import pptp.threads
+    import pptp.trial
+
+    # every re-training runs with the process's CPUs as torch threads, set explicitly
+    seen: list[int] = []
+    real_run_trial = pptp.trial.run_trial
+
+    def spy(*args: object, **kwargs: object) -> object:
+        seen.append(torch.get_num_threads())
+        return real_run_trial(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pptp.trial, "run_trial", spy)
+    monkeypatch.setattr(pptp.threads, "process_cpus", lambda: 1)
+    before = torch.get_num_threads()
 
     from pptp.data import build_pool
     from search.tracking import StudyTracker, TrialTracker
@@ -204,31 +225,62 @@ def test_retrain_adaptive_register_end_to_end(
     space_data = tiny_space(tmp_path / "bank")
     (source / "tiny.yaml").write_text(yaml.safe_dump(space_data, sort_keys=False))
     tracker = StudyTracker(uri, "tiny", run_dir=tmp_path / "run")
-    tracker.start(resolved_space=space_data, space_path=source / "tiny.yaml",
-                  space_sha256="0" * 64)
+    tracker.start(resolved_space=space_data, space_path=source / "tiny.yaml", space_sha256="0" * 64)
     run_ids = []
     for i in range(len(FRONT)):
-        with TrialTracker(uri, tracker.experiment_id, tracker.parent_run_id,
-                          trial_number=i) as trial:
+        with TrialTracker(
+            uri, tracker.experiment_id, tracker.parent_run_id, trial_number=i
+        ) as trial:
             run_ids.append(trial.run_id)
-    run_dir = make_run(tmp_path, tracking_uri=uri, parent_run_id=tracker.parent_run_id,
-                       experiment_id=tracker.experiment_id, run_ids=run_ids)
+    run_dir = make_run(
+        tmp_path,
+        tracking_uri=uri,
+        parent_run_id=tracker.parent_run_id,
+        experiment_id=tracker.experiment_id,
+        run_ids=run_ids,
+    )
 
     # a tracking store without the study's experiment: refused before anything trains
     other = f"sqlite:///{tmp_path}/other.db"
-    assert pick.main(["--run", str(run_dir), "--seeds", "1", "--register", "tiny-model",
-                      "--tracking-uri", other]) == 2
+    assert (
+        pick.main(
+            [
+                "--run",
+                str(run_dir),
+                "--seeds",
+                "1",
+                "--register",
+                "tiny-model",
+                "--tracking-uri",
+                other,
+            ]
+        )
+        == 2
+    )
     assert "has no MLflow experiment 'tiny'" in capsys.readouterr().err
     assert not (tmp_path / "bank").exists()
 
-    code = pick.main(["--run", str(run_dir), "--rule", "knee", "--seeds", "1", "--adaptive",
-                      "--register", "tiny-model"])
+    code = pick.main(
+        [
+            "--run",
+            str(run_dir),
+            "--rule",
+            "knee",
+            "--seeds",
+            "1",
+            "--adaptive",
+            "--register",
+            "tiny-model",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     assert "picked      trial 2" in out
     assert "re-trained (1 seeds)" in out and "adaptive (1 seeds)" in out
     assert "adaptive - screening" in out and "paired" in out
     assert "models:/tiny-model@production" in out
+    assert "threads     1 torch threads" in out
+    assert seen and set(seen) == {1} and torch.get_num_threads() == before
 
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     version = client.get_model_version_by_alias("tiny-model", "production")
@@ -239,8 +291,14 @@ def test_retrain_adaptive_register_end_to_end(
     assert pick_run.data.tags["pptp.kind"] == "pick"
     assert pick_run.data.tags["picked_trial"] == "2"
     assert pick_run.data.tags["rule"] == "knee"
-    for metric in ("test_acc", "attack_auc", "adaptive/attack_auc_mean", "gap/attack_auc",
-                   "retrained/attack_auc_mean", "screening/attack_auc"):
+    for metric in (
+        "test_acc",
+        "attack_auc",
+        "adaptive/attack_auc_mean",
+        "gap/attack_auc",
+        "retrained/attack_auc_mean",
+        "screening/attack_auc",
+    ):
         assert metric in pick_run.data.metrics, metric
     assert math.isfinite(pick_run.data.metrics["gap/attack_auc"])
     assert pick_run.data.params["protect.split"] == "3"
@@ -260,7 +318,20 @@ def test_retrain_adaptive_register_end_to_end(
     assert torch.isfinite(logits).all()
 
     # registering again adds version 2 and moves the alias
-    assert pick.main(["--run", str(run_dir), "--rule", "knee", "--register", "tiny-model",
-                      "--alias", "staging"]) == 0
+    assert (
+        pick.main(
+            [
+                "--run",
+                str(run_dir),
+                "--rule",
+                "knee",
+                "--register",
+                "tiny-model",
+                "--alias",
+                "staging",
+            ]
+        )
+        == 0
+    )
     assert str(client.get_model_version_by_alias("tiny-model", "staging").version) == "2"
     assert str(client.get_model_version_by_alias("tiny-model", "production").version) == "1"

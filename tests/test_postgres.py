@@ -162,16 +162,27 @@ def test_study_on_a_postgresql_backed_tracking_server_and_optuna_storage(
             assert main([*base, "--output", str(tmp_path / "again")]) == 2
             assert "already holds a study named 'shared'" in capsys.readouterr().err
 
-            # another machine (another run directory) resumes it and extends it to 3 trials
+            # another machine (another run directory) resumes it and extends it to 3 trials;
+            # first while a live driver elsewhere holds the study: refused, nothing touched
             second = tmp_path / "machine-b" / "run"
             extend = [*base, "--resume", "--output", str(second), "--n-trials", "3"]
+            elsewhere = DriverClaim(storage, "shared", Path("/elsewhere/run"), settle_s=0.1)
+            elsewhere.acquire()
+            try:
+                assert main(extend) == 2
+                err = capsys.readouterr().err
+                assert "one driver per study" in err and "/elsewhere/run" in err
+            finally:
+                elsewhere.release()
             assert main(extend) == 0, capsys.readouterr()
             capsys.readouterr()
             assert rundir.read_state(second).parent_run_id == rundir.read_state(first).parent_run_id
 
             study = optuna.load_study(study_name="shared", storage=open_storage(storage))
             complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-            assert len(complete) == 3
+            assert len(complete) == 3, [
+                (t.number, t.state, t.user_attrs.get("fail_reason")) for t in study.trials
+            ]
             front = {t.number for t in study.best_trials}
 
             # everything read back through the server's REST API

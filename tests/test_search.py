@@ -8,6 +8,7 @@ in the fault suite (tests/test_faults.py).
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
@@ -70,8 +71,14 @@ def _args(space: Path, run: Path, store: Path, *extra: str) -> list[str]:
 
 @pytest.mark.slow
 def test_two_trial_study_end_to_end_then_extended(
-    tmp_path: Path, ray_tmp: str, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    ray_tmp: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # Ray's workers inherit OMP_NUM_THREADS=2 (torch would run 2 threads in a 1-CPU trial, as
+    # measured); trials and reference tasks still train with their 1 CPU (pptp/threads.py)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
     space, run, store = write_space(tmp_path, n_trials=2), tmp_path / "run", tmp_path / "store"
     assert main(_args(space, run, store)) == 0
     out = capsys.readouterr().out
@@ -103,6 +110,8 @@ def test_two_trial_study_end_to_end_then_extended(
         assert {"roc.png", "mask.json", "history.csv"} <= files
         # named by what it tried: "t00 undefended", "t01 anchor s=0.54 first2", ...
         assert child.info.run_name.startswith(f"t{t.number:02d} "), child.info.run_name
+        assert child.data.tags["torch.threads"] == "1"
+        assert child.data.metrics["extras/torch_threads"] == 1.0
     assert complete[0].number == 0
     assert client.get_run(complete[0].user_attrs["mlflow_run_id"]).info.run_name == "t00 undefended"
     assert (run / "report.html").stat().st_size > 100_000  # plotly inlined: works offline
@@ -113,6 +122,8 @@ def test_two_trial_study_end_to_end_then_extended(
     assert sorted(kept) == [t.number for t in complete]
     assert all(not r.pending and r.spool.run_id for r in kept.values())
     assert not (run / "driver.json").exists()  # the lock was released
+    refs = sorted((tmp_path / "bank").rglob("ref-*.json"))
+    assert len(refs) == 2 and all(json.loads(r.read_text())["torch_threads"] == 1 for r in refs)
 
     # a finished study is extended with --resume --n-trials
     assert main(_args(space, run, store, "--resume", "--n-trials", "3")) == 0
