@@ -102,6 +102,18 @@ class DefenseConfig:
     strength: float | None = None
 
 
+#: defense name -> the ``defense.*`` keys it reads besides ``strength`` (:mod:`pptp.defenses`):
+#: what a trial's name shows for a baseline, so a searched key of another defense is not shown
+DEFENSE_KEYS: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "weight_decay": ("weight_decay",),
+    "label_smoothing": ("label_smoothing",),
+    "early_stopping": ("patience",),
+    "dpsgd": ("noise_multiplier", "max_grad_norm", "delta"),
+    "relaxloss": ("relaxloss_alpha",),
+}
+
+
 @dataclass(frozen=True)
 class AttackConfig:
     """How the target is attacked (see :mod:`pptp.attacks`, :mod:`pptp.signals`, :mod:`pptp.bank`).

@@ -30,6 +30,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from pptp.config import DEFENSE_KEYS
 from search.compare import PER_SEED, classify
 
 #: the tag the MLflow UI shows as a run's description (rendered as Markdown)
@@ -92,9 +93,11 @@ def trial_run_name(
     """
     kind, _ = classify({"operator": operator, "strength": strength, "defense": defense}, params={})
     head = f"t{number:0{digits}d}" if number >= 0 else "t?"
+    own = {"strength", *DEFENSE_KEYS.get(defense, ())}  # not another defense's searched key
     knobs = " ".join(
         f"{k.removeprefix(_DEFENSE_PREFIX)}={_number(v)}"
         for k, v in sorted((defense_knobs or {}).items())
+        if k.removeprefix(_DEFENSE_PREFIX) in own
     )
     baseline = f"{defense} {knobs}".strip()
     if kind == "undefended":

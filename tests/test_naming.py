@@ -53,6 +53,28 @@ def test_names_say_what_each_kind_of_trial_tried() -> None:
     )
 
 
+def test_a_baseline_shows_only_its_own_searched_knobs() -> None:
+    # a space that searches DP-SGD's clipping norm: a weight-decay trial does not read it
+    searched = {"defense.strength": 0.3, "defense.max_grad_norm": 2.5}
+    name = trial_run_name(
+        7, operator="none", strength=0.0, defense="weight_decay", defense_knobs=searched
+    )
+    assert name == "t07 baseline weight_decay strength=0.30"
+    name = trial_run_name(7, operator="none", strength=0.0, defense="dpsgd", defense_knobs=searched)
+    assert name == "t07 baseline dpsgd max_grad_norm=2.50 strength=0.30"
+
+
+def test_every_defense_declares_the_keys_it_reads() -> None:
+    import dataclasses
+
+    from pptp.config import DEFENSE_KEYS, DefenseConfig
+    from pptp.defenses import DEFENSES
+
+    assert set(DEFENSE_KEYS) == set(DEFENSES)
+    fields = {f.name for f in dataclasses.fields(DefenseConfig)} - {"name", "strength"}
+    assert {k for keys in DEFENSE_KEYS.values() for k in keys} == fields
+
+
 def test_before_the_model_exists_the_name_describes_the_selection() -> None:
     cfg = TrialConfig().replace(
         **{"protect.operator": "rewind", "protect.strength": 0.5, "protect.split": 2,
