@@ -47,7 +47,6 @@ from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
 import torch
-import torchvision
 from torch import nn
 
 from pptp.errors import ConfigError
@@ -390,6 +389,8 @@ _TORCHVISION_OPTIONS: dict[str, dict[str, bool]] = {
 
 
 def _torchvision_names() -> list[str]:
+    import torchvision  # lazily: importing it costs seconds (torch._dynamo) and few models need it
+
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
@@ -435,6 +436,8 @@ def create_torchvision_model(
             "(or a torchvision variant without BatchNorm)"
         )
     options = _TORCHVISION_OPTIONS.get(name, {})
+    import torchvision
+
     model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **options)
     if in_channels != 3:
         _adapt_input_conv(model, in_channels, name)

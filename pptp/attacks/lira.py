@@ -47,7 +47,6 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import norm
 
 from pptp.attacks.base import AttackInput, logit_scaled_confidence, per_model, register_attack
 
@@ -133,6 +132,8 @@ def _online(inputs: AttackInput, *, fixed_variance: bool) -> np.ndarray:
     mu_out = np.where(has_out[:, None], side_out.mean, side_in.mean - gap)
     std_in = _std(side_in, fixed_variance=fixed_variance, label="IN")
     std_out = _std(side_out, fixed_variance=fixed_variance, label="OUT")
+    from scipy.stats import norm  # lazily: scipy.stats costs a second to import
+
     log_ratio = norm.logpdf(target, mu_in, std_in) - norm.logpdf(target, mu_out, std_out)
     return np.asarray(log_ratio.mean(axis=1))
 
@@ -145,6 +146,8 @@ def _offline(inputs: AttackInput, *, fixed_variance: bool) -> np.ndarray:
         logger.warning("%d examples have no OUT references: global OUT mean", (~has_out).sum())
     mu_out = np.where(has_out[:, None], side_out.mean, side_out.global_mean)
     std_out = _std(side_out, fixed_variance=fixed_variance, label="OUT")
+    from scipy.stats import norm
+
     return np.asarray(norm.logcdf(target, mu_out, std_out).mean(axis=1))
 
 

@@ -14,32 +14,76 @@ one nested child run per trial.
 
 from __future__ import annotations
 
-from search.tracking.plots import plot_front
-from search.tracking.store import (
-    METRIC_KEY_REPLACEMENTS,
-    TAG_FAIL_REASON,
-    TAG_KIND,
-    TAG_PARENT,
-    TAG_PARETO,
-    TAG_STUDY,
-    TAG_TRIAL_NUMBER,
-    experiment_id,
-    git_commit,
-    log_metrics,
-    log_params,
-    metric_key,
-    set_tags,
-)
-from search.tracking.study_tracker import FRONT_COLUMNS, StudyTracker
-from search.tracking.trial_tracker import FAIL_REASON_CHARS, TrialTracker, write_trial_artifacts
-from search.tracking.uris import (
-    REPO_ROOT,
-    TrackingUnavailable,
-    artifact_location,
-    check_tracking,
-    default_tracking_uri,
-    resolve_tracking_uri,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the real imports, for type checkers
+    from search.tracking.plots import plot_front
+    from search.tracking.store import (
+        METRIC_KEY_REPLACEMENTS,
+        TAG_FAIL_REASON,
+        TAG_KIND,
+        TAG_PARENT,
+        TAG_PARETO,
+        TAG_STUDY,
+        TAG_TRIAL_NUMBER,
+        experiment_id,
+        git_commit,
+        log_metrics,
+        log_params,
+        metric_key,
+        set_tags,
+    )
+    from search.tracking.study_tracker import FRONT_COLUMNS, StudyTracker
+    from search.tracking.trial_tracker import FAIL_REASON_CHARS, TrialTracker, write_trial_artifacts
+    from search.tracking.uris import (
+        REPO_ROOT,
+        TrackingUnavailable,
+        artifact_location,
+        check_tracking,
+        default_tracking_uri,
+        resolve_tracking_uri,
+    )
+
+#: public name -> the submodule that defines it; imported on first use (PEP 562), so that
+#: ``import search.tracking.uris`` (every command's first check) does not import MLflow's
+#: SQL store and matplotlib
+_WHERE = {
+    "FAIL_REASON_CHARS": "search.tracking.trial_tracker",
+    "FRONT_COLUMNS": "search.tracking.study_tracker",
+    "METRIC_KEY_REPLACEMENTS": "search.tracking.store",
+    "REPO_ROOT": "search.tracking.uris",
+    "StudyTracker": "search.tracking.study_tracker",
+    "TAG_FAIL_REASON": "search.tracking.store",
+    "TAG_KIND": "search.tracking.store",
+    "TAG_PARENT": "search.tracking.store",
+    "TAG_PARETO": "search.tracking.store",
+    "TAG_STUDY": "search.tracking.store",
+    "TAG_TRIAL_NUMBER": "search.tracking.store",
+    "TrackingUnavailable": "search.tracking.uris",
+    "TrialTracker": "search.tracking.trial_tracker",
+    "artifact_location": "search.tracking.uris",
+    "check_tracking": "search.tracking.uris",
+    "default_tracking_uri": "search.tracking.uris",
+    "experiment_id": "search.tracking.store",
+    "git_commit": "search.tracking.store",
+    "log_metrics": "search.tracking.store",
+    "log_params": "search.tracking.store",
+    "metric_key": "search.tracking.store",
+    "plot_front": "search.tracking.plots",
+    "resolve_tracking_uri": "search.tracking.uris",
+    "set_tags": "search.tracking.store",
+    "write_trial_artifacts": "search.tracking.trial_tracker",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "FAIL_REASON_CHARS",
