@@ -3,9 +3,16 @@
 One whole line per event, printed and flushed at once, so several concurrent trials never
 interleave partial lines (worker logs stay off the terminal unless ``--verbose``)::
 
-    [00:06] trial 0 started: operator=damp, strength=0, split=1, direction=prefix
+    [00:06] trial 0 started: t00 undefended
+    [00:07] trial 1 started: t01 noise s=0.50 last2
     [00:09] trial 0 done (1/12, ~1m05s left): test_acc 0.9865, attack_auc 0.5905, 2s
+    [00:31] trial 5 done (6/36, ~9m left): test_acc 0.8147 ± 0.0018, attack_auc 0.7297 ± 0.021, 247s
     [00:12] trial 4 FAILED (2/12, ~1m02s left): worker process died: ... SIGKILL ...
+
+A trial is named by what it tries (``describe``: the run name :mod:`search.naming` gives it, so a
+baseline shows its own knobs and not the protection keys the sampler drew but the trial does not
+use); without ``describe``, by its sampled parameters. A seed spread is shown with two
+significant digits.
 
 The estimate assumes the remaining trials take as long as the finished ones did, at the same
 concurrency: elapsed / finished x remaining. :func:`eta` serves the reference bank and the
@@ -14,8 +21,9 @@ localisation lines too.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ray.tune import Callback
@@ -77,8 +85,16 @@ class Progress(Callback):
     ``verbosity`` -1 (``--quiet``) prints nothing.
     """
 
-    def __init__(self, *, total: int, objectives: Sequence[Objective], verbosity: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        total: int,
+        objectives: Sequence[Objective],
+        verbosity: int = 0,
+        describe: Callable[[int, Mapping[str, Any]], str] | None = None,
+    ) -> None:
         self.total = total
+        self.describe = describe
         self.objectives = tuple(objectives)
         self.verbosity = verbosity
         self.start = time.monotonic()
@@ -99,6 +115,9 @@ class Progress(Callback):
         config.pop(REUSE, None)
         twin = config.pop(DUPLICATE_OF, None)
         shown = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in config.items())
+        if self.describe is not None and isinstance(number, int):
+            with contextlib.suppress(Exception):  # a name never stops the study: parameters then
+                shown = self.describe(number, config)
         note = (
             f" (repeats finished trial {twin}: its results are reused)" if twin is not None else ""
         )
@@ -114,7 +133,7 @@ class Progress(Callback):
             return
         values = ", ".join(
             f"{o.metric} {_short(result.get(o.metric))}"
-            + (f" ± {_short(result[o.metric + '_sd'])}" if o.metric + "_sd" in result else "")
+            + (f" ± {_spread(result[o.metric + '_sd'])}" if o.metric + "_sd" in result else "")
             for o in self.objectives
         )
         self._say(f"trial {number} done {count}: {values}, {result.get('seconds', 0):.0f}s")
@@ -127,3 +146,8 @@ class Progress(Callback):
 
 def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _spread(value: Any) -> str:
+    """A standard deviation with two significant digits (``0.0099``, ``0.021``)."""
+    return f"{value:.2g}" if isinstance(value, float) else str(value)
