@@ -5,12 +5,12 @@ inlined; no request leaves the file). Built with plotly (and Optuna's plotly-bas
 visualizations); this module writes no JavaScript of its own. In order:
 
 1. **The front**: every finished trial on the study's first two objectives (the maximised one
-   upward, the other across), by kind (:func:`search.compare.classify`: PPTP, PPTP with a
-   defense, each baseline defense with its seed spread as error bars, the undefended model), the
-   study's Pareto front (Optuna's ``best_trials``, the trials tagged ``pareto=true`` in MLflow)
-   highlighted, and the picked trial when ``search/pick.py`` exported one. Hovering a point names
-   its trial run, groups, operator, strength, defense and seeds. Failed trials are listed below
-   the chart with their reasons.
+   upward, the other across), by kind (:func:`search.comparing.points.classify`: PPTP, PPTP
+   with a defense, each baseline defense with its seed spread as error bars, the undefended
+   model), the study's Pareto front (Optuna's ``best_trials``, the trials tagged ``pareto=true``
+   in MLflow) highlighted, and the picked trial when ``search/pick.py`` exported one. Hovering a
+   point names its trial run, groups, operator, strength, defense and seeds. Failed trials are
+   listed below the chart with their reasons.
 2. **ROC curves of the finalists** (the front's trials), log-log, from each trial's ``roc.npz``
    artifact in MLflow, with the undefended trials' curves for reference.
 3. **Layer risk** when a localisation steered the study: privacy risk against generalization per
@@ -47,7 +47,7 @@ import numpy as np
 
 from pptp.errors import ConfigError
 from search.cli import quiet_environment, run_command
-from search.compare import Point, classify, points_from_trials
+from search.comparing.points import Point, classify, points_from_trials
 
 quiet_environment()
 
