@@ -35,11 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from search.links import Links, server_base, where_to_look
 from search.naming import TAG_NOTE, study_description, trial_description
 from search.reporting.inputs import gather
 from search.reporting.page import REPORT_FILE, write_report
 from search.saved_views import save_views, study_views
-from search.ui import Links, server_base, where_to_look
 
 if TYPE_CHECKING:
     from search.picking.study_run import StudyRun

@@ -94,8 +94,8 @@ def publish(plan: Plan, *, mlflow: bool) -> str:
     """Name and describe the trial runs, save the MLflow views, write ``report.html`` (and attach
     it), and return what to print: the report and where to look next (:mod:`search.publish`). A
     failure here costs the study nothing: it is a warning, and ``pptp-search report`` redoes it."""
+    from search.links import where_to_look
     from search.publish import publish_study
-    from search.ui import where_to_look
 
     try:
         return (
