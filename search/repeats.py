@@ -25,16 +25,11 @@ import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 
-#: metrics whose spread over seeds is always reported (when the trial measured them)
-HEADLINE_METRICS = (
-    "test_acc",
-    "train_acc",
-    "generalization_gap",
-    "attack_auc",
-    "attack_tpr@0.1%fpr",
-    "attack_tpr@1%fpr",
-    "epsilon",
-)
+from search.space.study import METRIC_NAMES
+
+#: metrics whose spread over seeds is always reported (when the trial measured them): the metrics
+#: of every trial
+HEADLINE_METRICS = METRIC_NAMES
 SD_SUFFIX = "_sd"
 
 

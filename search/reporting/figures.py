@@ -88,19 +88,25 @@ def front_figure(inputs: ReportInputs) -> go.Figure:
             sds.append(point.sd(metric) if point is not None and metric else 0.0)
         return {"type": "data", "array": sds, "visible": visible, "color": colour}
 
-    def run_names(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-        return [inputs.names.get(int(r["trial"]), "") for r in rows]
-
-    def hovers(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-        return [
-            _hover(
-                r,
-                by_trial.get(int(r["trial"])),
-                inputs.names.get(int(r["trial"]), f"trial {r['trial']}"),
-                metrics,
-            )
-            for r in rows
-        ]
+    def trials(rows: Sequence[Mapping[str, Any]], **style: Any) -> go.Scatter:
+        """A trace of the trials ``rows``, each named by its run and described on hover."""
+        xs, ys = xy(rows)
+        return go.Scatter(
+            x=xs,
+            y=ys,
+            customdata=[inputs.names.get(int(r["trial"]), "") for r in rows],
+            hovertext=[
+                _hover(
+                    r,
+                    by_trial.get(int(r["trial"])),
+                    inputs.names.get(int(r["trial"]), f"trial {r['trial']}"),
+                    metrics,
+                )
+                for r in rows
+            ],
+            hoverinfo="text",
+            **style,
+        )
 
     fig = go.Figure()
     groups: dict[str, list[Mapping[str, Any]]] = {}
@@ -118,11 +124,9 @@ def front_figure(inputs: ReportInputs) -> go.Figure:
             symbol = _BASELINE_SYMBOLS[i % len(_BASELINE_SYMBOLS)]
         else:
             name, colour, symbol = _KIND_STYLE[key]
-        xs, ys = xy(rows)
         fig.add_trace(
-            go.Scatter(
-                x=xs,
-                y=ys,
+            trials(
+                rows,
                 mode="markers",
                 name=f"{name} ({len(rows)})",
                 marker={
@@ -135,24 +139,16 @@ def front_figure(inputs: ReportInputs) -> go.Figure:
                     rows, across.metric if across else None, visible=key != "pptp", colour=colour
                 ),
                 error_y=error_bars(rows, up.metric, visible=key != "pptp", colour=colour),
-                customdata=run_names(rows),
-                hovertext=hovers(rows),
-                hoverinfo="text",
             )
         )
     front = sorted((r for r in done if r.get("pareto")), key=lambda r: xy([r])[0][0])
-    xs, ys = xy(front)
     fig.add_trace(
-        go.Scatter(
-            x=xs,
-            y=ys,
+        trials(
+            front,
             mode="lines+markers",
             name=f"Pareto front ({len(front)})",
             line={"color": "#d62728", "width": 2, "shape": "hv" if across else "linear"},
             marker={"color": "rgba(0,0,0,0)", "size": 16, "line": {"color": "#d62728", "width": 2}},
-            customdata=run_names(front),
-            hovertext=hovers(front),
-            hoverinfo="text",
         )
     )
     picked = [
