@@ -248,10 +248,10 @@ def log_localization(uri: str, space: Any, result: Any, paths: list[Path]) -> st
 
 
 def _ui_hint(uri: str, experiment: str, run_id: str) -> str:
-    """Where the run is in the MLflow UI (:func:`search.ui.ui_hint`)."""
+    """Where the run is in the MLflow UI (:func:`search.links.ui_hint`)."""
     from mlflow.tracking import MlflowClient
 
-    from search.ui import ui_hint
+    from search.links import ui_hint
 
     experiment_id = MlflowClient(uri).get_run(run_id).info.experiment_id
     return ui_hint(uri, experiment_id=experiment_id, run_id=run_id, experiment_name=experiment)

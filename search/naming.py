@@ -13,8 +13,8 @@ A trial's run is named by what it tried, so the runs table reads without opening
 ``t07 noise s=0.46 block3-head + dpsgd``    both
 ==========================================  ===============================================
 
-The kind (undefended, baseline, pptp, combined) is :func:`search.compare.classify`'s, so the
-names, the report page and ``search/compare.py`` sort trials the same way.
+The kind (undefended, baseline, pptp, combined) is :func:`search.comparing.points.classify`'s, so
+the names, the report page and ``search/compare.py`` sort trials the same way.
 
 Descriptions go in the run's ``mlflow.note.content`` tag, which the MLflow UI renders as
 Markdown on the run page and shows (first line, as plain text) in the runs table's
@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pptp.config import DEFENSE_KEYS
-from search.compare import PER_SEED, classify
+from search.comparing.points import PER_SEED, classify
 
 #: the tag the MLflow UI shows as a run's description (rendered as Markdown)
 TAG_NOTE = "mlflow.note.content"
@@ -242,7 +242,8 @@ def objective_summary(row: Mapping[str, Any], objectives: Sequence[str]) -> str:
     The MLflow runs table shows a description's first 50 characters, so the objectives take
     short names (:data:`SHORT`) and 3 decimals (the metric columns have them all). The spread is
     the sample standard deviation over training seeds when the trial recorded its per-seed values
-    (user attribute ``per_seed``, :data:`search.compare.PER_SEED`); ``1 seed`` says there is none.
+    (user attribute ``per_seed``, :data:`search.comparing.points.PER_SEED`); ``1 seed`` says there
+    is none.
     """
     per_seed = row.get(PER_SEED) or {}
     parts, n_seeds = [], 1

@@ -332,7 +332,7 @@ def _execute(plan: Plan) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted; nothing was exported or registered")
         return 130
-    from search.ui import console_command, ui_hint
+    from search.links import console_command, ui_hint
 
     print("\nwhere things went:")
     print(f"  config      {path}  (TrialConfig.from_flat(yaml.safe_load(...)['fixed']))")

@@ -16,7 +16,7 @@
      linked: parent tags ``localization_run_id`` and ``localization_url``, and on the
      localisation's run a tag ``steered/<study>`` linking back;
 
-2. ``report.html`` is written into the run directory (:mod:`search.report`) and, when the store
+2. ``report.html`` is written into the run directory (:mod:`search.reporting`) and, when the store
    answers, attached to the parent run.
 
 Writes are idempotent: a second call changes only what differs. Links inside MLflow are
@@ -35,10 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from search.links import Links, server_base, where_to_look
 from search.naming import TAG_NOTE, study_description, trial_description
-from search.report import REPORT_FILE, gather, write_report
+from search.reporting.inputs import gather
+from search.reporting.page import REPORT_FILE, write_report
 from search.saved_views import save_views, study_views
-from search.ui import Links, server_base, where_to_look
 
 if TYPE_CHECKING:
     from search.picking.study_run import StudyRun

@@ -13,7 +13,8 @@ bank serves every repeat. A new *data* seed (``data.seed``) is another pool and 
 - the spread metrics (:func:`spread_metrics`: objectives, constraints, the headline metrics and
   any ``canary_*``): ``<metric>_sd``, the sample standard deviation (n - 1; 0 with one seed), and
   their per-seed values, which the driver stores as the Optuna user attribute
-  ``per_seed = {metric: [v_seed0, v_seed1, ...]}`` (``search/compare.py`` reads exactly this).
+  ``per_seed = {metric: [v_seed0, v_seed1, ...]}`` (:mod:`search.comparing.points` reads exactly
+  this).
 
 How many seeds a difference needs is in ``spaces/README.md`` (``study.repeats``).
 """
@@ -24,16 +25,11 @@ import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 
-#: metrics whose spread over seeds is always reported (when the trial measured them)
-HEADLINE_METRICS = (
-    "test_acc",
-    "train_acc",
-    "generalization_gap",
-    "attack_auc",
-    "attack_tpr@0.1%fpr",
-    "attack_tpr@1%fpr",
-    "epsilon",
-)
+from search.space.study import METRIC_NAMES
+
+#: metrics whose spread over seeds is always reported (when the trial measured them): the metrics
+#: of every trial
+HEADLINE_METRICS = METRIC_NAMES
 SD_SUFFIX = "_sd"
 
 

@@ -22,9 +22,10 @@ the run directory and replay when MLflow could not take it (:mod:`search.records
 trial reports and logs those, and trains nothing.
 
 **Nothing on the trial's path is on the driver's disk.** The screening references arrive through
-Ray's object store (``reference_signals``, loaded once by the driver, :mod:`search.run`); the
-trial's MLflow run goes to the tracking server; what MLflow could not take comes back in the
-report. A trial records where it ran as tags (``node.hostname``, ``node.ray_id``, ``node.ip``).
+Ray's object store (``reference_signals``, loaded once by the driver,
+:mod:`search.running.references`); the trial's MLflow run goes to the tracking server; what MLflow
+could not take comes back in the report. A trial records where it ran as tags (``node.hostname``,
+``node.ray_id``, ``node.ip``).
 
 Test-only: ``PPTP_TEST_FAULT`` injects faults (:mod:`search.faults`).
 """

@@ -33,9 +33,10 @@ import pytest
 from fixtures_browser import headless_chromium, wait_for
 
 from search import rundir
-from search.report import FRONT_DIV
+from search.links import Links
+from search.reporting.page import FRONT_DIV
 from search.saved_views import PARETO_FILTER
-from search.ui import Links, MlflowUi
+from search.ui import MlflowUi
 
 SPACE = """
 study:

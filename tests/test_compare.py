@@ -1,5 +1,6 @@
-"""search/compare.py: kinds, fronts, hypervolumes against hand-computed areas, the seed
-bootstrap's verdict, and the command on a run directory written the way run.py writes one."""
+"""search/compare.py and search/comparing/: kinds, fronts, hypervolumes against hand-computed
+areas, the seed bootstrap's verdict, and the command on a run directory written the way run.py
+writes one."""
 
 from __future__ import annotations
 
@@ -14,44 +15,42 @@ import yaml
 
 from search import compare as cmp
 from search import rundir
+from search.comparing.fronts import compare, front, hypervolume
+from search.comparing.points import PER_SEED, Point, classify, points_from_trials
+from search.space import Objective
 
-AXES = (cmp.Objective2("test_acc", True), cmp.Objective2("attack_auc", False))
+AXES = (Objective("test_acc", "maximize"), Objective("attack_auc", "minimize"))
 
 
-def point(
-    kind: str, acc: list[float], auc: list[float], label: str = "", trial: int = 0
-) -> cmp.Point:
-    return cmp.Point(
+def point(kind: str, acc: list[float], auc: list[float], label: str = "", trial: int = 0) -> Point:
+    return Point(
         "s", trial, kind, label or kind, {"test_acc": tuple(acc), "attack_auc": tuple(auc)}
     )
 
 
 def test_classify_reads_what_the_trial_trained_with() -> None:
-    assert cmp.classify({"operator": "damp", "strength": 0.0, "defense": "none"}, {}) == (
+    assert classify({"operator": "damp", "strength": 0.0, "defense": "none"}, {}) == (
         "undefended",
         "undefended",
     )
-    assert (
-        cmp.classify({"operator": "noise", "strength": 0.0, "defense": "dpsgd"}, {})[0]
-        == "baseline"
-    )
-    kind, label = cmp.classify(
+    assert classify({"operator": "noise", "strength": 0.0, "defense": "dpsgd"}, {})[0] == "baseline"
+    kind, label = classify(
         {"operator": "noise", "strength": 0.5, "defense": "none", "protected_groups": "head"}, {}
     )
     assert kind == "pptp" and label == "noise 0.50 [head]"
-    assert cmp.classify({"operator": "noise", "strength": 0.5, "defense": "weight_decay"}, {})[
-        0
-    ] == ("combined")
+    assert classify({"operator": "noise", "strength": 0.5, "defense": "weight_decay"}, {})[0] == (
+        "combined"
+    )
     # params stand in when attributes are missing (a trial that recorded nothing extra)
-    assert cmp.classify({}, {"protect.operator": "anchor", "protect.strength": 0.3})[0] == "pptp"
+    assert classify({}, {"protect.operator": "anchor", "protect.strength": 0.3})[0] == "pptp"
 
 
 def test_hypervolume_matches_the_hand_computed_area() -> None:
     # A (0.9, 0.6) and B (0.8, 0.55) against reference (0.7, 0.7): rectangles 0.02 and 0.015
     # overlapping in 0.01 -> 0.025; a point beyond the reference adds nothing.
     values = np.array([[0.9, 0.6], [0.8, 0.55], [0.65, 0.5]])
-    assert cmp.hypervolume(values, np.array([0.7, 0.7]), AXES) == pytest.approx(0.025)
-    assert cmp.hypervolume(values[:0], np.array([0.7, 0.7]), AXES) == 0.0
+    assert hypervolume(values, np.array([0.7, 0.7]), AXES) == pytest.approx(0.025)
+    assert hypervolume(values[:0], np.array([0.7, 0.7]), AXES) == 0.0
 
 
 def test_front_is_the_non_dominated_points() -> None:
@@ -60,21 +59,21 @@ def test_front_is_the_non_dominated_points() -> None:
         point("pptp", [0.8], [0.55], "b"),
         point("pptp", [0.8], [0.65], "dominated"),
     ]
-    assert [p.label for p in cmp.front(pts, AXES)] == ["a", "b"]
+    assert [p.label for p in front(pts, AXES)] == ["a", "b"]
 
 
 def test_a_clear_difference_is_beyond_noise_and_a_small_one_is_not() -> None:
     undefended = point("undefended", [0.85, 0.86, 0.84], [0.74, 0.73, 0.75])
     strong = point("pptp", [0.84, 0.85, 0.83], [0.60, 0.61, 0.62], trial=1)
     weak = point("baseline", [0.70, 0.72, 0.71], [0.70, 0.69, 0.71], trial=2)
-    result = cmp.compare([undefended, strong, weak], AXES, n_bootstrap=200)
+    result = compare([undefended, strong, weak], AXES, n_bootstrap=200)
     assert result.pptp.value > result.baselines.value
     assert result.difference.low > 0 and result.verdict.startswith("yes")
     assert result.share_pptp_better == 1.0
 
     noisy = point("baseline", [0.80, 0.90, 0.70], [0.50, 0.75, 0.70], trial=3)
     close = point("pptp", [0.81, 0.85, 0.78], [0.62, 0.70, 0.66], trial=4)
-    result = cmp.compare([undefended, noisy, close], AXES, n_bootstrap=300)
+    result = compare([undefended, noisy, close], AXES, n_bootstrap=300)
     assert result.difference.low < 0 < result.difference.high
     assert result.verdict.startswith("no clear winner")
 
@@ -82,7 +81,7 @@ def test_a_clear_difference_is_beyond_noise_and_a_small_one_is_not() -> None:
 def test_one_seed_per_trial_says_the_interval_shows_no_seed_noise() -> None:
     pts = [point("undefended", [0.85], [0.74]), point("pptp", [0.84], [0.6], trial=1),
            point("baseline", [0.7], [0.7], trial=2)]  # fmt: skip
-    result = cmp.compare(pts, AXES, n_bootstrap=20)
+    result = compare(pts, AXES, n_bootstrap=20)
     assert result.difference.low == result.difference.high  # no spread without seeds
     assert "rerun with study.repeats" in result.verdict
 
@@ -97,10 +96,10 @@ def test_points_from_trials_use_per_seed_values() -> None:
             "strength": 0.4,
             "defense": "none",
             "attack_tpr@1%fpr": 0.05,
-            cmp.PER_SEED: {"test_acc": [0.79, 0.81], "attack_auc": [0.59, 0.61]},
+            PER_SEED: {"test_acc": [0.79, 0.81], "attack_auc": [0.59, 0.61]},
         },
     )
-    (p,) = cmp.points_from_trials([trial], ["test_acc", "attack_auc"], "s")
+    (p,) = points_from_trials([trial], ["test_acc", "attack_auc"], "s")
     assert p.kind == "pptp" and p.n_seeds == 2
     assert p.mean("test_acc") == pytest.approx(0.8) and p.sd("attack_auc") == pytest.approx(
         math.sqrt(2) * 0.01
@@ -146,7 +145,7 @@ def test_the_command_writes_figure_table_and_csv(
             "strength": strength,
             "defense": defense,
             **extra,
-            cmp.PER_SEED: {"test_acc": acc, "attack_auc": auc},
+            PER_SEED: {"test_acc": acc, "attack_auc": auc},
         }
         return attrs, [float(np.mean(acc)), float(np.mean(auc))]
 

@@ -355,7 +355,7 @@ def test_disk_full_while_writing_a_bank_entry_leaves_no_partial_entry(
     import pptp.bank
     from pptp.bank import ReferenceBank
     from pptp.config import TrialConfig
-    from search.run import ReferencesUnavailable, _reference_failure
+    from search.running.references import ReferencesUnavailable, reference_failure
 
     cfg = TrialConfig.from_flat(
         {
@@ -377,7 +377,7 @@ def test_disk_full_while_writing_a_bank_entry_leaves_no_partial_entry(
         monkeypatch.setattr(pptp.bank.os, "fsync", full)
         with pytest.raises(OSError, match="No space left") as raised:
             store.train_one(cfg, 0)
-        assert isinstance(_reference_failure(raised.value), ReferencesUnavailable)
+        assert isinstance(reference_failure(raised.value), ReferencesUnavailable)
         monkeypatch.setattr(pptp.bank.os, "fsync", real_fsync)
         assert store.missing(cfg, 1) == [0]  # not an entry: retrained, never used
         assert not partial_bank_entries(tmp_path / "bank")
@@ -392,7 +392,7 @@ def test_a_reference_at_chance_stops_the_study_as_bad_input(tmp_path: Path, tabl
     from pptp.bank import ReferenceBank
     from pptp.config import TrialConfig
     from pptp.errors import ModelAtChance
-    from search.run import ReferencesFailed, _check_references, _reference_failure
+    from search.running.references import ReferencesFailed, check_references, reference_failure
 
     flat = {
         "data.name": "digits", "data.pool_size": 200, "data.test_size": 100, "data.val_size": 0,
@@ -403,7 +403,7 @@ def test_a_reference_at_chance_stops_the_study_as_bad_input(tmp_path: Path, tabl
     bank = ReferenceBank(tmp_path / "bank")
     bank.train_one(TrialConfig.from_flat(flat), 0)  # stored with a warning: it learned nothing
     with pytest.raises(ModelAtChance, match="reference model 0") as raised:
-        _check_references(str(bank.root), flat, 1)
-    failure = _reference_failure(raised.value)
+        check_references(str(bank.root), flat, 1)
+    failure = reference_failure(raised.value)
     assert isinstance(failure, ReferencesFailed) and "ModelAtChance" in str(failure)
     add_row(table, Row("reference model at chance (exit 2)", 1, 0, 0, 0, 0, 0))

@@ -17,7 +17,7 @@ Inventory (everything else in ``pptp/`` and ``search/`` uses public APIs):
   ``check_registry_names`` (MLflow's own name rules, checked before any training);
 - ``mlflow.utils.validation.MAX_*`` (public names in an undocumented module): the batch sizes and
   length limits of ``search/tracking/store.py``;
-- ``optuna._hypervolume.compute_hypervolume``: ``search/compare.py`` ``hypervolume`` and
+- ``optuna._hypervolume.compute_hypervolume``: ``search/comparing/fronts.py`` ``hypervolume`` and
   ``bench/localize_seeding.py`` (Optuna's WFG hypervolume; no public function computes one).
 """
 
@@ -152,7 +152,7 @@ def test_mlflow_validation_limits() -> None:
 
 
 def test_optuna_compute_hypervolume() -> None:
-    where = "search/compare.py hypervolume, bench/localize_seeding.py"
+    where = "search/comparing/fronts.py hypervolume, bench/localize_seeding.py"
     try:
         from optuna._hypervolume import compute_hypervolume
     except ImportError as err:

@@ -82,7 +82,7 @@ def test_publish_names_describes_links_and_attaches(tmp_path: Path) -> None:
 
 
 def test_publish_reads_the_finalists_roc_arrays(tmp_path: Path) -> None:
-    from search.report import gather
+    from search.reporting.inputs import gather
 
     run_dir, client, _, _ = _study(tmp_path)
     inputs = gather(open_run(run_dir), client=client)
@@ -140,7 +140,7 @@ def test_names_given_while_trials_run_match_the_names_at_the_end(tmp_path: Path)
 
     from search.naming import space_run_name
     from search.pareto import trial_rows
-    from search.report import trial_names
+    from search.reporting.inputs import trial_names
 
     run = open_run(make_run(tmp_path))
     at_end = trial_names(run, trial_rows(run.study, run.objectives))

@@ -1,4 +1,5 @@
-"""The study's report page (search/report.py): what it draws from a run directory, offline.
+"""The study's report page (search/report.py, search/reporting/): what it draws from a run
+directory, offline.
 
 Hand-made studies (tests/fixtures_pick.make_run) plus an undefended and a baseline trial; the
 MLflow side (ROC arrays, attaching the page) is in tests/test_publish.py, the page in a real
@@ -18,7 +19,9 @@ from fixtures_pick import make_run
 
 from search import report
 from search.picking.study_run import open_run
-from search.report import FRONT_DIV, front_figure, gather, render
+from search.reporting.figures import front_figure
+from search.reporting.inputs import gather
+from search.reporting.page import FRONT_DIV, render
 
 
 def _add_trial(run_dir: Path, *, acc: float, auc: float, attrs: dict[str, Any]) -> None:

@@ -1,4 +1,4 @@
-"""The MLflow UI launcher and the addresses it prints (search/ui.py).
+"""The MLflow UI launcher (search/ui.py) and the addresses it prints (search/links.py).
 
 The server tests start a real ``mlflow server`` (about 5-10 s each): marked slow. What the pages
 show is checked in a real browser in tests/test_browser.py.
@@ -21,16 +21,9 @@ from fixtures_tracking import fresh_store
 from mlflow.tracking import MlflowClient
 
 from pptp.errors import ConfigError
-from search import ui
-from search.ui import (
-    Links,
-    MlflowUi,
-    console_command,
-    free_port,
-    port_free,
-    ui_hint,
-    where_to_look,
-)
+from search import links, ui
+from search.links import Links, console_command, ui_hint, where_to_look
+from search.ui import MlflowUi, free_port, port_free
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,14 +73,14 @@ def test_where_to_look_uses_the_console_command_or_the_servers_urls(tmp_path: Pa
 def test_console_command_is_found_on_path_or_beside_python(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(ui.shutil, "which", lambda name: "/usr/bin/pptp-search")
+    monkeypatch.setattr(links.shutil, "which", lambda name: "/usr/bin/pptp-search")
     assert console_command() == "pptp-search"
-    monkeypatch.setattr(ui.shutil, "which", lambda name: None)
+    monkeypatch.setattr(links.shutil, "which", lambda name: None)
     monkeypatch.chdir(REPO)
     beside = Path(sys.executable).parent / "pptp-search"
     if beside.is_file():  # installed (pip install -e .): the script beside this Python
         assert console_command() == str(beside.absolute().relative_to(REPO))
-    monkeypatch.setattr(ui.sys, "executable", "/nowhere/bin/python")
+    monkeypatch.setattr(links.sys, "executable", "/nowhere/bin/python")
     assert console_command() == "/nowhere/bin/python -m search.console"
 
 

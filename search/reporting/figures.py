@@ -1,0 +1,322 @@
+"""The report's plotly figures, each a pure function of what :func:`search.reporting.inputs.gather`
+read: the front by kind, the finalists' ROC curves, the layer risk, Optuna's slice plots."""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from search.comparing.points import Point
+from search.reporting.inputs import ReportInputs, first_line, row_kind
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+
+    from pptp.localize import LocalizationResult
+    from search.space import Objective
+
+
+_KIND_STYLE = {  # kind -> (legend name, colour, marker symbol)
+    "pptp": ("PPTP trials", "#1f77b4", "circle"),
+    "combined": ("PPTP + a defense", "#7f7f7f", "circle-open"),
+    "undefended": ("undefended", "#000000", "star"),
+}
+
+
+_BASELINE_SYMBOLS = ("square", "diamond", "triangle-up", "triangle-down", "cross", "x", "pentagon")
+
+
+def axes(objectives: Sequence[Objective]) -> tuple[Objective, Objective | None]:
+    """``(upward, across)``: the first maximised objective is drawn upward (accuracy), the first
+    other one across (the attack metric); a single objective is drawn against trial numbers."""
+    up = next((o for o in objectives if o.direction == "maximize"), objectives[0])
+    across = next((o for o in objectives if o is not up), None)
+    return up, across
+
+
+def _hover(row: Mapping[str, Any], point: Point | None, name: str, metrics: Sequence[str]) -> str:
+    groups = str(row.get("protected_groups") or "-")
+    lines = [
+        f"<b>{html.escape(name)}</b>",
+        f"groups: {html.escape(groups)}",
+        f"operator: {html.escape(str(row.get('operator', '-')))}, "
+        f"strength {number_text(row.get('strength'))}",
+        f"defense: {html.escape(str(row.get('defense', '-')))}",
+    ]
+    n_seeds = point.n_seeds if point is not None else 1
+    for metric in metrics:
+        if point is not None and n_seeds > 1:
+            lines.append(f"{metric}: {point.mean(metric):.4f} ± {point.sd(metric):.4f}")
+        else:
+            lines.append(f"{metric}: {number_text(row.get(metric))}")
+    lines.append(f"seeds: {n_seeds}" + (" (no spread)" if n_seeds == 1 else ""))
+    if row.get("pareto"):
+        lines.append("on the Pareto front")
+    return "<br>".join(lines)
+
+
+def number_text(value: Any) -> str:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return "-"
+    return f"{number:.4g}" if math.isfinite(number) else "-"
+
+
+def front_figure(inputs: ReportInputs) -> go.Figure:
+    """Every finished trial by kind, the study's front and the picked trial (module doc, 1)."""
+    import plotly.graph_objects as go
+
+    up, across = axes(inputs.objectives)
+    metrics = [o.metric for o in inputs.objectives]
+    by_trial = {p.trial: p for p in inputs.points}
+    done = [r for r in inputs.rows if r.get("state") != "FAIL"]
+
+    def xy(rows: Sequence[Mapping[str, Any]]) -> tuple[list[float], list[float]]:
+        xs = [as_number(r.get(across.metric)) if across else float(r["trial"]) for r in rows]
+        return xs, [as_number(r.get(up.metric)) for r in rows]
+
+    def error_bars(
+        rows: Sequence[Mapping[str, Any]], metric: str | None, *, visible: bool, colour: str
+    ) -> dict[str, Any]:
+        """Plotly error bars: each trial's seed standard deviation of ``metric`` (0 without)."""
+        sds = []
+        for r in rows:
+            point = by_trial.get(int(r["trial"]))
+            sds.append(point.sd(metric) if point is not None and metric else 0.0)
+        return {"type": "data", "array": sds, "visible": visible, "color": colour}
+
+    def trials(rows: Sequence[Mapping[str, Any]], **style: Any) -> go.Scatter:
+        """A trace of the trials ``rows``, each named by its run and described on hover."""
+        xs, ys = xy(rows)
+        return go.Scatter(
+            x=xs,
+            y=ys,
+            customdata=[inputs.names.get(int(r["trial"]), "") for r in rows],
+            hovertext=[
+                _hover(
+                    r,
+                    by_trial.get(int(r["trial"])),
+                    inputs.names.get(int(r["trial"]), f"trial {r['trial']}"),
+                    metrics,
+                )
+                for r in rows
+            ],
+            hoverinfo="text",
+            **style,
+        )
+
+    fig = go.Figure()
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for row in done:
+        kind = row_kind(row)
+        key = f"baseline:{row.get('defense', '-')}" if kind == "baseline" else kind
+        groups.setdefault(key, []).append(row)
+    order = ["pptp", "combined", *sorted(k for k in groups if k.startswith("baseline:"))]
+    order.append("undefended")
+    for i, key in enumerate(k for k in order if k in groups):
+        rows = groups[key]
+        if key.startswith("baseline:"):
+            defense = key.split(":", 1)[1]
+            name, colour = f"baseline {defense}", _baseline_colour(i)
+            symbol = _BASELINE_SYMBOLS[i % len(_BASELINE_SYMBOLS)]
+        else:
+            name, colour, symbol = _KIND_STYLE[key]
+        fig.add_trace(
+            trials(
+                rows,
+                mode="markers",
+                name=f"{name} ({len(rows)})",
+                marker={
+                    "color": colour,
+                    "symbol": symbol,
+                    "size": 14 if key == "undefended" else 9,
+                    "opacity": 0.85,
+                },
+                error_x=error_bars(
+                    rows, across.metric if across else None, visible=key != "pptp", colour=colour
+                ),
+                error_y=error_bars(rows, up.metric, visible=key != "pptp", colour=colour),
+            )
+        )
+    front = sorted((r for r in done if r.get("pareto")), key=lambda r: xy([r])[0][0])
+    fig.add_trace(
+        trials(
+            front,
+            mode="lines+markers",
+            name=f"Pareto front ({len(front)})",
+            line={"color": "#d62728", "width": 2, "shape": "hv" if across else "linear"},
+            marker={"color": "rgba(0,0,0,0)", "size": 16, "line": {"color": "#d62728", "width": 2}},
+        )
+    )
+    picked = [
+        r
+        for r in done
+        if inputs.picked_trial is not None and int(r["trial"]) == inputs.picked_trial
+    ]
+    if picked:
+        xs, ys = xy(picked)
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=ys,
+                mode="markers+text",
+                name="picked for production",
+                text=[inputs.names.get(inputs.picked_trial or 0, "")],
+                textposition="top center",
+                marker={
+                    "symbol": "star-open",
+                    "size": 22,
+                    "color": "#2ca02c",
+                    "line": {"width": 2},
+                },
+                hoverinfo="skip",
+            )
+        )
+    across_title = (
+        f"{across.metric} ({'lower' if across.direction == 'minimize' else 'higher'} is better)"
+        if across
+        else "trial"
+    )
+    fig.update_layout(
+        title=f"{inputs.study_name}: {up.metric} against {across.metric if across else 'trial'}",
+        xaxis_title=across_title,
+        yaxis_title=f"{up.metric} (higher is better)",
+        hoverlabel={"align": "left"},
+        legend={"orientation": "v"},
+        height=560,
+        margin={"l": 60, "r": 20, "t": 50, "b": 50},
+        template="plotly_white",
+    )
+    return fig
+
+
+def as_number(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _baseline_colour(i: int) -> str:
+    palette = ("#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf")
+    return palette[i % len(palette)]
+
+
+def roc_figure(inputs: ReportInputs) -> go.Figure:
+    """Log-log ROC of every attack on the finalists (solid) and undefended trials (dotted)."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    front = {int(r["trial"]) for r in inputs.rows if r.get("pareto")}
+    dashes = ("solid", "dash", "dot", "dashdot", "longdash")
+    attacks = sorted({c.attack for c in inputs.roc})
+    trials = sorted({c.trial for c in inputs.roc})
+    palette = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf")
+    floor = 1.0
+    for curve in inputs.roc:
+        keep = (curve.fpr > 0) & (curve.tpr > 0)
+        if keep.any():
+            floor = min(floor, float(curve.fpr[keep].min()))
+        name = inputs.names.get(curve.trial, f"trial {curve.trial}")
+        on_front = curve.trial in front
+        fig.add_trace(
+            go.Scatter(
+                x=curve.fpr[keep].tolist(),
+                y=curve.tpr[keep].tolist(),
+                mode="lines",
+                name=f"{name} · {curve.attack}" + ("" if on_front else " (reference)"),
+                legendgroup=str(curve.trial),
+                line={
+                    "dash": dashes[attacks.index(curve.attack) % len(dashes)],
+                    "width": 2 if on_front else 1,
+                    "color": "#555555"
+                    if not on_front
+                    else palette[trials.index(curve.trial) % len(palette)],
+                },
+                opacity=1.0 if on_front else 0.6,
+            )
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=[floor, 1.0],
+            y=[floor, 1.0],
+            mode="lines",
+            name="chance",
+            line={"color": "#999999", "dash": "dot"},
+        )
+    )
+    fig.update_layout(
+        title="ROC of each attack on the Pareto trials (log-log; the low-FPR corner matters)",
+        xaxis={"type": "log", "title": "false positive rate"},
+        yaxis={"type": "log", "title": "true positive rate"},
+        height=520,
+        template="plotly_white",
+    )
+    return fig
+
+
+def localization_figure(result: LocalizationResult) -> go.Figure:
+    """Privacy risk against generalization per layer group, with the seed spread as error bars
+    (the chart of ``search/localize.py``)."""
+    import plotly.graph_objects as go
+
+    groups = result.groups
+    fig = go.Figure(
+        go.Scatter(
+            x=[100 * g.generalization_mean for g in groups],
+            y=[g.privacy_risk_mean for g in groups],
+            error_x={"type": "data", "array": [100 * g.generalization_std for g in groups]},
+            error_y={"type": "data", "array": [g.privacy_risk_std for g in groups]},
+            mode="markers+text",
+            text=[g.group for g in groups],
+            textposition="top center",
+            marker={"size": 11, "color": "#9467bd"},
+            hovertext=[
+                f"<b>{html.escape(g.group)}</b> (risk rank {result.rank(g.group)})<br>"
+                f"privacy risk {g.privacy_risk_mean:+.4f} ± {g.privacy_risk_std:.4f}<br>"
+                f"generalization {100 * g.generalization_mean:.1f} ± "
+                f"{100 * g.generalization_std:.1f} points<br>"
+                f"risk at output {g.risk_at_output_mean:+.4f}"
+                for g in groups
+            ],
+            hoverinfo="text",
+            name="layer groups",
+        )
+    )
+    fig.add_hline(y=0.0, line={"color": "#999999", "dash": "dot"})
+    fig.update_layout(
+        title=f"Layer risk: {result.model} on {result.dataset}, seeds "
+        f"{', '.join(map(str, result.seeds))}",
+        xaxis_title="generalization: test-accuracy drop when the group is reset (points)",
+        yaxis_title="privacy risk (log-ratio; 0 = nothing member-specific)",
+        height=480,
+        template="plotly_white",
+    )
+    return fig
+
+
+def optuna_figures(inputs: ReportInputs) -> tuple[list[tuple[str, go.Figure]], list[str]]:
+    """Optuna's ``plot_slice`` of every searched parameter against each objective; a figure
+    Optuna cannot draw (no completed trial, nothing searched) becomes a note instead."""
+    import optuna
+
+    figures: list[tuple[str, go.Figure]] = []
+    notes: list[str] = []
+    if inputs.study is None:
+        return figures, notes
+    for i, objective in enumerate(inputs.objectives):
+        try:
+            fig = optuna.visualization.plot_slice(
+                inputs.study,
+                target=lambda t, i=i: t.values[i],  # type: ignore[misc]
+                target_name=objective.metric,
+            )
+        except Exception as error:  # Optuna refuses some studies (e.g. no params): say so
+            notes.append(f"{objective.metric}: Optuna drew no slice plot ({first_line(error)})")
+            continue
+        fig.update_layout(height=380, title=f"Searched parameters against {objective.metric}")
+        figures.append((objective.metric, fig))
+    return figures, notes

@@ -1,0 +1,217 @@
+"""What the report page shows, gathered once (:func:`gather`): the trial rows and points of the
+run directory's study, the run names, the ROC arrays of the finalists from MLflow, the
+localisation that steered the study and the picked config; each part that could not be read is
+listed with its reason (:attr:`ReportInputs.missing`)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pptp.errors import ConfigError
+from search.comparing.points import Point, classify, points_from_trials
+
+if TYPE_CHECKING:
+    from pptp.localize import LocalizationResult
+    from search.picking.study_run import StudyRun
+    from search.space import Objective
+
+PICKED_FILE = "picked.yaml"
+
+
+@dataclass(frozen=True)
+class RocCurve:
+    """One attack's ROC on one trial: ``fpr``, ``tpr`` as in ``roc.npz`` (increasing FPR)."""
+
+    trial: int
+    attack: str
+    fpr: np.ndarray
+    tpr: np.ndarray
+
+
+@dataclass(frozen=True)
+class ReportInputs:
+    """Everything the page shows, gathered once (:func:`gather`).
+
+    ``rows``: :func:`search.pareto.trial_rows` (finished trials, ``pareto`` marking the front);
+    ``names``: trial number -> run name (:mod:`search.naming`); ``missing``: the parts that could
+    not be drawn, each with its reason.
+    """
+
+    study_name: str
+    run_dir: Path
+    objectives: tuple[Objective, ...]
+    rows: tuple[dict[str, Any], ...]
+    points: tuple[Point, ...]
+    names: Mapping[int, str]
+    tracking_uri: str
+    parent_run_id: str | None
+    roc: tuple[RocCurve, ...] = ()
+    localization: LocalizationResult | None = None
+    localization_path: Path | None = None
+    picked: str | None = None
+    picked_trial: int | None = None
+    missing: tuple[str, ...] = ()
+    study: Any = field(default=None, compare=False, repr=False)  # optuna.Study for plot_slice
+
+
+def trial_names(run: StudyRun, rows: Sequence[Mapping[str, Any]]) -> dict[int, str]:
+    """Trial number -> its run name (:func:`search.naming.row_run_name`)."""
+    from search.naming import row_run_name, trial_digits
+
+    consecutive = run.space.base_config().protect.split is not None or "protect.split" in (
+        run.space.params
+    )
+    digits = trial_digits(max((int(r["trial"]) for r in rows), default=0) + 1)
+    return {int(r["trial"]): row_run_name(r, consecutive=consecutive, digits=digits) for r in rows}
+
+
+def localization_file(run: StudyRun) -> Path | None:
+    """The ``localization.json`` that steered the study (its path as the study recorded it,
+    relative to the directory the search ran in), or None when none did."""
+    recorded = run.study.user_attrs.get("localization")
+    if not recorded:
+        return None
+    path = Path(str(recorded))
+    if not path.is_absolute():
+        path = Path(run.state.cwd or ".") / path
+    return path
+
+
+def read_picked(run_dir: Path) -> tuple[str | None, int | None]:
+    """The text of ``<run>/picked.yaml`` and the trial it exported (its study name ends with
+    ``-trial<N>``, :func:`search.picking.export.picked_space`)."""
+    import yaml
+
+    path = run_dir / PICKED_FILE
+    if not path.is_file():
+        return None, None
+    text = path.read_text()
+    trial = None
+    try:
+        name = str((yaml.safe_load(text) or {}).get("study", {}).get("name", ""))
+        head, _, number = name.rpartition("-trial")
+        trial = int(number) if head and number.isdigit() else None
+    except (yaml.YAMLError, AttributeError):
+        pass
+    return text, trial
+
+
+def fetch_roc(client: Any, rows: Sequence[Mapping[str, Any]]) -> tuple[list[RocCurve], list[str]]:
+    """The ``roc.npz`` curves of the front's trials and of the undefended trials.
+
+    Returns the curves and a note per trial whose file could not be read. ``roc.npz`` holds
+    ``attacks`` (names) and ``fpr/<attack>``, ``tpr/<attack>`` float arrays; it is loaded with
+    ``allow_pickle=False``.
+    """
+    wanted = [
+        r
+        for r in rows
+        if r.get("run_id")
+        and r.get("state") != "FAIL"
+        and (r.get("pareto") or row_kind(r) == "undefended")
+    ]
+    curves: list[RocCurve] = []
+    problems: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="pptp-report-") as tmp, _no_progress_bars():
+        for row in wanted:
+            number = int(row["trial"])
+            try:
+                local = client.download_artifacts(str(row["run_id"]), "roc.npz", tmp)
+                with np.load(local, allow_pickle=False) as data:
+                    for attack in [str(a) for a in data["attacks"]]:
+                        curves.append(
+                            RocCurve(
+                                number,
+                                attack,
+                                np.asarray(data[f"fpr/{attack}"], dtype=float),
+                                np.asarray(data[f"tpr/{attack}"], dtype=float),
+                            )
+                        )
+            except Exception as error:  # a missing artifact or an unreadable file: say so
+                problems.append(f"trial {number}: roc.npz not readable ({first_line(error)})")
+    return curves, problems
+
+
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """MLflow draws a progress bar per downloaded artifact unless told not to."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    before = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+def row_kind(row: Mapping[str, Any]) -> str:
+    params = {k.removeprefix("param."): v for k, v in row.items() if k.startswith("param.")}
+    return classify(dict(row), params)[0]
+
+
+def gather(run: StudyRun, *, client: Any | None, unreachable: str | None = None) -> ReportInputs:
+    """Read what the page shows from the run directory and, when ``client`` (an
+    :class:`mlflow.MlflowClient`) is given, the ROC arrays from MLflow. ``unreachable``: why
+    there is no client (shown on the page)."""
+    from optuna.trial import TrialState
+
+    from pptp.localize import LocalizationResult
+    from search.pareto import trial_rows
+
+    objectives = tuple(run.objectives)
+    rows = tuple(trial_rows(run.study, objectives))
+    complete = run.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    points = tuple(
+        points_from_trials(complete, [o.metric for o in objectives], run.state.study_name)
+    )
+    missing: list[str] = []
+    roc: list[RocCurve] = []
+    if client is None:
+        missing.append(
+            f"ROC curves of the finalists: the MLflow store {run.state.tracking_uri} "
+            f"{unreachable or 'was not asked'}"
+        )
+    else:
+        roc, problems = fetch_roc(client, rows)
+        missing += [f"ROC curve of {p}" for p in problems]
+    loc_path = localization_file(run)
+    localization = None
+    if loc_path is not None:
+        try:
+            localization = LocalizationResult.load(loc_path)
+        except ConfigError as error:
+            missing.append(f"layer-risk chart: {error}")
+    picked, picked_trial = read_picked(run.run_dir)
+    return ReportInputs(
+        study_name=run.state.study_name,
+        run_dir=run.run_dir,
+        objectives=objectives,
+        rows=rows,
+        points=points,
+        names=trial_names(run, rows),
+        tracking_uri=run.state.tracking_uri,
+        parent_run_id=run.state.parent_run_id,
+        roc=tuple(roc),
+        localization=localization,
+        localization_path=loc_path,
+        picked=picked,
+        picked_trial=picked_trial,
+        missing=tuple(missing),
+        study=run.study,
+    )

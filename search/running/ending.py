@@ -1,0 +1,107 @@
+"""The end of a ``search/run.py`` study (stage 7): the Pareto front CSV in the run directory
+first (whatever MLflow does), then MLflow brought up to date (front, tags, end states), the front
+printed, the report written (:mod:`search.publish`) and where to look next."""
+
+from __future__ import annotations
+
+import io
+import logging
+import shlex
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pptp.fileio import atomic_write
+from search import rundir
+from search.running.plan import EXIT_STOPPED, EXIT_TRACKING_INCOMPLETE
+
+if TYPE_CHECKING:
+    from search.running.plan import Plan
+
+logger = logging.getLogger(__name__)
+
+
+def finish(plan: Plan, tracker: Any, identity: Any, report: Any) -> int:
+    """Front CSV first (whatever MLflow does), then MLflow, then the table and what to do next."""
+    import optuna
+
+    from search.pareto import format_front
+    from search.sync import finish_tracking, store_replaced
+
+    space = plan.space
+    study = optuna.load_study(study_name=space.study.name, storage=plan.storage())
+    rows = study_rows(plan, study)
+    write_front_csv(plan.run_dir, rows)
+    done = rundir.finished_count(study)
+    complete = done >= plan.n_trials
+    if store_replaced(plan.tracking_uri, identity):
+        report.missing.append(
+            f"every run of this session: the tracking store {plan.tracking_uri} was deleted or "
+            "replaced during the study (what was logged went to the old file)"
+        )
+    else:
+        report = finish_tracking(
+            tracker,
+            plan.run_dir,
+            study,
+            objectives=space.study.objectives,
+            n_trials=plan.n_trials,
+            report=report,
+        )
+    print(
+        f"\nPareto front ({sum(r['pareto'] for r in rows)} of {len(rows)} finished trials, "
+        f"{sum(r['state'] == 'FAIL' for r in rows)} failed):"
+    )
+    print(format_front(rows, space.study.objectives))
+    for line in report.lines():
+        print(line)
+    print(publish(plan, mlflow=not store_replaced(plan.tracking_uri, identity)))
+    if not complete:
+        print(f"\nstopped with {done} of {plan.n_trials} trials finished. {plan.resume_hint()}")
+        return EXIT_STOPPED
+    if report.missing:
+        print(
+            "\nthe study is complete; MLflow lacks what is listed above. Replay it with:\n  "
+            f"python search/run.py --sync --output {shlex.quote(str(plan.run_dir))}"
+        )
+        return EXIT_TRACKING_INCOMPLETE
+    return 0
+
+
+def study_rows(plan: Plan, study: Any) -> list[dict[str, Any]]:
+    """The trial rows (search.pareto), with the MLflow run ids the run directory's records hold."""
+    from search import records
+    from search.pareto import trial_rows
+    from search.sync import with_run_ids
+
+    held = {n: r.spool.run_id for n, r in records.read_all(plan.run_dir).items() if r.spool.run_id}
+    return with_run_ids(trial_rows(study, plan.space.study.objectives), held)
+
+
+def write_front_csv(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    import csv
+
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(r for r in rows if r["pareto"])
+    atomic_write(run_dir / "pareto_front.csv", buffer.getvalue())
+
+
+def publish(plan: Plan, *, mlflow: bool) -> str:
+    """Name and describe the trial runs, save the MLflow views, write ``report.html`` (and attach
+    it), and return what to print: the report and where to look next (:mod:`search.publish`). A
+    failure here costs the study nothing: it is a warning, and ``pptp-search report`` redoes it."""
+    from search.links import where_to_look
+    from search.publish import publish_study
+
+    try:
+        return (
+            "\n"
+            + publish_study(plan.run_dir, tracking_uri=plan.tracking_uri, mlflow=mlflow).summary()
+        )
+    except Exception as error:  # the study is done and saved; the report is a convenience
+        logger.warning("could not write the report (%s: %s)", type(error).__name__, error)
+        return "\n" + where_to_look(plan.run_dir, tracking_uri=plan.tracking_uri, links=None)

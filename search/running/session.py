@@ -1,0 +1,251 @@
+"""The Ray Tune session of ``search/run.py`` (stages 5 and 6): start Ray (in-process, or join
+``--address``), cap ``max_concurrent`` to what the resources run at once, train the references
+(:mod:`search.running.references`), then let Tune run the trials that
+:class:`search.samplers.StudySearch` asks Optuna for; Ctrl-C marks the running trials
+interrupted and prints the resume command."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import sys
+from typing import TYPE_CHECKING, Any
+
+from pptp.errors import ConfigError
+from search import rundir
+from search.cli import local_ray_environment
+from search.running.ending import study_rows, write_front_csv
+from search.running.plan import EXIT_INTERRUPTED, EXIT_STOPPED
+from search.running.references import ReferencesUnavailable, train_references
+
+if TYPE_CHECKING:
+    from search.running.plan import Plan
+
+logger = logging.getLogger(__name__)
+
+
+def run_session(plan: Plan, tracker: Any, study: Any, remaining: int) -> int | None:
+    """Ray, references and trials; returns an exit status when the session was interrupted."""
+    import ray
+
+    from search.bookkeeping import Bookkeeper
+    from search.samplers import StudySearch
+    from search.space import build_sampler
+
+    space = plan.space
+    searcher: StudySearch | None = None
+    try:
+        start_ray(plan)
+        concurrency = concurrency_limit(plan)
+        references = train_references(plan)
+        ctx = trial_context(plan, tracker, references.config)
+        sampler_study = space.study
+        if plan.state is not None:
+            # a resumed sampler with the study's seed would replay its first proposals
+            seed = space.study.seed + len(study.trials)
+            sampler_study = dataclasses.replace(space.study, seed=seed)
+            plan.say(f"sampler     seed {seed} (study seed + {len(study.trials)} trials so far)")
+        searcher = StudySearch(
+            space=space.params,
+            metric=space.study.metrics,
+            mode=space.study.modes,
+            sampler=build_sampler(sampler_study, source=str(space.path)),
+            study_name=space.study.name,
+            storage=plan.storage(),
+            constraints=space.study.constraints,
+            wanted=ctx.wanted,
+        )
+        keeper = Bookkeeper(
+            run_dir=plan.run_dir,
+            searcher=searcher,
+            tracker=tracker,
+            flat_config=lambda sampled: space.trial_config(sampled).to_flat(),
+        )
+        plan.say(f"trials      {remaining} to run ({plan.n_trials} in the study)")
+        run_tuner(plan, searcher, ctx, remaining, concurrency, keeper, references.signals)
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the clean-up takes seconds: let it end
+        ray.shutdown()
+        return on_interrupt(plan, tracker, searcher)
+    except ConfigError as error:  # the cluster, its resources, a recipe that cannot train
+        ray.shutdown()
+        fail_parent(tracker, str(error))
+        raise
+    except ReferencesUnavailable as error:
+        ray.shutdown()
+        fail_parent(tracker, str(error))
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_STOPPED
+    finally:
+        ray.shutdown()
+    searcher.fail_awaiting()
+    leftover = rundir.fail_interrupted(study)  # Tune ended without telling them: never lost
+    if leftover:
+        logger.warning("trials %s were still RUNNING when Tune ended: marked interrupted", leftover)
+    return None
+
+
+def start_ray(plan: Plan) -> None:
+    """``ray.init``; a cluster that answered the probe but cannot be joined is bad input."""
+    import ray
+
+    from search.cluster import RayUnreachable
+
+    if _local_ray(plan):
+        local_ray_environment()  # never for a cluster the user started: their settings hold
+    try:
+        ray.init(**_ray_init_args(plan))
+    except (ConnectionError, TimeoutError) as error:
+        if not plan.args.address:
+            raise
+        first = (str(error).strip().splitlines() or [""])[0]
+        raise RayUnreachable(
+            f"--address {plan.args.address}: could not join the Ray cluster ({first})"
+        ) from error
+
+
+def _local_ray(plan: Plan) -> bool:
+    return plan.args.address in (None, "", "local")
+
+
+def _ray_init_args(plan: Plan) -> dict[str, Any]:
+    verbose = plan.verbosity > 0
+    if not _local_ray(plan):
+        return {"address": plan.args.address, "log_to_driver": verbose}
+    return {
+        "num_cpus": os.cpu_count(),
+        "include_dashboard": False,
+        "log_to_driver": verbose,
+        "object_store_memory": 256 * 1024 * 1024,
+        "configure_logging": False,
+    }
+
+
+def concurrency_limit(plan: Plan) -> int:
+    """``study.max_concurrent`` capped to what the cluster's resources run at once."""
+    import ray
+
+    from search.cluster import concurrency_cap
+
+    res, total = plan.space.study.resources, ray.cluster_resources()
+    for name, need in (("CPU", res.cpus), ("GPU", res.gpus)):
+        if need > total.get(name, 0):
+            raise ConfigError(
+                f"{plan.space.path}: study.resources asks for {need:g} {name} per "
+                f"trial; the Ray cluster has {total.get(name, 0):g}"
+            )
+    cap, warning = concurrency_cap(
+        plan.space.study.max_concurrent, cpus=res.cpus, gpus=res.gpus, available=total
+    )
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
+    return cap
+
+
+def trial_context(plan: Plan, tracker: Any, references: Any) -> Any:
+    from search.trainable import TrialContext
+
+    return TrialContext(
+        space=plan.space,
+        tracking_uri=plan.tracking_uri,
+        experiment_id=tracker.experiment_id,
+        parent_run_id=tracker.parent_run_id,
+        references=references,
+        overrides=rundir.absolute_paths(plan.space.base_config()),
+    )
+
+
+def run_tuner(
+    plan: Plan,
+    searcher: Any,
+    ctx: Any,
+    remaining: int,
+    concurrency: int,
+    keeper: Any,
+    reference_signals: Any = None,
+) -> None:
+    from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
+
+    from search.progress import Progress
+    from search.trainable import trainable
+
+    if plan.verbosity <= 0:  # each trial's end is one progress line; tracebacks go to MLflow
+        logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
+    res = plan.space.study.resources
+    tuner = tune.Tuner(
+        tune.with_resources(
+            tune.with_parameters(trainable, ctx=ctx, reference_signals=reference_signals),
+            {"cpu": res.cpus, "gpu": res.gpus},
+        ),
+        tune_config=tune.TuneConfig(
+            search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrency),
+            num_samples=remaining,
+            reuse_actors=True,  # a trial process imports torch and mlflow once, not per trial
+        ),
+        run_config=tune.RunConfig(
+            name="tune",
+            storage_path=str(plan.run_dir / "ray"),
+            verbose=0,
+            callbacks=[
+                keeper,
+                Progress(
+                    total=remaining,
+                    objectives=plan.space.study.objectives,
+                    verbosity=plan.verbosity,
+                ),
+            ],
+            failure_config=tune.FailureConfig(max_failures=0),
+        ),
+    )
+    tuner.fit()
+
+
+def on_interrupt(plan: Plan, tracker: Any, searcher: Any) -> int:
+    import optuna
+
+    from search.failures import INTERRUPTED_REASON
+
+    if searcher is not None:
+        searcher.fail_awaiting()
+    study = optuna.load_study(study_name=plan.space.study.name, storage=plan.storage())
+    numbers = rundir.fail_interrupted(study)
+    try:
+        tracker.mark_stale_children(f"{INTERRUPTED_REASON} (Ctrl-C)", status="KILLED")
+    except Exception as error:
+        logger.warning("could not mark the interrupted MLflow runs KILLED (%s)", error)
+    write_front_csv(plan.run_dir, study_rows(plan, study))
+    from search.sync import finish_tracking
+
+    report = finish_tracking(
+        tracker,
+        plan.run_dir,
+        study,
+        objectives=plan.space.study.objectives,
+        n_trials=plan.n_trials,
+        end_parent=False,
+    )
+    try:
+        tracker.finish(status="KILLED")
+    except Exception as error:
+        report.missing.append(f"the parent run's end state ({error})")
+    for line in report.lines():
+        print(line)
+    print(
+        f"\ninterrupted: trials {numbers or '[]'} were running and are marked interrupted "
+        f"({rundir.finished_count(study)} of {plan.n_trials} finished). {plan.resume_hint()}",
+        flush=True,
+    )
+    return EXIT_INTERRUPTED
+
+
+def fail_parent(tracker: Any, reason: str) -> None:
+    from search.tracking import TAG_FAIL_REASON
+
+    try:
+        tracker.client.set_tag(tracker.parent_run_id, TAG_FAIL_REASON, reason[:500])
+        tracker.finish(status="FAILED")
+    except Exception as error:
+        logger.warning("could not mark the MLflow parent run FAILED (%s)", error)
