@@ -11,6 +11,8 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Mapping
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from pptp.errors import ConfigError
@@ -195,12 +197,20 @@ def run_tuner(
                     total=remaining,
                     objectives=plan.space.study.objectives,
                     verbosity=plan.verbosity,
+                    describe=partial(_describe, plan.space),
                 ),
             ],
             failure_config=tune.FailureConfig(max_failures=0),
         ),
     )
     tuner.fit()
+
+
+def _describe(space: Any, number: int, sampled: Mapping[str, Any]) -> str:
+    """A trial's progress name: the run name it gets in MLflow (:mod:`search.naming`)."""
+    from search.naming import space_run_name
+
+    return space_run_name(number, space.trial_config(sampled), space)
 
 
 def on_interrupt(plan: Plan, tracker: Any, searcher: Any) -> int:
