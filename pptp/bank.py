@@ -56,7 +56,8 @@ from pptp.config import AttackConfig, DefenseConfig, ProtectConfig, TrialConfig
 from pptp.data import Pool, build_pool, keep_row
 from pptp.device import resolve_device
 from pptp.signals import compute_signals, resolve_queries
-from pptp.train import build_model, train
+from pptp.models import build_model
+from pptp.train import train
 
 logger = logging.getLogger(__name__)
 
