@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import logging
 import os
 import statistics
 import sys
@@ -35,15 +34,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from printing import footer, provenance, table
+from printing import footer, log_warnings, parse_args, provenance
 
 from pptp.attacks import ATTACKS, AttackInput, attack_names
 from pptp.bank import ReferenceBank
 from pptp.config import TrialConfig
 from pptp.data import build_pool
 from pptp.metrics import evaluate
+from pptp.models import build_model
 from pptp.signals import compute_signals, resolve_queries
-from pptp.train import build_model, train
+from pptp.tables import format_table
+from pptp.train import train
 from pptp.trial import TrialResult, references_needed, run_trial
 from search.space import load_space
 
@@ -102,17 +103,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--space", default="spaces/quickstart.yaml")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=None, help="override train.epochs")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     wall0, cpu0 = time.perf_counter(), os.times()
     if args.quick:
         args.repeats, args.epochs = 1, args.epochs or 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    logging.basicConfig(
-        level=logging.WARNING, stream=sys.stdout, format="# log %(name)s: %(message)s"
-    )
-    logging.getLogger("pptp.attacks").setLevel(logging.ERROR)  # per-example fallbacks at small K
+    log_warnings()
 
     print("# attack_stage: run_trial with a cold reference bank against a warm one")
     for line in provenance(["bench/attack_stage.py", *argv]):
@@ -178,7 +173,9 @@ def main(argv: Sequence[str] | None = None) -> None:
          f"{cold_total / warm_total:.1f}x"]
     )  # fmt: skip
     print()
-    print(table(["stage", "cold s", "cold share", "warm s", "warm share", "cold / warm"], rows))
+    print(
+        format_table(rows, ["stage", "cold s", "cold share", "warm s", "warm share", "cold / warm"])
+    )
     worst = max(share_warm)
     verdict = "met" if statistics.median(share_warm) <= 0.05 else "NOT met"
     print(
@@ -193,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print("#   the rest of the train stage is model setup and evaluation after every epoch")
     print()
     print("# the warm attack cost, part by part (median ms of 5 calls each)")
-    print(table(["part", "ms"], parts))
+    print(format_table(parts, ["part", "ms"]))
     print("# " + footer(wall0, cpu0))
 
 

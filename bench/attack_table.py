@@ -25,7 +25,6 @@ pool holds 1,400 examples, 700 of them non-members, so the smallest non-zero FPR
 from __future__ import annotations
 
 import argparse
-import logging
 import math
 import os
 import statistics
@@ -37,14 +36,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from printing import footer, provenance, table
+from printing import footer, log_warnings, parse_args, provenance
 
 from pptp.bank import ReferenceBank
 from pptp.config import TrialConfig
 from pptp.data import build_pool
 from pptp.metrics import AttackMetrics
+from pptp.models import build_model
 from pptp.signals import compute_signals, resolve_queries
-from pptp.train import build_model, train
+from pptp.tables import format_table
+from pptp.train import train
 from pptp.trial import attack_target
 from search.space import load_space
 
@@ -110,17 +111,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--ks", default="2,4,8", help="numbers of references")
     parser.add_argument("--bank-dir", default=None, help="default: a temporary folder")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     wall0, cpu0 = time.perf_counter(), os.times()
     if args.quick:
         args.epochs, args.seeds, args.ks = 2, "0", "2,4"
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    logging.basicConfig(
-        level=logging.WARNING, stream=sys.stdout, format="# log %(name)s: %(message)s"
-    )
-    logging.getLogger("pptp.attacks").setLevel(logging.ERROR)  # per-example fallbacks at small K
+    log_warnings()
     seeds = [int(s) for s in args.seeds.split(",")]
     ks = sorted(int(k) for k in args.ks.split(","))
 
@@ -183,9 +178,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     print()
     print(f"# mean ± sd over {len(seeds)} seed(s); TPR in %")
     print(
-        table(
-            ["attack", "K", "AUC", "TPR@0.1%FPR", "TPR@1%FPR", "bal. acc", "AUC per seed"],
-            rows,
+        format_table(
+            rows, ["attack", "K", "AUC", "TPR@0.1%FPR", "TPR@1%FPR", "bal. acc", "AUC per seed"]
         )
     )
     n_out = int(min(i["n_nonmembers"] for i in infos))

@@ -45,7 +45,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from printing import footer, provenance, table
+from printing import footer, provenance
+
+from pptp.tables import format_table
 
 SELECTIONS = (("prefix", 2), ("suffix", 2))
 OPERATORS = ("none", "noise", "damp", "anchor", "rewind", "feature_noise")
@@ -63,6 +65,18 @@ def configs() -> list[tuple[str, str, str | None]]:
 # Run in a subprocess whose PYTHONPATH names the tree to measure; they print one JSON line.
 
 
+def _builders() -> tuple[Any, Any]:
+    """``build_pool`` and ``build_model`` of the tree on the path: ``pptp.data`` and
+    ``pptp.models`` now, ``pptp.train`` in trees from before they moved (``--trees`` compares
+    with older code)."""
+    try:
+        from pptp.data import build_pool
+        from pptp.models import build_model
+    except ImportError:
+        from pptp.train import build_model, build_pool  # type: ignore[attr-defined,no-redef]
+    return build_pool, build_model
+
+
 def time_worker(job: dict[str, Any]) -> dict[str, Any]:
     import dataclasses
 
@@ -70,7 +84,9 @@ def time_worker(job: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from pptp.config import DataConfig, ModelConfig, ProtectConfig, TrainConfig
-    from pptp.train import build_model, build_pool, train
+    from pptp.train import train
+
+    build_pool, build_model = _builders()
 
     if job["threads"]:
         torch.set_num_threads(job["threads"])
@@ -119,7 +135,9 @@ def memory_worker(job: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from pptp.config import DataConfig, ModelConfig, ProtectConfig, TrainConfig
-    from pptp.train import build_model, build_pool, train
+    from pptp.train import train
+
+    build_pool, build_model = _builders()
 
     pool = build_pool(DataConfig(name="digits", image_size=32))
     members = np.flatnonzero(pool.keep(1)[0])[: job["members"]]
@@ -214,7 +232,7 @@ def time_table(args: argparse.Namespace, trees: list[str]) -> None:
         tag = f" [{tree}]" if len(trees) > 1 else ""
         headers += [f"train s{tag}", "s/epoch", "/ none", "best/best", "CPU / none", "test_acc"]
     print()
-    print(table(headers, rows))
+    print(format_table(rows, headers))
     print("# train s: median over repeats of TrainResult.train_seconds (evaluation excluded);")
     print("#   / none: median of the per-repeat ratios to none; best/best: fastest over none's")
     print("#   fastest; CPU / none: the same for the process CPU time of train() (evaluation")
@@ -250,7 +268,8 @@ def memory_table(args: argparse.Namespace, trees: list[str]) -> None:
                 )
     print()
     print(
-        table(
+        format_table(
+            rows,
             [
                 "tree",
                 "batch",
@@ -263,7 +282,6 @@ def memory_table(args: argparse.Namespace, trees: list[str]) -> None:
                 "growth / none",
                 "train s (2 steps)",
             ],
-            rows,
         )
     )
     print(

@@ -1,11 +1,15 @@
-"""What every benchmark prints around its figures: provenance, aligned tables, CPU use.
+"""What every benchmark prints around its figures: provenance and CPU use (the figures
+themselves as aligned columns: :func:`pptp.tables.format_table`); and the set-up they share:
+``--threads`` (:func:`parse_args`) and library warnings as comment lines (:func:`log_warnings`).
 
 Imported by the scripts in ``bench/`` (``python bench/<script>.py`` puts this folder on the path).
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime
+import logging
 import os
 import platform
 import subprocess
@@ -53,21 +57,23 @@ def provenance(argv: Sequence[str]) -> list[str]:
     ]
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """Aligned columns: text left, numbers right."""
-    cells = [[str(h) for h in headers], *[[str(c) for c in r] for r in rows]]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """``parser.parse_args(argv)`` with ``--threads N`` added and applied
+    (``torch.set_num_threads(N)``; without it, torch's own default)."""
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args
 
-    def line(r: Sequence[str], raw: Sequence[object]) -> str:
-        out = []
-        for i, c in enumerate(r):
-            numeric = isinstance(raw[i], int | float) or c[:1].isdigit()
-            out.append(c.rjust(widths[i]) if numeric else c.ljust(widths[i]))
-        return "  ".join(out).rstrip()
 
-    lines = [line(cells[0], headers), "  ".join("-" * w for w in widths)]
-    lines += [line(c, r) for c, r in zip(cells[1:], rows, strict=True)]
-    return "\n".join(lines)
+def log_warnings() -> None:
+    """Library warnings as ``# log`` comment lines on stdout, between the figures; the attacks'
+    per-example fallback notices (frequent at small K) left out."""
+    logging.basicConfig(
+        level=logging.WARNING, stream=sys.stdout, format="# log %(name)s: %(message)s"
+    )
+    logging.getLogger("pptp.attacks").setLevel(logging.ERROR)
 
 
 def footer(wall0: float, cpu0: os.times_result) -> str:

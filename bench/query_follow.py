@@ -19,7 +19,6 @@ epochs: the target and 4 references).
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import tempfile
@@ -27,11 +26,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-from printing import footer, provenance, table
+from printing import footer, log_warnings, parse_args, provenance
 
 import pptp
 from pptp.bank import ReferenceBank
+from pptp.tables import format_table
 from pptp.trial import run_trial
 from search.space import load_space
 
@@ -49,15 +48,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--epochs", type=int, default=None, help="override train.epochs")
     parser.add_argument("--bank-dir", default=None, help="default: a fresh temporary folder")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     wall0, cpu0 = time.perf_counter(), os.times()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    logging.basicConfig(
-        level=logging.WARNING, stream=sys.stdout, format="# log %(name)s: %(message)s"
-    )
-    logging.getLogger("pptp.attacks").setLevel(logging.ERROR)  # per-example fallbacks at small K
+    log_warnings()
 
     print("# query_follow: worst-case attack numbers of one undefended trial")
     for line in provenance(["bench/query_follow.py", *argv]):
@@ -98,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"{100 * metrics['attack_tpr@1%fpr']:.2f}",
         ]
     )
-    print(table(["attack", "AUC", "TPR@0.1%FPR (%)", "TPR@1%FPR (%)"], rows))
+    print(format_table(rows, ["attack", "AUC", "TPR@0.1%FPR (%)", "TPR@1%FPR (%)"]))
     print("# " + footer(wall0, cpu0))
 
 

@@ -43,15 +43,18 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from printing import footer, provenance, table
+from printing import footer, parse_args, provenance
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from pptp.batches import augment, batches
 from pptp.config import ModelConfig, TrainConfig
-from pptp.data import Pool, augment, batches, make_pool
+from pptp.data import Pool, make_pool
 from pptp.device import channels_last
-from pptp.train import build_model, evaluate, train
+from pptp.models import build_model
+from pptp.tables import format_table
+from pptp.train import evaluate, train
 
 # ------------------------------------------------------------------------------ the two loops
 
@@ -230,13 +233,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--workers", default="0,2", help="plain-loop num_workers values")
     parser.add_argument("--members", type=int, default=None, help="use only this many members")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     wall0, cpu0 = time.perf_counter(), os.times()
     if args.quick:
         args.epochs, args.repeats, args.members = 1, 1, args.members or 128
-    if args.threads:
-        torch.set_num_threads(args.threads)
     workers = [int(w) for w in args.workers.split(",") if w != ""]
 
     print("# train_throughput: pptp.train.train against a plain DataLoader loop")
@@ -331,7 +331,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     print()
     print(
-        table(
+        format_table(
+            throughput_rows,
             [
                 "model",
                 "loop",
@@ -343,7 +344,6 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "pptp / loop",
                 "best / best",
             ],
-            throughput_rows,
         )
     )
     print(
@@ -361,7 +361,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     print("# where an epoch's time goes (medians; data = batch assembly + crop, no model;")
     print(f"#   step = forward + backward + SGD step on one batch of {cfg.batch_size})")
     print(
-        table(
+        format_table(
+            part_rows,
             [
                 "model",
                 "data/epoch pptp ms",
@@ -371,7 +372,6 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "NCHW / cl",
                 "steps/epoch x step cl ms",
             ],
-            part_rows,
         )
     )
     print("# target (issue): pptp's loop at least 1.5x the plain loop on 2 CPU cores")

@@ -39,9 +39,7 @@ import functools
 import hashlib
 import json
 import logging
-import os
 import socket
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -55,8 +53,11 @@ from pptp.chance import chance_level
 from pptp.config import AttackConfig, DefenseConfig, ProtectConfig, TrialConfig
 from pptp.data import Pool, build_pool, keep_row
 from pptp.device import resolve_device
+from pptp.digests import config_digest
+from pptp.fileio import atomic_write
+from pptp.models import build_model
 from pptp.signals import compute_signals, resolve_queries
-from pptp.train import build_model, train
+from pptp.train import train
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +174,7 @@ def train_entry(
     key, determining = recipe_key(cfg, adaptive=adaptive, queries=queries)
     rcfg = recipe(cfg, adaptive=adaptive)
     pool = build_pool(rcfg.data, device=resolve_device(rcfg.train.device))
-    seed = reference_seed(_hash(_recipe_fields(cfg, adaptive=adaptive)), index)
+    seed = reference_seed(config_digest(_recipe_fields(cfg, adaptive=adaptive)), index)
     members = np.flatnonzero(keep_row(len(pool.y), rcfg.data.seed, index + 1))
     start = time.perf_counter()
     model = build_model(rcfg.model, pool, seed=seed)
@@ -243,7 +244,7 @@ def recipe_key(
     determining["bank.format"] = BANK_FORMAT
     determining["bank.code"] = code_fingerprint()
     determining["attack.queries"] = list(resolve_queries(cfg) if queries is None else queries)
-    return _hash(determining), determining
+    return config_digest(determining), determining
 
 
 def _recipe_fields(cfg: TrialConfig, *, adaptive: bool) -> dict[str, Any]:
@@ -258,10 +259,6 @@ def _recipe_fields(cfg: TrialConfig, *, adaptive: bool) -> dict[str, Any]:
             or (adaptive and k.startswith(("protect.", "defense.")))
         )
     }
-
-
-def _hash(fields: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class ReferenceBank:
@@ -323,10 +320,10 @@ class ReferenceBank:
         folder = self.root / entry.key
         folder.mkdir(parents=True, exist_ok=True)
         if not (folder / "recipe.json").exists():
-            _atomic_write(folder / "recipe.json", json.dumps(entry.recipe, indent=1).encode())
-        _atomic_write(folder / f"ref-{entry.index:04d}.npz", entry.npz)
+            atomic_write(folder / "recipe.json", json.dumps(entry.recipe, indent=1).encode())
+        atomic_write(folder / f"ref-{entry.index:04d}.npz", entry.npz)
         marker = folder / f"ref-{entry.index:04d}.json"
-        _atomic_write(marker, json.dumps(entry.meta, indent=1).encode())
+        atomic_write(marker, json.dumps(entry.meta, indent=1).encode())
         return marker
 
     def load(
@@ -436,17 +433,3 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, fsync, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -9,8 +9,6 @@ flat ``{"train.lr": 0.1, "protect.operator": "damp", ...}`` dict (:meth:`TrialCo
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -172,13 +170,6 @@ class TrialConfig:
     def replace(self, **flat: Any) -> TrialConfig:
         """A copy with some dotted keys changed: ``cfg.replace(**{"train.seed": 3})``."""
         return TrialConfig.from_flat({**self.to_flat(), **flat})
-
-    def digest(self, *sections: str) -> str:
-        """A stable hash of the named sections (all if none): the bank's and the cache's keys."""
-        names = sections or tuple(f.name for f in dataclasses.fields(self))
-        payload = {s: dataclasses.asdict(getattr(self, s)) for s in names}
-        text = json.dumps(payload, sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def config_keys() -> dict[str, Any]:

@@ -21,3 +21,10 @@ class ModelAtChance(RuntimeError):
     Its attack numbers would look private (AUC near 0.5) only because it learned nothing; the
     trial fails with this reason instead of reporting them.
     """
+
+
+def check_size(name: str, value: int | None, *, minimum: int) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is None or an integer >= ``minimum`` (a bool is
+    not a size)."""
+    if value is not None and (isinstance(value, bool) or value < minimum):
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")

@@ -98,7 +98,7 @@ class FineTune:
 class TrainContext:
     """The state the loop shares with the mechanisms (they read it; only the loop writes it).
 
-    ``protected``/``free`` are the parameter partition (:func:`pptp.layers.partition`), as
+    ``protected``/``free`` are the parameter partition (:func:`pptp.selection.partition`), as
     parameter objects in ``model.named_parameters()`` order. ``warmup`` holds detached copies of
     the protected parameters at the end of epoch ``cfg.warmup_epochs`` (at initialisation when
     that is 0; the weights training ended with when it stopped before the warm-up ended); it is

@@ -49,6 +49,8 @@ from typing import ClassVar, Protocol
 import torch
 from torch import nn
 
+from pptp.config import ModelConfig
+from pptp.data import Pool
 from pptp.errors import ConfigError
 from pptp.layers import check_groups, derive_layer_groups, subtree_pattern
 from pptp.registry import Registry
@@ -184,6 +186,21 @@ def create_model(
         ", ".join(g.name for g in groups),
     )
     return model
+
+
+def build_model(cfg: ModelConfig, pool: Pool, *, seed: int) -> nn.Module:
+    """The model a model config names, for ``pool``'s input shape ``(C, H, W)`` and classes,
+    initialised from ``seed`` (``torch.manual_seed``)."""
+    torch.manual_seed(seed)
+    _, channels, height, _ = pool.x.shape
+    return create_model(
+        cfg.name,
+        num_classes=pool.num_classes,
+        in_channels=channels,
+        image_size=height,
+        width=cfg.width,
+        norm=cfg.norm,
+    )
 
 
 def _dry_run(

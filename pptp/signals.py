@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from pptp.config import TrialConfig
-from pptp.data import DATASETS
+from pptp.datasets import DATASETS
 from pptp.device import channels_last
 from pptp.registry import Registry
 

@@ -30,17 +30,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from pptp.batches import augment, batches
 from pptp.compose import check_pair
-from pptp.config import DataConfig, DefenseConfig, ModelConfig, ProtectConfig, TrainConfig
-from pptp.data import Pool, augment, batches, load_raw, make_pool
+from pptp.config import DefenseConfig, ProtectConfig, TrainConfig
+from pptp.data import Pool
 from pptp.defenses import build_defense, resolve_strength
 from pptp.device import autocast, channels_last, resolve_device
 from pptp.errors import ConfigError
 from pptp.hooks import FineTune, Mechanism, TrainContext, snapshot
-from pptp.layers import Partition, Selection, partition
-from pptp.models import create_model
 from pptp.operators import Operator, build_operator
 from pptp.per_example import refuse_batchnorm
+from pptp.selection import Partition, partition, selection_of
 
 logger = logging.getLogger(__name__)
 
@@ -77,50 +77,6 @@ class TrainResult:
     mask: dict[str, bool]  # group -> protected
     #: torch_threads (what it trained with), and the mechanisms' (epsilon, dp_steps for dpsgd)
     extras: dict[str, float] = field(default_factory=dict)
-
-
-def build_model(cfg: ModelConfig, pool: Pool, *, seed: int) -> nn.Module:
-    """The model for ``pool``'s input shape and classes, initialised from ``seed``."""
-    torch.manual_seed(seed)
-    _, channels, height, _ = pool.x.shape
-    return create_model(
-        cfg.name,
-        num_classes=pool.num_classes,
-        in_channels=channels,
-        image_size=height,
-        width=cfg.width,
-        norm=cfg.norm,
-    )
-
-
-def build_pool(cfg: DataConfig, *, device: torch.device | str = "cpu") -> Pool:
-    """The pool a data config names (raw datasets are cached in-process by :mod:`pptp.data`)."""
-    return make_pool(
-        cfg.name,
-        seed=cfg.seed,
-        pool_size=cfg.pool_size,
-        test_size=cfg.test_size,
-        val_size=cfg.val_size,
-        image_size=cfg.image_size,
-        data_dir=cfg.data_dir,
-        download=cfg.download,
-        device=device,
-    )
-
-
-def check_data(cfg: DataConfig) -> None:
-    """Load the raw dataset once (it is cached): a missing dataset stops here, clearly, before
-    anything trains (:class:`~pptp.errors.DataUnavailableError` names the folder and layout)."""
-    load_raw(cfg.name, data_dir=cfg.data_dir, download=cfg.download)
-
-
-def selection_of(cfg: ProtectConfig) -> Selection | None:
-    """The layer selection a protect config names, or None when it names none."""
-    if cfg.split is None and cfg.groups is None and cfg.patterns is None:
-        return None
-    return Selection.from_config(
-        split=cfg.split, direction=cfg.direction, groups=cfg.groups, patterns=cfg.patterns
-    )
 
 
 @torch.no_grad()

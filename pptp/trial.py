@@ -33,12 +33,14 @@ from pptp.bank import ReferenceBank, ReferenceSignals, recipe_key
 from pptp.canaries import CANARY_TPR_METRICS, canary_metrics, split_scores
 from pptp.chance import require_above_chance
 from pptp.config import DataConfig, TrialConfig
-from pptp.data import DATASETS, Pool, build_pool, keep_row
+from pptp.data import Pool, build_pool, keep_row
+from pptp.datasets import DATASETS
 from pptp.device import resolve_device
 from pptp.errors import ConfigError
 from pptp.metrics import TPR_METRICS, AttackMetrics, resolvable
+from pptp.models import build_model
 from pptp.signals import Signals, compute_signals, resolve_queries
-from pptp.train import EpochLog, build_model, train
+from pptp.train import EpochLog, train
 
 logger = logging.getLogger(__name__)
 

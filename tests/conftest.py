@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from fixtures_torchvision import TinyImages, write_mnist
 
-from pptp.data import SYSTEM_DATA_ENV, Pool, make_pool
+from pptp.data import Pool, make_pool
+from pptp.datasets import SYSTEM_DATA_ENV
 
 
 @pytest.fixture(autouse=True)

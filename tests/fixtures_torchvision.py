@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+
+from pptp.datasets import DatasetSpec
 
 
 @dataclass(frozen=True)
@@ -69,3 +72,11 @@ def write_fake_cifar10(root: Path) -> Path:
     for name in names:
         (folder / name).write_bytes(b"not a CIFAR batch")
     return folder
+
+
+def unnormalise(x: torch.Tensor, spec: DatasetSpec) -> torch.Tensor:
+    """The [0, 1] pixels a pool's images ``x: (n, C, H, W)`` were normalised from (per channel,
+    with the dataset's ``mean`` and ``std``, as :func:`pptp.data.make_pool` does)."""
+    mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std).view(1, -1, 1, 1)
+    return x * std + mean

@@ -1,6 +1,7 @@
 """Helpers shared by the tracking tests: a fresh SQLite store per test module (copied from one
 template, since creating MLflow's tables takes seconds), hand-made trial results, and the calls a
-driver and a trial make."""
+driver and a trial make. Fixtures (import them into a test module to use them there):
+:func:`no_mlflow_telemetry` (autouse), :func:`store` and :func:`study`."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from mlflow.tracking import MlflowClient
 
 from pptp.config import TrialConfig
@@ -44,6 +46,24 @@ def fresh_store(folder: Path) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(_template, folder / "mlflow.db")
     return f"sqlite:///{folder}/mlflow.db"
+
+
+@pytest.fixture(autouse=True)
+def no_mlflow_telemetry(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One SQLite store per module. Tests use their own study (experiment) names, so they do not
+    see each other's runs."""
+    return fresh_store(tmp_path_factory.mktemp("mlflow"))
+
+
+@pytest.fixture
+def study(store: str, request: pytest.FixtureRequest, tmp_path: Path) -> StudyTracker:
+    """A study tracker named after the test, its run folder in the test's ``tmp_path``."""
+    return StudyTracker(store, f"study-{request.node.name}", run_dir=tmp_path / "run")
 
 
 def _roc(auc_like: float) -> AttackMetrics:

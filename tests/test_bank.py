@@ -91,9 +91,12 @@ def test_fingerprint_covers_training_code_not_attacks() -> None:
     names = {str(p.relative_to(root)) for p in fingerprinted_files()}
     for training in (
         "train.py",
+        "datasets.py",
         "data.py",
+        "batches.py",
         "models.py",
         "layers.py",
+        "selection.py",
         "operators.py",
         "defenses.py",
         "hooks.py",

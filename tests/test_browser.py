@@ -19,18 +19,15 @@ Screenshots go to the test's temporary folder; their paths and the stage times a
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
 from fixtures_browser import headless_chromium, wait_for
+from fixtures_ray import ray_tmp
+from fixtures_space import TINY_STUDY_FIXED
 
 from search import rundir
 from search.links import Links
@@ -38,7 +35,8 @@ from search.reporting.page import FRONT_DIV
 from search.saved_views import PARETO_FILTER
 from search.ui import MlflowUi
 
-SPACE = """
+SPACE = (
+    """
 study:
   name: browser
   objectives: {{test_acc: maximize, attack_auc: minimize}}
@@ -50,40 +48,20 @@ study:
   enqueue:
     - {{protect.operator: damp, protect.strength: 0.0, protect.split: 1}}
     - {{protect.operator: noise, protect.strength: 0.5, protect.split: 2}}
-fixed:
-  data: {{name: digits, pool_size: 200, test_size: 100, val_size: 0}}
-  model: {{name: mlp, width: 32, norm: none}}
-  # learns above chance (a model at chance fails its trial: pptp/chance.py)
-  train: {{epochs: 10, batch_size: 10, lr: 0.1, augment: false, warmup_epochs: 0, device: cpu}}
-  attack: {{attacks: [loss, lira_offline], n_references: 2, bank_dir: {bank}}}
-params:
+"""
+    + TINY_STUDY_FIXED
+    + """params:
   protect.operator: {{type: categorical, choices: [damp, noise]}}
   protect.strength: {{type: float, low: 0.0, high: 1.0}}
   protect.split: {{type: int, low: 1, high: 3}}
   protect.direction: {{type: categorical, choices: [suffix]}}
 """
+)
 
 ROW = ".ag-row"
 NAME_CELL = "[col-id='attributes.`Run Name`'] a"
 
-
-@pytest.fixture
-def ray_tmp(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A private RAY_TMPDIR; afterwards every process whose command line names it is stopped."""
-    folder = tempfile.mkdtemp(prefix="pptp-ray-", dir="/tmp")
-    monkeypatch.setenv("RAY_TMPDIR", folder)
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
-    yield folder
-    import ray
-
-    ray.shutdown()
-    for pid_dir in Path("/proc").iterdir():
-        if not pid_dir.name.isdigit() or int(pid_dir.name) == os.getpid():
-            continue
-        with contextlib.suppress(OSError):
-            if folder in (pid_dir / "cmdline").read_bytes().decode(errors="replace"):
-                os.kill(int(pid_dir.name), signal.SIGKILL)
+__all__ = ["ray_tmp"]  # the fixture, imported for its use below
 
 
 class Shots:

@@ -16,9 +16,10 @@ from pptp.data import Pool, make_pool
 from pptp.defenses import DEFENSES
 from pptp.errors import ConfigError
 from pptp.hooks import Needs
-from pptp.layers import Selection, partition
+from pptp.models import build_model
 from pptp.operators import OPERATORS
-from pptp.train import EpochLog, TrainResult, build_model, train
+from pptp.selection import Selection, partition
+from pptp.train import EpochLog, TrainResult, train
 
 MODEL = ModelConfig(name="small_cnn", width=4, norm="group")
 # 128 members, batch 64: 2 steps an epoch; 3 epochs, warm-up 1; rewind fine-tunes 2 more

@@ -36,13 +36,6 @@ def test_attack_defaults_are_resolved_later_and_round_trip() -> None:
     assert forced.attack.query_augment is False and forced.attack.attacks is None
 
 
-def test_digest_is_stable_and_section_scoped() -> None:
-    a = TrialConfig()
-    b = a.replace(**{"train.lr": 0.3})
-    assert a.digest() == TrialConfig().digest() != b.digest()
-    assert a.digest("data", "model") == b.digest("data", "model")
-
-
 @pytest.mark.parametrize(
     ("flat", "message"),
     [

@@ -19,7 +19,8 @@ from pptp.defenses import (
     resolve_strength,
 )
 from pptp.errors import ConfigError
-from pptp.train import build_model, train
+from pptp.models import build_model
+from pptp.train import train
 
 TRAIN = TrainConfig(epochs=10, weight_decay=5.0e-4)
 

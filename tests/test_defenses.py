@@ -13,7 +13,8 @@ from pptp.data import Pool
 from pptp.defenses import DEFENSES, RelaxLoss
 from pptp.errors import ConfigError
 from pptp.hooks import TrainContext
-from pptp.train import TrainResult, build_model, train
+from pptp.models import build_model
+from pptp.train import TrainResult, train
 
 MODEL = ModelConfig(name="small_cnn", width=4, norm="group")  # Opacus needs no BatchNorm
 CFG = TrainConfig(epochs=2, batch_size=64, lr=0.05, warmup_epochs=1, crop_pad=1, seed=0)

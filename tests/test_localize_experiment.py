@@ -15,7 +15,7 @@ from pptp.data import build_pool
 from pptp.errors import ConfigError
 from pptp.layers import layer_groups
 from pptp.localize import LocalizationResult, localize, log_ratio, split_members
-from pptp.train import build_model
+from pptp.models import build_model
 
 
 @pytest.fixture(scope="module", params=sorted(MODELS))

@@ -17,7 +17,8 @@ from pptp.data import build_pool
 from pptp.errors import ConfigError
 from pptp.layers import group_output_modules, group_parameters
 from pptp.localize import generalization, privacy_risk, split_members
-from pptp.train import build_model, train
+from pptp.models import build_model
+from pptp.train import train
 
 
 def _plant(model_name: str, target: str) -> tuple[nn.Module, nn.Module, dict[str, torch.Tensor]]:

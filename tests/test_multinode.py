@@ -20,6 +20,7 @@ from pathlib import Path
 import optuna
 import pytest
 from fixtures_ray import kill_processes_naming, ray_tmp
+from fixtures_space import TINY_STUDY_FIXED
 from mlflow.tracking import MlflowClient
 
 from search import rundir
@@ -27,7 +28,8 @@ from search.run import main
 
 __all__ = ["ray_tmp"]  # the fixture, imported for its use below
 
-SPACE = """
+SPACE = (
+    """
 study:
   name: multinode
   objectives: {{test_acc: maximize, attack_auc: minimize}}
@@ -36,16 +38,14 @@ study:
   n_trials: {n_trials}
   max_concurrent: 2
   resources: {{cpus: 1, gpus: 0}}
-fixed:
-  data: {{name: digits, pool_size: 200, test_size: 100, val_size: 0}}
-  model: {{name: mlp, width: 32, norm: none}}
-  train: {{epochs: 10, batch_size: 10, lr: 0.1, augment: false, warmup_epochs: 0, device: cpu}}
-  attack: {{attacks: [loss, lira_offline], n_references: 2, bank_dir: {bank}}}
-params:
+"""
+    + TINY_STUDY_FIXED
+    + """params:
   protect.operator: {{type: categorical, choices: [damp, anchor]}}
   protect.strength: {{type: float, low: 0.0, high: 1.0}}
   protect.split: {{type: int, low: 1, high: 3}}
 """
+)
 
 
 def start_cluster(nodes: int, cpus_per_node: int = 1) -> object:

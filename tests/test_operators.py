@@ -14,9 +14,10 @@ from pptp import per_example
 from pptp.config import DefenseConfig, ModelConfig, ProtectConfig, TrainConfig
 from pptp.data import Pool
 from pptp.errors import ConfigError
-from pptp.layers import Selection, partition
+from pptp.models import build_model
 from pptp.operators import OPERATORS, build_operator
-from pptp.train import EpochLog, TrainResult, build_model, train
+from pptp.selection import Selection, partition
+from pptp.train import EpochLog, TrainResult, train
 
 MODEL = ModelConfig(name="small_cnn", width=4, norm="group")
 SELECTION = {"split": 2, "direction": "prefix"}  # block1, block2 protected

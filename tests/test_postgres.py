@@ -28,6 +28,7 @@ from fixtures_postgres import (
     postgres_url,
 )
 from fixtures_ray import ray_tmp
+from fixtures_space import TINY_STUDY_FIXED
 from mlflow.tracking import MlflowClient
 
 import search.tracking.uris as uris
@@ -115,7 +116,8 @@ def _holder(url: str) -> dict:
     return dict(json.loads(study.user_attrs[DRIVER_ATTR]))
 
 
-SPACE = """
+SPACE = (
+    """
 study:
   name: shared
   objectives: {{test_acc: maximize, attack_auc: minimize}}
@@ -126,16 +128,14 @@ study:
   resources: {{cpus: 1, gpus: 0}}
   enqueue:
     - {{protect.operator: damp, protect.strength: 0.0, protect.split: 1}}
-fixed:
-  data: {{name: digits, pool_size: 200, test_size: 100, val_size: 0}}
-  model: {{name: mlp, width: 32, norm: none}}
-  train: {{epochs: 10, batch_size: 10, lr: 0.1, augment: false, warmup_epochs: 0, device: cpu}}
-  attack: {{attacks: [loss, lira_offline], n_references: 2, bank_dir: {bank}}}
-params:
+"""
+    + TINY_STUDY_FIXED
+    + """params:
   protect.operator: {{type: categorical, choices: [damp, anchor, noise]}}
   protect.strength: {{type: float, low: 0.0, high: 1.0}}
   protect.split: {{type: int, low: 1, high: 3}}
 """
+)
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures_space import TINY_STUDY_FIXED
 from fixtures_tracking import fresh_store
 from mlflow.tracking import MlflowClient
 
@@ -112,16 +113,15 @@ def test_signals_that_do_not_fit_the_trial_are_refused(bank: ReferenceBank) -> N
             attack_scores(cfg, pool, target, bank=None, reference_signals=shipped)
 
 
-SPACE = """
+SPACE = (
+    """
 study: {{name: shipped, n_trials: 1, sampler: random}}
-fixed:
-  data: {{name: digits, pool_size: 200, test_size: 100, val_size: 0}}
-  model: {{name: mlp, width: 32, norm: none}}
-  train: {{epochs: 10, batch_size: 10, lr: 0.1, augment: false, warmup_epochs: 0, device: cpu}}
-  attack: {{attacks: [loss, lira_offline], n_references: 2, bank_dir: {bank}}}
-params:
+"""
+    + TINY_STUDY_FIXED
+    + """params:
   protect.strength: {{type: float, low: 0.0, high: 1.0}}
 """
+)
 
 
 def test_a_search_trial_with_shipped_references_never_touches_bank_dir(

@@ -8,8 +8,8 @@ import torch
 
 from pptp.config import ModelConfig, TrialConfig
 from pptp.data import Pool
+from pptp.models import build_model
 from pptp.signals import QUERIES, Signals, compute_signals, query_names, resolve_queries
-from pptp.train import build_model
 
 SHIFTS = ("shift+x", "shift-x", "shift+y")
 

@@ -48,7 +48,8 @@ def test_process_cpus_counts_the_affinity_mask() -> None:
 def test_a_training_records_the_threads_it_ran_with() -> None:
     from pptp.config import TrialConfig
     from pptp.data import build_pool
-    from pptp.train import build_model, train
+    from pptp.models import build_model
+    from pptp.train import train
 
     cfg = TrialConfig.from_flat(
         {

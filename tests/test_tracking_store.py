@@ -11,22 +11,12 @@ from pathlib import Path
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import pytest
-from fixtures_tracking import fake_result, fresh_store
+from fixtures_tracking import fake_result, no_mlflow_telemetry, store
 from mlflow.tracking import MlflowClient
 
 from search.tracking import experiment_id, git_commit, log_metrics, log_params, metric_key, set_tags
 
-
-@pytest.fixture(autouse=True)
-def _no_telemetry(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """One SQLite store per module. Tests use their own study (experiment) names, so they do not
-    see each other's runs."""
-    return fresh_store(tmp_path_factory.mktemp("mlflow"))
+__all__ = ["no_mlflow_telemetry", "store"]  # fixtures, imported for their use below
 
 
 @pytest.fixture(scope="module")

@@ -24,32 +24,19 @@ from fixtures_tracking import (
     SPACE,
     artifact_names,
     fake_result,
-    fresh_store,
+    no_mlflow_telemetry,
     read_csv,
     run_trial,
     start,
+    store,
+    study,
 )
 from mlflow.tracking import MlflowClient
 
 from pptp.errors import ConfigError
 from search.tracking import StudyTracker, TrialTracker, check_tracking, git_commit, metric_key
 
-
-@pytest.fixture(autouse=True)
-def _no_telemetry(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """One SQLite store per module. Tests use their own study (experiment) names, so they do not
-    see each other's runs."""
-    return fresh_store(tmp_path_factory.mktemp("mlflow"))
-
-
-@pytest.fixture
-def study(store: str, request: pytest.FixtureRequest, tmp_path: Path) -> StudyTracker:
-    return StudyTracker(store, f"study-{request.node.name}", run_dir=tmp_path / "run")
+__all__ = ["no_mlflow_telemetry", "store", "study"]  # fixtures, imported for their use below
 
 
 def test_parent_and_two_children_end_to_end(study: StudyTracker, tmp_path: Path) -> None:

@@ -11,27 +11,12 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import numpy as np
 import pytest
-from fixtures_tracking import fake_result, fresh_store, start
+from fixtures_tracking import fake_result, no_mlflow_telemetry, start, store, study
 from mlflow.tracking import MlflowClient
 
 from search.tracking import FAIL_REASON_CHARS, StudyTracker, TrialTracker, write_trial_artifacts
 
-
-@pytest.fixture(autouse=True)
-def _no_telemetry(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """One SQLite store per module. Tests use their own study (experiment) names, so they do not
-    see each other's runs."""
-    return fresh_store(tmp_path_factory.mktemp("mlflow"))
-
-
-@pytest.fixture
-def study(store: str, request: pytest.FixtureRequest, tmp_path: Path) -> StudyTracker:
-    return StudyTracker(store, f"study-{request.node.name}", run_dir=tmp_path / "run")
+__all__ = ["no_mlflow_telemetry", "store", "study"]  # fixtures, imported for their use below
 
 
 def test_exception_in_trial_marks_failed_and_propagates(study: StudyTracker) -> None:

@@ -12,7 +12,8 @@ import torch
 from pptp.config import DefenseConfig, ModelConfig, ProtectConfig, TrainConfig
 from pptp.data import Pool
 from pptp.errors import ConfigError
-from pptp.train import EpochLog, TrainingDiverged, build_model, train
+from pptp.models import build_model
+from pptp.train import EpochLog, TrainingDiverged, train
 
 MODEL = ModelConfig(name="small_cnn", width=8, norm="batch")
 CFG = TrainConfig(epochs=3, batch_size=64, lr=0.05, warmup_epochs=1, crop_pad=1, seed=1)

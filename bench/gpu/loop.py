@@ -21,7 +21,8 @@ from gpu.workload import Recorder, Sizes, describe_device, device, synchronize, 
 from pptp.config import ModelConfig, TrainConfig
 from pptp.data import Pool
 from pptp.device import autocast
-from pptp.train import build_model, train
+from pptp.models import build_model
+from pptp.train import train
 
 logger = logging.getLogger("gpu_check")
 

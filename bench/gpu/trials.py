@@ -19,7 +19,8 @@ import torch
 
 from gpu.workload import BENCH, REPO, Recorder, Sizes, describe_device, device, synthetic_pool
 from pptp.config import ModelConfig, TrainConfig
-from pptp.train import build_model, train
+from pptp.models import build_model
+from pptp.train import train
 
 
 def fractional_configs(sizes: Sizes) -> list[tuple[str, float, int, int]]:

@@ -25,7 +25,8 @@ from pptp.device import resolve_device
 from pptp.errors import ConfigError
 from pptp.localize.measure import PrivacyRisk, check_groups, generalization, privacy_risk
 from pptp.localize.result import GroupScore, LocalizationResult, recipe_digest
-from pptp.train import EpochLog, build_model, train
+from pptp.models import build_model
+from pptp.train import EpochLog, train
 
 logger = logging.getLogger(__name__)
 

@@ -25,12 +25,12 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution
 from pptp.attacks import ATTACKS, attack_names
 from pptp.compose import pair
 from pptp.config import TrialConfig
-from pptp.data import DATASETS
+from pptp.datasets import DATASETS
 from pptp.defenses import DEFENSES
 from pptp.errors import ConfigError
-from pptp.layers import DIRECTIONS
 from pptp.models import MODELS, NORMS, TORCHVISION_PREFIX
 from pptp.operators import OPERATORS
+from pptp.selection import DIRECTIONS
 from pptp.trial import unresolvable_metrics
 from search.space.errors import space_error
 from search.space.study import StudySpec
