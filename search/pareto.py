@@ -18,15 +18,17 @@ from optuna.trial import TrialState
 from pptp.tables import format_cell, format_table
 from search.space import Objective
 
+#: the table's columns: key -> title. ``tried`` is what the trial trained with, as its run is named
+#: (:func:`search.naming.row_run_name` without the trial number): ``undefended``, ``noise s=0.50
+#: last2``, ``baseline relaxloss strength=0.31``; a baseline shows no protected groups
 FRONT_COLUMNS = (
     ("trial", "trial"),
-    ("protected_groups", "protected groups"),
-    ("operator", "operator"),
-    ("strength", "strength"),
-    ("defense", "defense"),
+    ("tried", "tried"),
     ("test_acc", "accuracy"),
     ("attack_auc", "attack AUC"),
+    ("attack_tpr@1%fpr", "TPR@1%FPR"),
     ("attack_tpr@0.1%fpr", "TPR@0.1%FPR"),
+    ("canary_tpr@5%fpr", "canary TPR@5%FPR"),
 )
 
 
@@ -53,17 +55,35 @@ def format_front(rows: Sequence[dict[str, Any]], objectives: Sequence[Objective]
     """The Pareto front as aligned columns, best first by the first objective.
 
     A trial over several seeds (``study.repeats``) shows each metric with its spread over seeds,
-    ``0.8310 ± 0.0040`` (mean ± sample standard deviation, from ``<metric>_sd``).
+    ``0.8310 ± 0.0040`` (mean ± sample standard deviation, from ``<metric>_sd``). A metric column
+    that no front trial resolves (a TPR at an FPR below ``1 / non-members``, canaries the space
+    does not plant) is left out, and a line under the table says why.
     """
+    from search.naming import row_run_name
+
     front = [r for r in rows if r.get("pareto")]
     if not front:
         return "no trial is on the Pareto front (no trial completed, or none is feasible)"
     first = objectives[0]
     front.sort(key=lambda r: -first.sign * _number(r.get(first.metric)))
+    front = [{**r, "tried": row_run_name(r).split(" ", 1)[-1]} for r in front]
     columns = list(FRONT_COLUMNS)
     columns += [(o.metric, o.metric) for o in objectives if o.metric not in dict(columns)]
-    body = [[_cell(r, key) for key, _ in columns] for r in front]
-    return format_table(body, [title for _, title in columns])
+    shown = [(k, t) for k, t in columns if k in ("trial", "tried") or _any_number(front, k)]
+    body = [[_cell(r, key) for key, _ in shown] for r in front]
+    table = format_table(body, [title for _, title in shown])
+    unresolved = [t for k, t in columns if k.startswith(("attack_tpr", "canary_tpr"))
+                  and (k, t) not in shown and any(k in r for r in front)]  # fmt: skip
+    if unresolved:
+        table += (
+            f"\n{', '.join(unresolved)}: not resolved by the pool's non-members "
+            "(fpr_resolution), so not shown"
+        )
+    return table
+
+
+def _any_number(rows: Sequence[dict[str, Any]], key: str) -> bool:
+    return any(math.isfinite(_number(r.get(key))) for r in rows)
 
 
 def _number(value: Any) -> float:

@@ -49,6 +49,8 @@ RECORDED = (
     "attack_auc",
     "attack_tpr@0.1%fpr",
     "attack_tpr@1%fpr",
+    "canary_auc",
+    "canary_tpr@5%fpr",
     "epsilon",
     "seconds",
     "repeats",
