@@ -53,6 +53,7 @@ def front(points: Sequence[Point], axes: tuple[Objective, Objective]) -> list[Po
 
     if not points:
         return []
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created in memory" lines
     study = optuna.create_study(directions=[a.direction for a in axes])
     for i, p in enumerate(points):
         study.add_trial(
