@@ -56,11 +56,12 @@ from search.repeats import aggregate, repeat_seeds
 from search.samplers import DUPLICATE_OF, PER_SEED, RECORD, REUSE, TRIAL_NUMBER
 from search.space import Space
 from search.tracking import TrialTracker
+from search.tracking.spool import RUN_NAME_TAG
 from search.tracking.uris import sqlite_path
 
 logger = logging.getLogger(__name__)
 
-RUN_NAME = "mlflow.runName"  # the MLflow tag that renames a run
+RUN_NAME = RUN_NAME_TAG  # the MLflow tag that renames a run
 #: MLflow tags naming where a trial ran (:func:`node_tags`)
 TAG_HOSTNAME, TAG_RAY_NODE, TAG_NODE_IP = "node.hostname", "node.ray_id", "node.ip"
 #: MLflow tag: the torch threads the trial trained with (``study.resources.cpus``, rounded down)

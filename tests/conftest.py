@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,29 @@ def _no_system_data(monkeypatch: pytest.MonkeyPatch) -> None:
     """Ignore dataset copies that system packages installed (e.g. Debian's dataset-fashion-mnist),
     so that no test depends on what the machine has: tests use the data they write."""
     monkeypatch.setenv(SYSTEM_DATA_ENV, "0")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _ctrl_c_delivered() -> None:
+    """Tests send Ctrl-C (SIGINT) to the drivers and servers they start. A shell that starts the
+    suite in the background without job control (``cmd &`` in a script) makes SIGINT ignored, and
+    an ignored signal is inherited by every child: their Ctrl-C would do nothing. Python's own
+    handler is not inherited (exec resets it to the default), so put it back for the session."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@pytest.fixture(autouse=True)
+def _ctrl_c_left_as_it_was(request: pytest.FixtureRequest) -> object:
+    """A test must leave Ctrl-C as it found it: an ignored SIGINT (SIG_IGN) is inherited by every
+    process started later, so the drivers and servers of later tests would ignore their Ctrl-C.
+    Fails the test that changed it, and puts Python's handler back."""
+    before = signal.getsignal(signal.SIGINT)
+    yield
+    after = signal.getsignal(signal.SIGINT)
+    if after is not before:
+        signal.signal(signal.SIGINT, before)
+        pytest.fail(f"{request.node.nodeid} left SIGINT set to {after!r} (was {before!r})")
 
 
 @pytest.fixture(scope="session")

@@ -351,8 +351,9 @@ def test_unreachable_address_fails_within_seconds_and_leaves_nothing(
 def test_disk_full_while_writing_a_bank_entry_leaves_no_partial_entry(
     tmp_path: Path, table: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """In-process: the bank's fsync raises ENOSPC on the data file, then on the marker."""
-    import pptp.bank
+    """In-process: the bank's fsync (its atomic writes, pptp.fileio) raises ENOSPC on the data
+    file, then on the marker."""
+    import pptp.fileio
     from pptp.bank import ReferenceBank
     from pptp.config import TrialConfig
     from search.running.references import ReferencesUnavailable, reference_failure
@@ -374,11 +375,11 @@ def test_disk_full_while_writing_a_bank_entry_leaves_no_partial_entry(
                 raise OSError(errno.ENOSPC, "No space left on device")
             real_fsync(fd)
 
-        monkeypatch.setattr(pptp.bank.os, "fsync", full)
+        monkeypatch.setattr(pptp.fileio.os, "fsync", full)
         with pytest.raises(OSError, match="No space left") as raised:
             store.train_one(cfg, 0)
         assert isinstance(reference_failure(raised.value), ReferencesUnavailable)
-        monkeypatch.setattr(pptp.bank.os, "fsync", real_fsync)
+        monkeypatch.setattr(pptp.fileio.os, "fsync", real_fsync)
         assert store.missing(cfg, 1) == [0]  # not an entry: retrained, never used
         assert not partial_bank_entries(tmp_path / "bank")
     store.train_one(cfg, 0)  # the disk has room again

@@ -28,6 +28,8 @@ from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_B
 from search.tracking.store import chunks, param_value, tag_value
 
 logger = logging.getLogger(__name__)
+#: the MLflow tag that names a run (what ``run_name`` sets)
+RUN_NAME_TAG = "mlflow.runName"
 
 
 @dataclass
@@ -125,7 +127,10 @@ def replay(
     the spool's status (FAILED when it has none: the trial never ended it).
     """
     run_tags = {**spool.tags, **dict(tags or {})}
-    run = client.create_run(experiment_id, run_name=spool.run_name, tags=run_tags)
+    # a run renamed while it ran (its mlflow.runName tag, search/naming.py) keeps its last name:
+    # MLflow refuses a run_name that differs from that tag
+    name = run_tags.get(RUN_NAME_TAG) or spool.run_name
+    run = client.create_run(experiment_id, run_name=name, tags=run_tags)
     run_id = run.info.run_id
     params = [Param(k, v) for k, v in spool.params.items()]
     for part in chunks(params, MAX_PARAMS_TAGS_PER_BATCH):
@@ -146,7 +151,7 @@ def replay(
         client.log_artifacts(run_id, str(artifacts_from))
     status = spool.status or "FAILED"
     client.set_terminated(run_id, status=status)
-    logger.info("replayed MLflow run %s as %s (%s)", spool.run_name, run_id, status)
+    logger.info("replayed MLflow run %s as %s (%s)", name, run_id, status)
     return run_id
 
 
