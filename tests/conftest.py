@@ -7,7 +7,10 @@
 from __future__ import annotations
 
 import signal
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fixtures_torchvision import TinyImages, write_mnist
@@ -44,6 +47,20 @@ def _ctrl_c_left_as_it_was(request: pytest.FixtureRequest) -> object:
     if after is not before:
         signal.signal(signal.SIGINT, before)
         pytest.fail(f"{request.node.nodeid} left SIGINT set to {after!r} (was {before!r})")
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """No internet, as on these machines: every ``urllib.request.urlopen`` (what torchvision's
+    downloads call) raises URLError. Returns the URLs that were tried, in order."""
+    calls: list[str] = []
+
+    def refuse(request: Any, *args: Any, **kwargs: Any) -> None:
+        calls.append(getattr(request, "full_url", str(request)))
+        raise urllib.error.URLError("offline (test)")
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    return calls
 
 
 @pytest.fixture(scope="session")

@@ -4,15 +4,12 @@ The space asks torchvision to download CIFAR-10 when it is not on disk (``data.d
 with internet that is torchvision's own MD5-checked download, with its progress bar; offline
 (this machine, CI) the command must stop at once, before anything starts, with the message that
 says where to put the files. The download is attempted through torchvision's ``urlopen``, which
-the test makes fail as an offline machine does.
+the ``offline`` fixture (conftest.py) makes fail as on an offline machine.
 """
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -28,15 +25,8 @@ def test_the_resnet_space_downloads_cifar10_unless_told_not_to() -> None:
 
 
 def test_offline_the_headline_command_stops_at_once_with_where_to_put_the_files(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, offline: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    calls: list[str] = []
-
-    def offline(request: Any, *args: Any, **kwargs: Any) -> None:
-        calls.append(getattr(request, "full_url", str(request)))
-        raise urllib.error.URLError("offline (test)")
-
-    monkeypatch.setattr(urllib.request, "urlopen", offline)
     run = tmp_path / "run"
     code = main(
         [
@@ -52,7 +42,7 @@ def test_offline_the_headline_command_stops_at_once_with_where_to_put_the_files(
     )
     err = capsys.readouterr().err
     assert code == 2, err
-    assert calls and "cifar-10-python.tar.gz" in calls[0]  # torchvision's download was tried
+    assert offline and "cifar-10-python.tar.gz" in offline[0]  # torchvision's download was tried
     assert "cifar-10-batches-py" in err and "Downloading failed" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not run.exists() and not (tmp_path / "mlflow.db").exists()  # nothing started
