@@ -20,9 +20,8 @@ import sys
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from search.saved_views import PARETO_FILTER, PARETO_VIEW, SHARED_VIEW_TAG, TRIALS_VIEW
+from search.saved_views import PARETO_FILTER, PARETO_VIEW, TRIALS_VIEW
 
 WORKFLOW = "workflowType=machine_learning"  # the runs table, not MLflow 3's GenAI overview
 
@@ -81,12 +80,6 @@ class Links:
 def server_base(uri: str) -> str | None:
     """The UI address of a tracking server URI; None for stores the UI must be started on."""
     return uri.rstrip("/") + "/" if is_server_uri(uri) else None
-
-
-def has_views(client: Any, experiment_id: str) -> bool:
-    """Whether :func:`search.saved_views.save_views` wrote the study's views."""
-    tags = client.get_experiment(experiment_id).tags
-    return SHARED_VIEW_TAG + TRIALS_VIEW in tags
 
 
 def console_command() -> str:

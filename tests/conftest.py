@@ -20,6 +20,12 @@ from pptp.datasets import SYSTEM_DATA_ENV
 
 
 @pytest.fixture(autouse=True)
+def _no_mlflow_telemetry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``import mlflow`` writes telemetry files under the home directory unless this is set."""
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+@pytest.fixture(autouse=True)
 def _no_system_data(monkeypatch: pytest.MonkeyPatch) -> None:
     """Ignore dataset copies that system packages installed (e.g. Debian's dataset-fashion-mnist),
     so that no test depends on what the machine has: tests use the data they write."""

@@ -1,7 +1,7 @@
 """Helpers shared by the tracking tests: a fresh SQLite store per test module (copied from one
 template, since creating MLflow's tables takes seconds), hand-made trial results, and the calls a
 driver and a trial make. Fixtures (import them into a test module to use them there):
-:func:`no_mlflow_telemetry` (autouse), :func:`store` and :func:`study`."""
+:func:`store` and :func:`study` (MLflow telemetry is off for every test: conftest.py)."""
 
 from __future__ import annotations
 
@@ -46,11 +46,6 @@ def fresh_store(folder: Path) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(_template, folder / "mlflow.db")
     return f"sqlite:///{folder}/mlflow.db"
-
-
-@pytest.fixture(autouse=True)
-def no_mlflow_telemetry(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 @pytest.fixture(scope="module")

@@ -35,11 +35,6 @@ def front_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_run(tmp_path_factory.mktemp("front"))
 
 
-@pytest.fixture(autouse=True)
-def _no_telemetry(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
-
-
 # --------------------------------------------------------------------------------------------
 # rules, through the arguments
 

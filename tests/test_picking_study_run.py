@@ -4,15 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from fixtures_pick import make_run
 
 from search.picking.study_run import candidates, open_run, screening_references
-
-
-@pytest.fixture(autouse=True)
-def _no_telemetry(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 def test_front_is_optunas_and_excludes_dominated(tmp_path: Path) -> None:

@@ -11,7 +11,6 @@ from pathlib import Path
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import optuna
-import pytest
 import yaml
 from fixtures_tracking import SPACE, fake_result, fresh_store
 from mlflow.tracking import MlflowClient
@@ -24,11 +23,6 @@ from search.tracking.spool import RunSpool
 
 #: the tracking tests' space, made loadable (the noise operator needs GroupNorm)
 SPACE_FILE = {**SPACE, "fixed": {**SPACE["fixed"], "model.norm": "group"}}
-
-
-@pytest.fixture(autouse=True)
-def _no_telemetry(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 def _study_run(tmp_path: Path) -> tuple[Path, str]:

@@ -11,12 +11,12 @@ from pathlib import Path
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import pytest
-from fixtures_tracking import fake_result, no_mlflow_telemetry, store
+from fixtures_tracking import fake_result, store
 from mlflow.tracking import MlflowClient
 
 from search.tracking import experiment_id, git_commit, log_metrics, log_params, metric_key, set_tags
 
-__all__ = ["no_mlflow_telemetry", "store"]  # fixtures, imported for their use below
+__all__ = ["store"]  # fixtures, imported for their use below
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,6 @@ from fixtures_tracking import (
     SPACE,
     artifact_names,
     fake_result,
-    no_mlflow_telemetry,
     read_csv,
     run_trial,
     start,
@@ -36,7 +35,7 @@ from mlflow.tracking import MlflowClient
 from pptp.errors import ConfigError
 from search.tracking import StudyTracker, TrialTracker, check_tracking, git_commit, metric_key
 
-__all__ = ["no_mlflow_telemetry", "store", "study"]  # fixtures, imported for their use below
+__all__ = ["store", "study"]  # fixtures, imported for their use below
 
 
 def test_parent_and_two_children_end_to_end(study: StudyTracker, tmp_path: Path) -> None:

@@ -11,12 +11,12 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import numpy as np
 import pytest
-from fixtures_tracking import fake_result, no_mlflow_telemetry, start, store, study
+from fixtures_tracking import fake_result, start, store, study
 from mlflow.tracking import MlflowClient
 
 from search.tracking import FAIL_REASON_CHARS, StudyTracker, TrialTracker, write_trial_artifacts
 
-__all__ = ["no_mlflow_telemetry", "store", "study"]  # fixtures, imported for their use below
+__all__ = ["store", "study"]  # fixtures, imported for their use below
 
 
 def test_exception_in_trial_marks_failed_and_propagates(study: StudyTracker) -> None:
