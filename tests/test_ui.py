@@ -6,6 +6,7 @@ show is checked in a real browser in tests/test_browser.py.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -180,6 +181,7 @@ def test_ui_command_prints_the_study_url_and_stops_on_ctrl_c(tmp_path: Path) -> 
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )  # fmt: skip
     lines: list[str] = []
+    server_pid: int | None = None
     try:
         assert proc.stdout is not None
         deadline = time.monotonic() + 120
@@ -207,6 +209,9 @@ def test_ui_command_prints_the_study_url_and_stops_on_ctrl_c(tmp_path: Path) -> 
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+        if server_pid is not None:  # a failed test must not leave the server's own group running
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(server_pid, signal.SIGKILL)
 
 
 @pytest.mark.slow
