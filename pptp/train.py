@@ -19,7 +19,6 @@ convolutions need NCHW (:attr:`pptp.hooks.Needs.nchw`); ``train.compile`` wraps 
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import time
@@ -39,6 +38,7 @@ from pptp.device import autocast, channels_last, resolve_device
 from pptp.errors import ConfigError
 from pptp.hooks import FineTune, Mechanism, TrainContext, snapshot
 from pptp.operators import Operator, build_operator
+from pptp.optim import SCHEDULES, grad_terms_hook, scheduled_lr, sgd
 from pptp.per_example import refuse_batchnorm
 from pptp.selection import Partition, partition, selection_of
 
@@ -128,9 +128,9 @@ def train(
     ctx = _context(model, part, cfg, device, n_members=len(members))
     data = _Data.of(pool, members, device, mechanisms)
     # the one optimizer: protected and free parameter groups (STYLE.md lesson 5)
-    base = _sgd(cfg, ctx, mechanisms)
+    base = sgd(cfg, ctx, mechanisms)
     if any(m.needs.grad_terms for m in mechanisms):
-        base.register_step_pre_hook(_grad_terms_hook(ctx, mechanisms))
+        base.register_step_pre_hook(grad_terms_hook(ctx, mechanisms))
     try:
         for m in mechanisms:
             m.attach(ctx)
@@ -300,7 +300,7 @@ class _Loop:
 
         def lr_of(group: dict[str, object]) -> float:
             return (
-                _scheduled_lr(self.ctx.cfg, self.step, self.total_steps)
+                scheduled_lr(self.ctx.cfg, self.step, self.total_steps)
                 * scales[bool(group.get("protected"))]
             )
 
@@ -405,49 +405,6 @@ class _Loop:
         )
 
 
-def _sgd(cfg: TrainConfig, ctx: TrainContext, mechanisms: tuple[Mechanism, ...]) -> torch.optim.SGD:
-    """SGD whose parameter groups are the protected and free parameters (``"protected": bool``),
-    each with the mechanisms' options (e.g. a defense's weight decay).
-
-    One group per contiguous run of protected or free parameters in model order (two for a
-    prefix or suffix split, one without protection): the groups list every parameter in model
-    order, as plain training's single group does. Opacus draws DP-SGD's noise parameter by
-    parameter in that order, so a partition alone never changes which noise a parameter gets.
-    """
-    groups: list[dict[str, object]] = []
-    for protected, run in itertools.groupby(
-        ctx.model.named_parameters(), key=lambda item: item[0] in ctx.protected
-    ):
-        group: dict[str, object] = {"params": [p for _, p in run], "protected": protected}
-        for m in mechanisms:
-            group.update(m.optimizer_options(protected=protected))
-        groups.append(group)
-    return torch.optim.SGD(
-        groups,  # type: ignore[arg-type]
-        lr=cfg.lr,
-        momentum=cfg.momentum,
-        nesterov=cfg.nesterov and cfg.momentum > 0,
-        weight_decay=cfg.weight_decay,
-    )
-
-
-def _grad_terms_hook(ctx: TrainContext, mechanisms: tuple[Mechanism, ...]) -> Callable[..., None]:
-    """A step pre-hook for the base SGD: adds the mechanisms' data-independent gradient terms.
-    Opacus' DPOptimizer.step privatises ``.grad`` (pre_step) and then calls the base SGD's
-    step, so the terms land after privatisation; without DP they land before the plain step."""
-
-    params = {**ctx.free, **ctx.protected}
-
-    def add_terms(optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
-        for m in mechanisms:
-            for name, term in m.grad_terms(ctx).items():
-                grad = params[name].grad
-                if grad is not None:
-                    grad.add_(term.to(grad.dtype))
-
-    return add_terms
-
-
 def _load(model: nn.Module, weights: Mapping[str, torch.Tensor] | None) -> None:
     """Copy ``weights`` (``state_dict`` names, all or some) into the model in place."""
     if weights is None:
@@ -468,8 +425,8 @@ def _check_recipe(cfg: TrainConfig, n_members: int) -> None:
             f"train.warmup_epochs = {cfg.warmup_epochs} must be in [0, train.epochs]",
         ),
         (
-            cfg.schedule not in _SCHEDULES,
-            f"train.schedule = {cfg.schedule!r}; known: {', '.join(_SCHEDULES)}",
+            cfg.schedule not in SCHEDULES,
+            f"train.schedule = {cfg.schedule!r}; known: {', '.join(SCHEDULES)}",
         ),
         (cfg.crop_pad < 0, f"train.crop_pad = {cfg.crop_pad} must be >= 0"),
         (n_members < 1, "the member set is empty"),
@@ -477,16 +434,6 @@ def _check_recipe(cfg: TrainConfig, n_members: int) -> None:
     for bad, message in problems:
         if bad:
             raise ConfigError(message)
-
-
-_SCHEDULES = {
-    "cosine": lambda t: 0.5 * (1.0 + math.cos(math.pi * t)),
-    "constant": lambda t: 1.0,
-}
-
-
-def _scheduled_lr(cfg: TrainConfig, step: int, total: int) -> float:
-    return cfg.lr * _SCHEDULES[cfg.schedule](step / max(total, 1))
 
 
 def _seed(seed: int, stream: int) -> int:
