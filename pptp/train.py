@@ -332,8 +332,9 @@ class _Loop:
         loss_sum = torch.zeros((), device=ctx.device)
         correct = torch.zeros((), device=ctx.device, dtype=torch.long)
         lr = float("nan")
-        for idx in batches(len(data.y), ctx.cfg.batch_size, generator=self.data_gen):
-            idx = idx.to(ctx.device)
+        # the epoch's permutation moves to the data's device once, not one copy per step
+        order = batches(len(data.y), ctx.cfg.batch_size, generator=self.data_gen, device=ctx.device)
+        for idx in order:
             x, y = data.x[idx], data.y[idx]
             if ctx.cfg.augment:
                 x = augment(x, generator=self.aug_gen, crop_pad=ctx.cfg.crop_pad, flip=data.flip)
@@ -346,8 +347,8 @@ class _Loop:
             loss_sum += batch_loss
             correct += batch_correct
             self.step += 1
+        mean_loss = loss_sum.item() / len(data.y)  # waits for the device: the epoch's real end
         seconds = time.perf_counter() - start
-        mean_loss = loss_sum.item() / len(data.y)
         if not math.isfinite(mean_loss):
             raise TrainingDiverged(f"training loss is {mean_loss} at epoch {ctx.epoch}")
         self.seconds += seconds
