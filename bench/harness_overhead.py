@@ -59,8 +59,8 @@ def main() -> None:
 
     from pptp.bank import ReferenceBank
     from pptp.trial import references_needed, run_trial
-    from search import rundir
     from search.space import load_space
+    from search.study import rundir
 
     work = Path(tempfile.mkdtemp(prefix="pptp-bench-harness-"))
     doc = yaml.safe_load((REPO / "spaces" / "quickstart.yaml").read_text())

@@ -4,7 +4,8 @@ For each sampler seed, two studies with the same sampler (the space's) and the s
 run in this process (Optuna ask/tell around ``run_trial``; Ray adds nothing to this question):
 
 - **unseeded**: the space's own first trials (``study.enqueue``), then the sampler;
-- **seeded**: the same, plus the first trials ``search/steering.py`` derives from a localisation
+- **seeded**: the same, plus the first trials ``search/running/steering.py`` derives from a
+localisation
   of the space's model (protect the 1..3 riskiest groups), then the sampler.
 
 After every trial the hypervolume of the feasible completed trials is computed (objectives as
@@ -93,8 +94,8 @@ def main() -> None:
     from pptp.bank import ReferenceBank
     from pptp.localize import LocalizationResult, localize
     from pptp.trial import references_needed
+    from search.running.steering import enqueue_from_localization
     from search.space import load_space
-    from search.steering import enqueue_from_localization
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = load_space(args.space)

@@ -35,7 +35,7 @@ def one(nodes: int, cpus: int, trials: int, folder: Path) -> dict[str, object]:
     from mlflow.tracking import MlflowClient
     from test_multinode import run_study, start_cluster
 
-    from search import rundir
+    from search.study import rundir
 
     cluster = start_cluster(nodes, cpus)
     try:

@@ -74,7 +74,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    from search.cli import LOOPBACK_RAY, local_ray_environment
+    from search.cli.entry import LOOPBACK_RAY, local_ray_environment
 
     if args.as_before:
         os.environ.setdefault(LOOPBACK_RAY[0], "1")

@@ -46,10 +46,10 @@ if __package__ in (None, ""):  # `python search/compare.py` puts search/ first o
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from pptp.errors import ConfigError
-from search.cli import quiet_environment, run_command
+from search.cli.entry import quiet_environment, run_command
 from search.comparing.fronts import compare
 from search.comparing.output import plot, table_markdown, write_csv
-from search.comparing.points import load_points
+from search.study.points import load_points
 
 quiet_environment()
 
@@ -132,7 +132,7 @@ def execute(plan: Plan) -> int:
 def log_to_mlflow(runs: Sequence[Path], files: Sequence[Path]) -> None:
     """Attach the files to each study's parent run; a tracking store that does not answer is a
     warning (the files are in the output folder either way)."""
-    from search import rundir
+    from search.study import rundir
 
     for run in runs:
         state = rundir.read_state(run)

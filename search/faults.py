@@ -3,7 +3,7 @@
 The fault suite (``tests/test_faults.py``) runs real studies through ``search/run.py`` in
 subprocesses and must make a given trial fail in a given way inside its Ray worker. Ray workers
 inherit the driver's environment, so the suite sets :data:`ENV` for the driver and the trainable
-(:mod:`search.trainable`) asks :func:`faults_for` which faults apply to its trial number.
+(:mod:`search.running.trainable`) asks :func:`faults_for` which faults apply to its trial number.
 
 Grammar: faults separated by ``;``, each ``<kind>@<trial number or *>[=<number>]``::
 

@@ -29,7 +29,7 @@ if __package__ in (None, ""):  # `python search/localize.py` puts search/ first 
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from pptp.errors import ConfigError
-from search.cli import add_output_flags, quiet_environment, run_command, verbosity
+from search.cli.entry import add_output_flags, quiet_environment, run_command, verbosity
 
 quiet_environment()  # before anything imports ray or mlflow
 
@@ -248,10 +248,10 @@ def log_localization(uri: str, space: Any, result: Any, paths: list[Path]) -> st
 
 
 def _ui_hint(uri: str, experiment: str, run_id: str) -> str:
-    """Where the run is in the MLflow UI (:func:`search.links.ui_hint`)."""
+    """Where the run is in the MLflow UI (:func:`search.tracking.links.ui_hint`)."""
     from mlflow.tracking import MlflowClient
 
-    from search.links import ui_hint
+    from search.tracking.links import ui_hint
 
     experiment_id = MlflowClient(uri).get_run(run_id).info.experiment_id
     return ui_hint(uri, experiment_id=experiment_id, run_id=run_id, experiment_name=experiment)

@@ -40,8 +40,7 @@ if __package__ in (None, ""):  # `python search/pick.py` puts search/ first on s
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from pptp.errors import ConfigError
-from search import rundir
-from search.cli import quiet_environment, run_command
+from search.cli.entry import quiet_environment, run_command
 from search.picking.audit import (
     TABLE_METRICS,
     Comparison,
@@ -66,7 +65,8 @@ from search.picking.rules import (
     choose,
     parse_bound,
 )
-from search.picking.study_run import (
+from search.study import rundir
+from search.study.reader import (
     StudyRun,
     candidates,
     open_run,
@@ -332,7 +332,7 @@ def _execute(plan: Plan) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted; nothing was exported or registered")
         return 130
-    from search.links import console_command, ui_hint
+    from search.tracking.links import console_command, ui_hint
 
     print("\nwhere things went:")
     print(f"  config      {path}  (TrialConfig.from_flat(yaml.safe_load(...)['fixed']))")

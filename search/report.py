@@ -5,7 +5,7 @@ inlined; no request leaves the file). Built with plotly (and Optuna's plotly-bas
 visualizations); this module writes no JavaScript of its own. In order:
 
 1. **The front**: every finished trial on the study's first two objectives (the maximised one
-   upward, the other across), by kind (:func:`search.comparing.points.classify`: PPTP, PPTP
+   upward, the other across), by kind (:func:`search.study.points.classify`: PPTP, PPTP
    with a defense, each baseline defense with its seed spread as error bars, the undefended
    model), the study's Pareto front (Optuna's ``best_trials``, the trials tagged ``pareto=true``
    in MLflow) highlighted, and the picked trial when ``search/pick.py`` exported one. Hovering a
@@ -20,7 +20,8 @@ visualizations); this module writes no JavaScript of its own. In order:
 6. **Every trial** as a table.
 
 The page says which parts are missing and why (an MLflow store that does not answer: no ROC
-curves; a localisation file that moved: no layer-risk chart). :func:`search.publish.publish_study`
+curves; a localisation file that moved: no layer-risk chart).
+:func:`search.reporting.publish.publish_study`
 writes it into the run directory and onto the study's parent MLflow run.
 
 The work is in :mod:`search.reporting` (gathering, figures, the page); this module is the command.
@@ -36,7 +37,7 @@ from typing import Any
 if __package__ in (None, ""):  # `python search/report.py` puts search/ first on sys.path
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from search.cli import quiet_environment, run_command
+from search.cli.entry import quiet_environment, run_command
 from search.reporting.page import REPORT_FILE
 
 quiet_environment()
@@ -68,14 +69,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def prepare(args: argparse.Namespace) -> Any:
-    from search.picking.study_run import open_run
+    from search.study.reader import open_run
 
     run = open_run(args.run)
     return args, run
 
 
 def execute(plan: Any) -> int:
-    from search.publish import publish_study
+    from search.reporting.publish import publish_study
 
     args, run = plan
     published = publish_study(

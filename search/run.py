@@ -3,10 +3,11 @@
 Order of work, so that bad input stops before anything starts and nothing finished is lost:
 
 1. read and validate the space (errors name the file and key; exit status 2, no traceback);
-2. on ``--resume``, take the run directory's lock (:mod:`search.lock`: a live driver there is
+2. on ``--resume``, take the run directory's lock (:mod:`search.study.lock`: a live driver there is
    refused at once, naming its PID and host);
 3. check the tracking URI, the data, the resources and the Ray address (``--address`` is probed
-   within seconds: :mod:`search.cluster`); for a new run, create the run directory and take its
+   within seconds: :mod:`search.running.cluster`); for a new run, create the run directory and take
+   its
    lock only then;
 4. print the resolved space; open the Optuna study (SQLite in the run directory) and the MLflow
    parent run; on resume, mark trials a killed driver left running as interrupted (the enqueued
@@ -14,8 +15,9 @@ Order of work, so that bad input stops before anything starts and nothing finish
 5. start Ray (in-process, or join ``--address``), cap ``max_concurrent`` to what the resources run
    at once, and train the missing reference models of the base recipe as parallel Ray tasks; a
    reference that cannot be trained stops the study before any trial;
-6. Ray Tune runs the trials, :class:`search.samplers.StudySearch` asks Optuna for parameters, the
-   driver records every ended trial in the run directory (:mod:`search.bookkeeping`);
+6. Ray Tune runs the trials, :class:`search.running.samplers.StudySearch` asks Optuna for
+parameters, the
+   driver records every ended trial in the run directory (:mod:`search.running.bookkeeping`);
 7. write the Pareto front CSV to the run directory, then bring MLflow up to date (front, tags,
    end states), print the front and where to look next.
 
@@ -45,8 +47,7 @@ if __package__ in (None, ""):  # `python search/run.py` puts search/ first on sy
 from pptp.data import check_data
 from pptp.errors import ConfigError
 from pptp.fileio import atomic_write
-from search import rundir
-from search.cli import (
+from search.cli.entry import (
     add_output_flags,
     local_ray_environment,
     quiet_environment,
@@ -57,6 +58,7 @@ from search.running.ending import finish
 from search.running.opening import open_parent_run, open_study, record_run, report_interrupted
 from search.running.plan import EXIT_INTERRUPTED, Plan, check_local_resources, shared_state
 from search.running.session import run_session
+from search.study import rundir
 from search.tracking.uris import redact
 
 quiet_environment()  # before anything imports ray or mlflow
@@ -141,11 +143,11 @@ def _sync_run_dir(args: argparse.Namespace) -> str:
 
 def prepare(args: argparse.Namespace) -> Plan:
     """Every check that can fail on bad input; starts nothing (takes the run directory's lock)."""
-    from search.cluster import probe_ray_address
-    from search.lock import RunLock
-    from search.shared_study import check_storage, has_study, open_storage
+    from search.running.cluster import probe_ray_address
+    from search.running.steering import localization_enqueue
     from search.space import load_space
-    from search.steering import localization_enqueue
+    from search.study.lock import RunLock
+    from search.study.shared_study import check_storage, has_study, open_storage
     from search.tracking import check_tracking, resolve_tracking_uri
 
     space = load_space(args.space)

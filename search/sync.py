@@ -2,7 +2,8 @@
 
 The tracking store is not a single point of failure (issue 10): a trial that could not write to
 MLflow still finishes, and its run travels back to the driver, which keeps it in the run
-directory (:mod:`search.records`). This module puts MLflow back in step with the study, from the
+directory (:mod:`search.study.records`). This module puts MLflow back in step with the study, from
+the
 run directory alone:
 
 1. the parent run: reopened, or re-created when the store lost it (``state.json`` then names the
@@ -38,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 if __package__ in (None, ""):  # `python search/sync.py` puts search/ first on sys.path
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from search.cli import add_output_flags, quiet_environment, run_command
+from search.cli.entry import add_output_flags, quiet_environment, run_command
 
 quiet_environment()
 
@@ -104,7 +105,7 @@ def expected_status(trial: Any) -> str:
     """The MLflow end status matching an Optuna trial (a ``FrozenTrial``)."""
     from optuna.trial import TrialState
 
-    from search.rundir import INTERRUPTED
+    from search.study.rundir import INTERRUPTED
 
     if trial.state == TrialState.COMPLETE:
         return "FINISHED"
@@ -118,7 +119,7 @@ def replay_records(
 ) -> dict[int, str]:
     """Step 2 of the module docstring; returns ``{trial number: child run id}`` of every
     recorded trial MLflow now holds."""
-    from search import records
+    from search.study import records
     from search.tracking import TAG_PARENT, TAG_TRIAL_NUMBER
     from search.tracking.spool import local_artifact_dir, replay
 
@@ -202,8 +203,8 @@ def finish_tracking(
 ) -> SyncReport:
     """Steps 2-4 of the module docstring with the parent already open; never raises for an
     MLflow failure: each step that fails adds a line to ``report.missing``."""
-    from search import rundir
-    from search.pareto import trial_rows
+    from search.study import rundir
+    from search.study.pareto import trial_rows
 
     report = report or SyncReport(parent_run_id=tracker.parent_run_id)
     held: dict[int, str] = {}
@@ -235,12 +236,12 @@ def with_run_ids(rows: list[dict[str, Any]], held: dict[int, str]) -> list[dict[
 
 
 def sync_run(run_dir: Path, uri: str | None = None) -> SyncReport:
-    """Steps 1-4 for a run directory whose lock the caller holds (:mod:`search.lock`)."""
+    """Steps 1-4 for a run directory whose lock the caller holds (:mod:`search.study.lock`)."""
     import optuna
 
     from pptp.errors import ConfigError
-    from search import rundir
     from search.space import load_space
+    from search.study import rundir
     from search.tracking import (
         StudyTracker,
         TrackingUnavailable,
@@ -319,7 +320,7 @@ class Plan:
 
 def prepare(args: argparse.Namespace) -> Plan:
     from pptp.errors import ConfigError
-    from search.lock import RunLock
+    from search.study.lock import RunLock
 
     run_dir = Path(args.run)
     if not (run_dir / "study.db").is_file():

@@ -9,8 +9,8 @@ with the runs behind a "Model training" toggle). This module gives:
   127.0.0.1, with the light settings (``MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false``, one
   worker: 2 processes, ~0.4 GB, starts in ~5 s), ready once ``/health`` answers;
 - the ``ui`` command (:func:`main`), which prints each study's addresses in the running UI
-  (:class:`search.links.Links`; the "where to look next" lines of every command are
-  :func:`search.links.where_to_look`).
+  (:class:`search.tracking.links.Links`; the "where to look next" lines of every command are
+  :func:`search.tracking.links.where_to_look`).
 
 Which store: ``--run RUN`` (the tracking URI and experiment its ``state.json`` recorded), else
 ``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else the embedded store under ``mlflow/``. A
@@ -43,9 +43,9 @@ if __package__ in (None, ""):  # `python search/ui.py` puts search/ first on sys
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from pptp.errors import ConfigError
-from search.cli import quiet_environment, run_command
-from search.links import Links, console_command, server_base
-from search.saved_views import SHARED_VIEW_TAG, TRIALS_VIEW
+from search.cli.entry import quiet_environment, run_command
+from search.tracking.links import Links, console_command, server_base
+from search.tracking.saved_views import SHARED_VIEW_TAG, TRIALS_VIEW
 
 quiet_environment()
 
@@ -303,7 +303,7 @@ class Plan:
 
 
 def prepare(args: argparse.Namespace) -> Plan:
-    from search import rundir
+    from search.study import rundir
     from search.tracking import check_tracking, resolve_tracking_uri
     from search.tracking.uris import sqlite_path
 

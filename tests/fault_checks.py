@@ -29,7 +29,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from pptp.tables import format_table
-from search import rundir
+from search.study import rundir
 from search.sync import expected_status
 from search.tracking import metric_key
 

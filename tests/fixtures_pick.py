@@ -10,8 +10,8 @@ from typing import Any
 import optuna
 import yaml
 
-from search import rundir
 from search.space import Objective, load_space
+from search.study import rundir
 
 OBJECTIVES = (Objective("test_acc", "maximize"), Objective("attack_auc", "minimize"))
 

@@ -29,10 +29,10 @@ from fixtures_browser import headless_chromium, wait_for
 from fixtures_ray import ray_tmp
 from fixtures_space import TINY_STUDY_FIXED
 
-from search import rundir
-from search.links import Links
 from search.reporting.page import FRONT_DIV
-from search.saved_views import PARETO_FILTER
+from search.study import rundir
+from search.tracking.links import Links
+from search.tracking.saved_views import PARETO_FILTER
 from search.ui import MlflowUi
 
 SPACE = (

@@ -1,4 +1,5 @@
-"""search.cluster: --address is probed within seconds (nothing there, not Ray, a real Ray head);
+"""search.running.cluster: --address is probed within seconds (nothing there, not Ray, a real Ray
+head);
 max_concurrent is capped to what the resources run at once. Secure by default: a local Ray
 listens on 127.0.0.1 only, and joining a cluster leaves Ray's authentication to the user."""
 
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 from fixtures_ray import ray_tmp
 
-from search.cluster import (
+from search.running.cluster import (
     RayUnreachable,
     concurrency_cap,
     probe_ray_address,
@@ -151,7 +152,7 @@ def test_ray_auth_is_left_to_the_user_when_joining_a_cluster(
 
 def test_the_loopback_switch_is_set_only_before_ray_is_imported() -> None:
     code = (
-        "import os, sys; from search.cli import local_ray_environment as f; f(); "
+        "import os, sys; from search.cli.entry import local_ray_environment as f; f(); "
         "a = os.environ.get('RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER'); "
         "os.environ.pop('RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER', None); import ray; f(); "
         "print(a, os.environ.get('RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER'))"

@@ -14,10 +14,10 @@ import pytest
 import yaml
 
 from search import compare as cmp
-from search import rundir
 from search.comparing.fronts import compare, front, hypervolume
-from search.comparing.points import PER_SEED, Point, classify, points_from_trials
 from search.space import Objective
+from search.study import rundir
+from search.study.points import PER_SEED, Point, classify, points_from_trials
 
 AXES = (Objective("test_acc", "maximize"), Objective("attack_auc", "minimize"))
 

@@ -1,5 +1,6 @@
-"""search.failures names the real cause of a failed trial; search.faults (test-only) parses its
-hook; search.progress tells the time left."""
+"""search.study.failures names the real cause of a failed trial; search.faults (test-only) parses
+its
+hook; search.running.progress tells the time left."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import torch
 from pptp.errors import ModelAtChance
 from pptp.train import TrainingDiverged
 from search import faults
-from search.failures import REASON_CHARS, exception_reason, worker_death_reason
-from search.progress import duration, eta, stamp
+from search.running.progress import duration, eta, stamp
+from search.study.failures import REASON_CHARS, exception_reason, worker_death_reason
 
 # what Tune's error.txt holds after a worker was SIGKILLed (Ray 2.60), trimmed
 KILLED = """Failure # 1 (occurred at 2026-11-30_11-50-38)

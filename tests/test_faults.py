@@ -43,7 +43,7 @@ from fixtures_ray import kill_processes_naming, ray_tmp, run_driver, start_drive
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from search import rundir
+from search.study import rundir
 
 __all__ = ["ray_tmp"]  # the fixture, imported for its use below
 
@@ -172,7 +172,7 @@ def test_trial_faults_are_recorded_and_the_study_goes_on(
 
 
 def _run_of(run: Path, number: int) -> str:
-    from search import records
+    from search.study import records
 
     return records.read_all(run)[number].spool.run_id or ""
 

@@ -1,4 +1,4 @@
-"""search.lock: one driver per run directory; a live holder is named; a lock left by a driver
+"""search.study.lock: one driver per run directory; a live holder is named; a lock left by a driver
 killed with SIGKILL is free (the kernel releases flock) and is taken over, reported as stale."""
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from search.lock import HOLDER_FILE, RunDirBusy, RunLock, read_holder
+from search.study.lock import HOLDER_FILE, RunDirBusy, RunLock, read_holder
 
 HOLD = """
 import sys, time
-from search.lock import RunLock
+from search.study.lock import RunLock
 lock = RunLock(sys.argv[1])
 lock.acquire()
 print("held", flush=True)

@@ -23,8 +23,8 @@ from fixtures_ray import kill_processes_naming, ray_tmp
 from fixtures_space import TINY_STUDY_FIXED
 from mlflow.tracking import MlflowClient
 
-from search import rundir
 from search.run import main
+from search.study import rundir
 
 __all__ = ["ray_tmp"]  # the fixture, imported for its use below
 

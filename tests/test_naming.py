@@ -1,11 +1,11 @@
-"""Run names and descriptions (search/naming.py): pure strings, known answers."""
+"""Run names and descriptions (search/study/naming.py): pure strings, known answers."""
 
 from __future__ import annotations
 
 import pytest
 
 from pptp.config import TrialConfig
-from search.naming import (
+from search.study.naming import (
     config_run_name,
     groups_label,
     objective_summary,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
-from search.pareto import format_front
 from search.space import Objective
+from search.study.pareto import format_front
 
 OBJECTIVES = [Objective("test_acc", "maximize"), Objective("attack_auc", "minimize")]
 

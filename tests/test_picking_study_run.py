@@ -1,4 +1,4 @@
-"""search.picking.study_run: the candidates are Optuna's front (or every feasible trial)."""
+"""search.study.reader: the candidates are Optuna's front (or every feasible trial)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 from fixtures_pick import make_run
 
-from search.picking.study_run import candidates, open_run, screening_references
+from search.study.reader import candidates, open_run, screening_references
 
 
 def test_front_is_optunas_and_excludes_dominated(tmp_path: Path) -> None:

@@ -32,9 +32,9 @@ from fixtures_space import TINY_STUDY_FIXED
 from mlflow.tracking import MlflowClient
 
 import search.tracking.uris as uris
-from search import rundir
 from search.run import main
-from search.shared_study import DRIVER_ATTR, DriverClaim, StudyBusy, open_storage
+from search.study import rundir
+from search.study.shared_study import DRIVER_ATTR, DriverClaim, StudyBusy, open_storage
 
 __all__ = ["postgres_url", "ray_tmp"]  # fixtures, imported for their use below
 

@@ -7,9 +7,10 @@ file: each test names the private attribute, where the project uses it, and the 
 
 Inventory (everything else in ``pptp/`` and ``search/`` uses public APIs):
 
-- ``optuna.Study._storage``: ``search/rundir.py`` ``fail_interrupted`` (user attributes of a trial
+- ``optuna.Study._storage``: ``search/study/rundir.py`` ``fail_interrupted`` (user attributes of a
+trial
   the previous driver left RUNNING; the state itself goes through ``study.tell``);
-- ``ray.tune.search.optuna.OptunaSearch._ot_trials``: ``search/samplers.py``
+- ``ray.tune.search.optuna.OptunaSearch._ot_trials``: ``search/running/samplers.py``
   ``StudySearch._optuna_trial`` (the Optuna trial behind a Tune trial: its number, its user
   attributes and constraints);
 - ``mlflow.utils.validation._validate_model_name``, ``_validate_model_alias_name``,
@@ -66,9 +67,9 @@ def test_installed_versions_are_within_the_checked_minor(library: str) -> None:
 
 
 def test_optuna_study_storage_and_fail_interrupted(tmp_path: Path) -> None:
-    from search import rundir
+    from search.study import rundir
 
-    where = "search/rundir.py fail_interrupted"
+    where = "search/study/rundir.py fail_interrupted"
     study = optuna.create_study(storage=rundir.storage(tmp_path), study_name="s")
     storage = getattr(study, "_storage", None)
     assert isinstance(storage, optuna.storages.BaseStorage), changed(
@@ -87,9 +88,9 @@ def test_optuna_study_storage_and_fail_interrupted(tmp_path: Path) -> None:
 
 
 def test_ray_optuna_search_trials() -> None:
-    from search.samplers import TRIAL_NUMBER, StudySearch
+    from search.running.samplers import TRIAL_NUMBER, StudySearch
 
-    where = "search/samplers.py StudySearch._optuna_trial"
+    where = "search/running/samplers.py StudySearch._optuna_trial"
     searcher = StudySearch(
         space={"x": FloatDistribution(0.0, 1.0)}, metric=["a", "b"], mode=["max", "min"]
     )

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from search.naming import space_run_name
-from search.progress import Progress
-from search.samplers import TRIAL_NUMBER
+from search.running.progress import Progress
+from search.running.samplers import TRIAL_NUMBER
 from search.space import Objective, load_space
+from search.study.naming import space_run_name
 
 
 def _trial(config: dict[str, Any]) -> Any:

@@ -1,4 +1,4 @@
-"""After a study (search/publish.py): trial runs named and described, saved views, the
+"""After a study (search/reporting/publish.py): trial runs named and described, saved views, the
 localisation linked, the report attached; idempotent; a store that does not answer is left
 alone and the page says what is missing."""
 
@@ -13,16 +13,16 @@ from fixtures_pick import make_run
 from fixtures_tracking import fake_result, fresh_store, run_trial, start
 from mlflow.tracking import MlflowClient
 
-from search.naming import TAG_NOTE
-from search.picking.study_run import open_run
-from search.publish import (
+from search.reporting.publish import (
     TAG_LOCALIZATION_RUN_ID,
     TAG_LOCALIZATION_URL,
     find_localization_run,
     publish_study,
 )
-from search.saved_views import PARETO_VIEW, SHARED_VIEW_TAG, TRIALS_VIEW
+from search.study.naming import TAG_NOTE
+from search.study.reader import open_run
 from search.tracking import StudyTracker
+from search.tracking.saved_views import PARETO_VIEW, SHARED_VIEW_TAG, TRIALS_VIEW
 from search.ui import free_port
 
 POINTS = [(0.95, 0.80, 0.05), (0.93, 0.62, 0.02), (0.85, 0.70, 0.004)]  # trial 2 off the front
@@ -134,13 +134,13 @@ def test_the_localisation_that_steered_the_study_is_linked(tmp_path: Path) -> No
 
 
 def test_names_given_while_trials_run_match_the_names_at_the_end(tmp_path: Path) -> None:
-    """A trial names its run from its config (search.naming.space_run_name); publishing the
+    """A trial names its run from its config (search.study.naming.space_run_name); publishing the
     study names it from what Optuna recorded: the two agree, so nothing is renamed."""
     from fixtures_pick import params_of
 
-    from search.naming import space_run_name
-    from search.pareto import trial_rows
     from search.reporting.inputs import trial_names
+    from search.study.naming import space_run_name
+    from search.study.pareto import trial_rows
 
     run = open_run(make_run(tmp_path))
     at_end = trial_names(run, trial_rows(run.study, run.objectives))

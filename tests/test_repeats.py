@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from search.pareto import format_front
-from search.repeats import aggregate, repeat_seeds, spread_metrics
+from search.running.repeats import aggregate, repeat_seeds, spread_metrics
 from search.space import Objective, SpaceError, load_space
+from search.study.pareto import format_front
 
 OBJECTIVES = [Objective("test_acc", "maximize"), Objective("attack_auc", "minimize")]
 

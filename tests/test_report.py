@@ -18,10 +18,10 @@ from fixtures_localize import fake_result, tiny_config
 from fixtures_pick import make_run
 
 from search import report
-from search.picking.study_run import open_run
 from search.reporting.figures import front_figure
 from search.reporting.inputs import gather
 from search.reporting.page import FRONT_DIV, render
+from search.study.reader import open_run
 
 
 def _add_trial(run_dir: Path, *, acc: float, auc: float, attrs: dict[str, Any]) -> None:

@@ -1,4 +1,5 @@
-"""Saved views of a study's runs table (search/saved_views.py): the UI's envelope, written as
+"""Saved views of a study's runs table (search/tracking/saved_views.py): the UI's envelope, written
+as
 experiment tags. That the MLflow UI reads them is checked in a real browser
 (tests/test_browser.py)."""
 
@@ -10,7 +11,7 @@ from pathlib import Path
 from fixtures_tracking import fresh_store
 from mlflow.tracking import MlflowClient
 
-from search.saved_views import (
+from search.tracking.saved_views import (
     PARETO_FILTER,
     PARETO_VIEW,
     SHARED_VIEW_TAG,

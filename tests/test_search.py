@@ -17,8 +17,8 @@ import pytest
 from fixtures_ray import ray_tmp
 from mlflow.tracking import MlflowClient
 
-from search import records, rundir
 from search.run import main
+from search.study import records, rundir
 
 __all__ = ["ray_tmp"]  # the fixture, imported for its use below
 

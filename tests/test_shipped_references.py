@@ -20,9 +20,9 @@ from pptp.data import build_pool
 from pptp.errors import ConfigError
 from pptp.signals import Signals, resolve_queries
 from pptp.trial import attack_scores, run_trial
+from search.running.trainable import TAG_HOSTNAME, TAG_REFERENCES, TrialContext, run_search_trial
 from search.space import load_space
 from search.tracking import StudyTracker
-from search.trainable import TAG_HOSTNAME, TAG_REFERENCES, TrialContext, run_search_trial
 
 FLAT = {
     "data.name": "digits",

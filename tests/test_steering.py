@@ -1,4 +1,5 @@
-"""First trials from a localisation (search/steering.py): valid for the space, right groups."""
+"""First trials from a localisation (search/running/steering.py): valid for the space, right
+groups."""
 
 from __future__ import annotations
 
@@ -10,12 +11,8 @@ from fixtures_localize import fake_result
 from optuna.distributions import CategoricalDistribution
 
 from pptp.errors import ConfigError
+from search.running.steering import enqueue_from_localization, load_for_space, localization_enqueue
 from search.space import Space, contains, load_space
-from search.steering import (
-    enqueue_from_localization,
-    load_for_space,
-    localization_enqueue,
-)
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "spaces" / "quickstart.yaml"
 GROUPS = ("block1", "block2", "block3", "block4", "head")

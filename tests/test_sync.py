@@ -15,8 +15,8 @@ import yaml
 from fixtures_tracking import SPACE, fake_result, fresh_store
 from mlflow.tracking import MlflowClient
 
-from search import records, rundir
 from search.space import load_space
+from search.study import records, rundir
 from search.sync import expected_status, store_identity, store_replaced, sync_run
 from search.tracking import StudyTracker, TrialTracker
 from search.tracking.spool import RunSpool

@@ -13,11 +13,18 @@ from fixtures_tracking import fresh_store
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from search.samplers import DUPLICATE_OF, PER_SEED, RECORD, REUSE, StudySearch, failure_reason
+from search.running.samplers import (
+    DUPLICATE_OF,
+    PER_SEED,
+    RECORD,
+    REUSE,
+    StudySearch,
+    failure_reason,
+)
+from search.running.trainable import TrialContext, run_search_trial
 from search.space import load_space
 from search.tracking import StudyTracker
 from search.tracking.spool import RunSpool
-from search.trainable import TrialContext, run_search_trial
 
 SPACE = """
 study: {{name: failing, n_trials: 2, sampler: random, repeats: {repeats}}}

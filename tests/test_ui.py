@@ -1,4 +1,4 @@
-"""The MLflow UI launcher (search/ui.py) and the addresses it prints (search/links.py).
+"""The MLflow UI launcher (search/ui.py) and the addresses it prints (search/tracking/links.py).
 
 The server tests start a real ``mlflow server`` (about 5-10 s each): marked slow. What the pages
 show is checked in a real browser in tests/test_browser.py.
@@ -22,8 +22,9 @@ from fixtures_tracking import fresh_store
 from mlflow.tracking import MlflowClient
 
 from pptp.errors import ConfigError
-from search import links, ui
-from search.links import Links, console_command, ui_hint, where_to_look
+from search import ui
+from search.tracking import links
+from search.tracking.links import Links, console_command, ui_hint, where_to_look
 from search.ui import MlflowUi, free_port, port_free
 
 REPO = Path(__file__).resolve().parents[1]

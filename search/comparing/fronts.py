@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pptp.errors import ConfigError
-from search.comparing.points import Point
+from search.study.points import Point
 
 if TYPE_CHECKING:
     from search.space import Objective

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from search.comparing.fronts import Comparison, front
-from search.comparing.points import Point
+from search.study.points import Point
 
 
 def _cell(point: Point, metric: str) -> str:

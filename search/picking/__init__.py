@@ -1,6 +1,6 @@
 """What ``search/pick.py`` does, one module per step (DESIGN.md §3 and §5):
 
-- :mod:`~search.picking.study_run`: open a run directory read-only; the candidate trials;
+- :mod:`~search.study.reader`: open a run directory read-only; the candidate trials;
 - :mod:`~search.picking.rules`: bounds and the rules that choose one candidate (pure);
 - :mod:`~search.picking.audit`: re-train on new seeds, the adaptive audit, the side-by-side
   comparison with the gap stated;

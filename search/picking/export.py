@@ -16,7 +16,7 @@ from pptp.fileio import atomic_write
 from pptp.tables import format_cell
 from search.picking.audit import ATTACK_METRICS, TABLE_METRICS, Comparison
 from search.picking.rules import Pick
-from search.picking.study_run import StudyRun
+from search.study.reader import StudyRun
 
 if TYPE_CHECKING:
     from pptp.config import TrialConfig

@@ -25,7 +25,7 @@ from pptp.errors import ConfigError
 from pptp.tables import format_cell
 from search.picking.audit import Comparison
 from search.picking.rules import Pick
-from search.picking.study_run import StudyRun
+from search.study.reader import StudyRun
 
 if TYPE_CHECKING:
     from torch import nn

@@ -42,7 +42,7 @@ class Candidate:
     """One finished trial as the rules see it.
 
     ``metrics``: the objective values (``trial.values``, by objective name) and every finite
-    numeric user attribute the trial recorded (:data:`search.samplers.RECORDED`).
+    numeric user attribute the trial recorded (:data:`search.running.samplers.RECORDED`).
     """
 
     number: int

@@ -8,8 +8,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from search.comparing.points import Point
 from search.reporting.inputs import ReportInputs, first_line, row_kind
+from search.study.points import Point
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go

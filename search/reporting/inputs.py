@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pptp.errors import ConfigError
-from search.comparing.points import Point, classify, points_from_trials
+from search.study.points import Point, classify, points_from_trials
 
 if TYPE_CHECKING:
     from pptp.localize import LocalizationResult
-    from search.picking.study_run import StudyRun
     from search.space import Objective
+    from search.study.reader import StudyRun
 
 PICKED_FILE = "picked.yaml"
 
@@ -40,8 +40,10 @@ class RocCurve:
 class ReportInputs:
     """Everything the page shows, gathered once (:func:`gather`).
 
-    ``rows``: :func:`search.pareto.trial_rows` (finished trials, ``pareto`` marking the front);
-    ``names``: trial number -> run name (:mod:`search.naming`); ``missing``: the parts that could
+    ``rows``: :func:`search.study.pareto.trial_rows` (finished trials, ``pareto`` marking the
+    front);
+    ``names``: trial number -> run name (:mod:`search.study.naming`); ``missing``: the parts that
+    could
     not be drawn, each with its reason.
     """
 
@@ -63,8 +65,8 @@ class ReportInputs:
 
 
 def trial_names(run: StudyRun, rows: Sequence[Mapping[str, Any]]) -> dict[int, str]:
-    """Trial number -> its run name (:func:`search.naming.row_run_name`)."""
-    from search.naming import row_run_name, trial_digits
+    """Trial number -> its run name (:func:`search.study.naming.row_run_name`)."""
+    from search.study.naming import row_run_name, trial_digits
 
     consecutive = run.space.base_config().protect.split is not None or "protect.split" in (
         run.space.params
@@ -172,7 +174,7 @@ def gather(run: StudyRun, *, client: Any | None, unreachable: str | None = None)
     from optuna.trial import TrialState
 
     from pptp.localize import LocalizationResult
-    from search.pareto import trial_rows
+    from search.study.pareto import trial_rows
 
     objectives = tuple(run.objectives)
     rows = tuple(trial_rows(run.study, objectives))

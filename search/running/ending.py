@@ -1,6 +1,6 @@
 """The end of a ``search/run.py`` study (stage 7): the Pareto front CSV in the run directory
 first (whatever MLflow does), then MLflow brought up to date (front, tags, end states), the front
-printed, the report written (:mod:`search.publish`) and where to look next."""
+printed, the report written (:mod:`search.reporting.publish`) and where to look next."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pptp.fileio import atomic_write
-from search import rundir
 from search.running.plan import EXIT_STOPPED, EXIT_TRACKING_INCOMPLETE
+from search.study import rundir
 
 if TYPE_CHECKING:
     from search.running.plan import Plan
@@ -24,7 +24,7 @@ def finish(plan: Plan, tracker: Any, identity: Any, report: Any) -> int:
     """Front CSV first (whatever MLflow does), then MLflow, then the table and what to do next."""
     import optuna
 
-    from search.pareto import format_front
+    from search.study.pareto import format_front
     from search.sync import finish_tracking, store_replaced
 
     space = plan.space
@@ -68,9 +68,10 @@ def finish(plan: Plan, tracker: Any, identity: Any, report: Any) -> int:
 
 
 def study_rows(plan: Plan, study: Any) -> list[dict[str, Any]]:
-    """The trial rows (search.pareto), with the MLflow run ids the run directory's records hold."""
-    from search import records
-    from search.pareto import trial_rows
+    """The trial rows (search.study.pareto), with the MLflow run ids the run directory's records
+    hold."""
+    from search.study import records
+    from search.study.pareto import trial_rows
     from search.sync import with_run_ids
 
     held = {n: r.spool.run_id for n, r in records.read_all(plan.run_dir).items() if r.spool.run_id}
@@ -92,10 +93,11 @@ def write_front_csv(run_dir: Path, rows: list[dict[str, Any]]) -> None:
 
 def publish(plan: Plan, *, mlflow: bool) -> str:
     """Name and describe the trial runs, save the MLflow views, write ``report.html`` (and attach
-    it), and return what to print: the report and where to look next (:mod:`search.publish`). A
+    it), and return what to print: the report and where to look next
+    (:mod:`search.reporting.publish`). A
     failure here costs the study nothing: it is a warning, and ``pptp-search report`` redoes it."""
-    from search.links import where_to_look
-    from search.publish import publish_study
+    from search.reporting.publish import publish_study
+    from search.tracking.links import where_to_look
 
     try:
         return (

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pptp.errors import ConfigError
-from search import rundir
+from search.study import rundir
 from search.tracking.uris import redact
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ def open_study(plan: Plan) -> Any:
             f"{redact(plan.storage_url or '')} a moment ago; pass --resume to join it"
         ) from None
     if plan.storage_url:
-        from search.shared_study import DriverClaim
+        from search.study.shared_study import DriverClaim
 
         claim = DriverClaim(plan.storage_url, space.study.name, plan.run_dir)
         claim.acquire()  # before anything touches the study: a live driver's trials stay live
@@ -93,7 +93,7 @@ def record_run(plan: Plan, tracker: Any, study: Any) -> None:
         ),
     )
     if plan.storage_url:
-        from search.shared_study import SharedRun, publish_run
+        from search.study.shared_study import SharedRun, publish_run
 
         publish_run(
             study,

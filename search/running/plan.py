@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pptp.errors import ConfigError
-from search import rundir
+from search.study import rundir
 from search.tracking.uris import redact
 
 EXIT_STOPPED, EXIT_TRACKING_INCOMPLETE, EXIT_INTERRUPTED = 1, 3, 130
@@ -23,12 +23,12 @@ class Plan:
     run_dir: Path
     tracking_uri: str
     n_trials: int
-    state: Any  # search.rundir.RunState | None (None for a new run)
-    seeded: list[dict[str, Any]]  # first trials from study.localization (search/steering.py)
-    lock: Any  # search.lock.RunLock, held
+    state: Any  # search.study.rundir.RunState | None (None for a new run)
+    seeded: list[dict[str, Any]]  # first trials from study.localization (running/steering.py)
+    lock: Any  # search.study.lock.RunLock, held
     verbosity: int = 0
     storage_url: str | None = None  # --storage (or the run's): the study in a shared database
-    claim: Any = None  # search.shared_study.DriverClaim, held while the driver runs
+    claim: Any = None  # search.study.shared_study.DriverClaim, held while the driver runs
 
     def say(self, line: str) -> None:
         """A progress line (not with --quiet)."""
@@ -57,11 +57,11 @@ class Plan:
 
 
 def shared_state(storage_url: str | None, space: Any) -> Any:
-    """The run state a study in a shared database records (:mod:`search.shared_study`), for a
+    """The run state a study in a shared database records (:mod:`search.study.shared_study`), for a
     driver that resumes it from a new run directory (another machine)."""
     import optuna
 
-    from search.shared_study import RUN_ATTR, open_storage, read_run
+    from search.study.shared_study import RUN_ATTR, open_storage, read_run
 
     assert storage_url is not None
     name = space.study.name

@@ -11,7 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from pptp.errors import ConfigError
-from search import rundir
+from search.study import rundir
 
 if TYPE_CHECKING:
     from search.running.plan import Plan
@@ -67,7 +67,8 @@ def train_references(plan: Plan) -> References:
     (:class:`pptp.bank.ReferenceEntry`, the ``.npz`` bytes and their metadata) to the driver,
     which writes it into its bank (``attack.bank_dir``): no node writes a bank of its own disk,
     and no trial opens one. The driver then loads the K references once and puts them in Ray's
-    object store; every trial reads them there, on its node (:func:`search.trainable.trainable`).
+    object store; every trial reads them there, on its node
+    (:func:`search.running.trainable.trainable`).
 
     When the space searches data or model keys, every trial needs references of its own: they are
     trained inside the trial, from the trial's node's ``attack.bank_dir`` (as before; a shared
@@ -84,7 +85,7 @@ def train_references(plan: Plan) -> References:
     from pptp.bank import ReferenceBank
     from pptp.signals import resolve_queries
     from pptp.trial import references_needed
-    from search.progress import duration, eta
+    from search.running.progress import duration, eta
 
     space = plan.space
     base = space.base_config()
@@ -149,7 +150,7 @@ def train_references(plan: Plan) -> References:
 def reference_failure(error: Exception) -> Exception:
     from pptp.errors import ModelAtChance
     from pptp.train import TrainingDiverged
-    from search.failures import exception_reason
+    from search.study.failures import exception_reason
 
     cause = getattr(error, "cause", None) or error
     reason = exception_reason(cause)

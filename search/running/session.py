@@ -1,7 +1,7 @@
 """The Ray Tune session of ``search/run.py`` (stages 5 and 6): start Ray (in-process, or join
 ``--address``), cap ``max_concurrent`` to what the resources run at once, train the references
 (:mod:`search.running.references`), then let Tune run the trials that
-:class:`search.samplers.StudySearch` asks Optuna for; Ctrl-C marks the running trials
+:class:`search.running.samplers.StudySearch` asks Optuna for; Ctrl-C marks the running trials
 interrupted and prints the resume command."""
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from pptp.errors import ConfigError
-from search import rundir
-from search.cli import local_ray_environment
+from search.cli.entry import local_ray_environment
 from search.running.ending import study_rows, write_front_csv
 from search.running.plan import EXIT_INTERRUPTED, EXIT_STOPPED
 from search.running.references import ReferencesUnavailable, train_references
+from search.study import rundir
 
 if TYPE_CHECKING:
     from search.running.plan import Plan
@@ -32,8 +32,8 @@ def run_session(plan: Plan, tracker: Any, study: Any, remaining: int) -> int | N
     """Ray, references and trials; returns an exit status when the session was interrupted."""
     import ray
 
-    from search.bookkeeping import Bookkeeper
-    from search.samplers import StudySearch
+    from search.running.bookkeeping import Bookkeeper
+    from search.running.samplers import StudySearch
     from search.space import build_sampler
 
     space = plan.space
@@ -93,7 +93,7 @@ def start_ray(plan: Plan) -> None:
     """``ray.init``; a cluster that answered the probe but cannot be joined is bad input."""
     import ray
 
-    from search.cluster import RayUnreachable
+    from search.running.cluster import RayUnreachable
 
     if _local_ray(plan):
         local_ray_environment()  # never for a cluster the user started: their settings hold
@@ -129,7 +129,7 @@ def concurrency_limit(plan: Plan) -> int:
     """``study.max_concurrent`` capped to what the cluster's resources run at once."""
     import ray
 
-    from search.cluster import concurrency_cap
+    from search.running.cluster import concurrency_cap
 
     res, total = plan.space.study.resources, ray.cluster_resources()
     for name, need in (("CPU", res.cpus), ("GPU", res.gpus)):
@@ -147,7 +147,7 @@ def concurrency_limit(plan: Plan) -> int:
 
 
 def trial_context(plan: Plan, tracker: Any, references: Any) -> Any:
-    from search.trainable import TrialContext
+    from search.running.trainable import TrialContext
 
     return TrialContext(
         space=plan.space,
@@ -171,8 +171,8 @@ def run_tuner(
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
-    from search.progress import Progress
-    from search.trainable import trainable
+    from search.running.progress import Progress
+    from search.running.trainable import trainable
 
     if plan.verbosity <= 0:  # each trial's end is one progress line; tracebacks go to MLflow
         logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
@@ -207,8 +207,8 @@ def run_tuner(
 
 
 def _describe(space: Any, number: int, sampled: Mapping[str, Any]) -> str:
-    """A trial's progress name: the run name it gets in MLflow (:mod:`search.naming`)."""
-    from search.naming import space_run_name
+    """A trial's progress name: the run name it gets in MLflow (:mod:`search.study.naming`)."""
+    from search.study.naming import space_run_name
 
     return space_run_name(number, space.trial_config(sampled), space)
 
@@ -216,7 +216,7 @@ def _describe(space: Any, number: int, sampled: Mapping[str, Any]) -> str:
 def on_interrupt(plan: Plan, tracker: Any, searcher: Any) -> int:
     import optuna
 
-    from search.failures import INTERRUPTED_REASON
+    from search.study.failures import INTERRUPTED_REASON
 
     if searcher is not None:
         searcher.fail_awaiting()

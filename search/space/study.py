@@ -112,8 +112,8 @@ class StudySpec:
     entry that were fixed are checked to equal the fixed value and dropped): pass them to
     Optuna's ``enqueue_trial`` or Ray's ``points_to_evaluate`` as they are.
     ``repeats``: training seeds per trial (``train.seed + r`` for ``r < repeats``, same pool and
-    membership); the sampler sees the means (:mod:`search.repeats`).
-    ``localization`` is read by :mod:`search.steering`: kept as given, only checked to be a
+    membership); the sampler sees the means (:mod:`search.running.repeats`).
+    ``localization`` is read by :mod:`search.running.steering`: kept as given, only checked to be a
     mapping here.
     ``combine``: whether a trial may apply a protection operator and a baseline defense together.
     With ``False`` every trial is either PPTP (``defense.name: none``) or a baseline: a trial

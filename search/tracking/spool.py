@@ -5,7 +5,7 @@ through :class:`~search.tracking.trial_tracker.TrialTracker`, which records ever
 (with its step and time), tag and artifact in a :class:`RunSpool` as well. When an MLflow call
 fails, the tracker stops calling MLflow, the trial goes on, and the spool travels back to the
 driver in the trial's result (never written by the worker to the driver's disk: trials may run on
-other machines). The driver keeps it in the run directory (:mod:`search.records`), and
+other machines). The driver keeps it in the run directory (:mod:`search.study.records`), and
 :func:`replay` re-creates the run from it later (``--resume``, ``--sync``: :mod:`search.sync`).
 
 JSON form (:meth:`RunSpool.to_json`): plain data; artifacts as base64 strings, kept only while
@@ -127,7 +127,8 @@ def replay(
     the spool's status (FAILED when it has none: the trial never ended it).
     """
     run_tags = {**spool.tags, **dict(tags or {})}
-    # a run renamed while it ran (its mlflow.runName tag, search/naming.py) keeps its last name:
+    # a run renamed while it ran (its mlflow.runName tag, search/study/naming.py) keeps its last
+    # name:
     # MLflow refuses a run_name that differs from that tag
     name = run_tags.get(RUN_NAME_TAG) or spool.run_name
     run = client.create_run(experiment_id, run_name=name, tags=run_tags)

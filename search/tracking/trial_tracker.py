@@ -277,7 +277,7 @@ class TrialTracker:
         """Final metrics (names through :func:`metric_key`), artifacts and tags of a trial.
 
         Metrics: ``metrics`` when given (a trial over several seeds logs its means and spreads,
-        :mod:`search.repeats`), else ``result.metrics()`` and ``extras/<k>`` for
+        :mod:`search.running.repeats`), else ``result.metrics()`` and ``extras/<k>`` for
         ``result.extras``; then ``objectives`` (the values reported to the sampler; same names as
         metrics). Artifacts (of ``result``): ``roc.png`` (every attack, log-log), ``roc.npz``
         (``attacks`` names, ``fpr/<a>``, ``tpr/<a>``, ``thresholds/<a>`` float arrays: loads with
@@ -311,7 +311,8 @@ class TrialTracker:
             self._log_folder(folder)
 
     def record(self) -> dict[str, Any]:
-        """The run as JSON data for the driver (:mod:`search.records`): artifacts included only
+        """The run as JSON data for the driver (:mod:`search.study.records`): artifacts included
+        only
         when MLflow does not hold the whole run."""
         return self.spool.to_json(with_artifacts=not self.spool.complete_in_mlflow)
 

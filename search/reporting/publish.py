@@ -6,12 +6,12 @@
 1. when the study's MLflow store answers (:func:`tracking_problem`):
 
    - each trial's run is named by what it tried (``t07 noise s=0.46 block3-head``,
-     :mod:`search.naming`) and described (tag ``mlflow.note.content``: objectives with their
+     :mod:`search.study.naming`) and described (tag ``mlflow.note.content``: objectives with their
      spread on the first line, which the runs table's *Description* column shows);
    - the study's parent run gets a description with the best trials and links (the runs-table
      views, the report, the localisation);
    - the saved views ``pptp-trials`` and ``pptp-pareto`` are written on the experiment
-     (:mod:`search.saved_views`);
+     (:mod:`search.tracking.saved_views`);
    - a localisation that steered the study is found among the store's localisation runs and
      linked: parent tags ``localization_run_id`` and ``localization_url``, and on the
      localisation's run a tag ``steered/<study>`` linking back;
@@ -35,14 +35,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from search.links import Links, server_base, where_to_look
-from search.naming import TAG_NOTE, study_description, trial_description
 from search.reporting.inputs import gather
 from search.reporting.page import REPORT_FILE, write_report
-from search.saved_views import save_views, study_views
+from search.study.naming import TAG_NOTE, study_description, trial_description
+from search.tracking.links import Links, server_base, where_to_look
+from search.tracking.saved_views import save_views, study_views
 
 if TYPE_CHECKING:
-    from search.picking.study_run import StudyRun
+    from search.study.reader import StudyRun
 
 logger = logging.getLogger(__name__)
 
@@ -219,7 +219,7 @@ def publish_study(
     ``<run>/report.html``). ``mlflow=False`` reads and writes nothing in MLflow (the page then
     lacks the ROC curves). ``tracking_uri`` overrides the one ``state.json`` recorded.
     """
-    from search.picking.study_run import StudyRun, open_run
+    from search.study.reader import StudyRun, open_run
 
     if not isinstance(run, StudyRun):
         run = open_run(run)

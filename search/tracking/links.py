@@ -2,7 +2,7 @@
 
 - :class:`Links`: the UI addresses of a study: the runs table
   (``#/experiments/<id>/runs?workflowType=machine_learning``, which skips MLflow 3's GenAI page,
-  plus ``viewStateShareKey`` for the saved views of :mod:`search.saved_views`), a run, an
+  plus ``viewStateShareKey`` for the saved views of :mod:`search.tracking.saved_views`), a run, an
   artifact;
 - :func:`where_to_look`: the "where to look next" lines every command prints, built from the
   ``pptp-search`` commands (:func:`console_command`) and these addresses;
@@ -21,7 +21,7 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-from search.saved_views import PARETO_FILTER, PARETO_VIEW, TRIALS_VIEW
+from search.tracking.saved_views import PARETO_FILTER, PARETO_VIEW, TRIALS_VIEW
 
 WORKFLOW = "workflowType=machine_learning"  # the runs table, not MLflow 3's GenAI overview
 
@@ -38,7 +38,7 @@ class Links:
     ``base`` is the UI's address (``http://127.0.0.1:5000/``), or None when no UI runs yet: the
     methods then return paths relative to the UI's address (``#/experiments/1/runs?...``), which
     also work as links inside MLflow's own Markdown (run descriptions). ``views``: whether the
-    study's saved views exist (:mod:`search.saved_views`).
+    study's saved views exist (:mod:`search.tracking.saved_views`).
     """
 
     experiment_id: str

@@ -12,7 +12,7 @@ table's search facets (``searchFilter``, ``orderByKey``, ``orderByAsc``, ...) an
 This module writes two such views per study (:func:`study_views`):
 
 - ``pptp-trials`` ("PPTP: every trial"): the Description column (each trial's objectives with
-  their spread, :mod:`search.naming`), the objective metrics, operator, strength, protected
+  their spread, :mod:`search.study.naming`), the objective metrics, operator, strength, protected
   groups, defense and the Pareto tag as columns, sorted by the first objective. Sorting by a
   metric lists the trials flat (the UI nests child runs only when sorting by start time).
 - ``pptp-pareto`` ("PPTP: Pareto front"): the same, filtered by ``tags.pareto = 'true'``.

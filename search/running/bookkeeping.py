@@ -1,13 +1,14 @@
 """The driver's record of every trial that ends (a Ray Tune callback, run in the driver).
 
 - **Every ended trial** is written to the run directory (``trials/trial-0007.json``,
-  :mod:`search.records`) from the MLflow run the trial returned in its result, with what MLflow
+  :mod:`search.study.records`) from the MLflow run the trial returned in its result, with what
+  MLflow
   could not take (a trial never writes to the driver's disk itself). The result field is removed
   afterwards (it can hold artifacts).
 - **A trial whose process died** (SIGKILL, an out-of-memory killer) reported nothing. Tune records
   the Ray error in the trial's error file; this callback reads it, names the real cause
-  (:func:`search.failures.worker_death_reason`), tells Optuna FAIL with it
-  (:meth:`search.samplers.StudySearch.fail`), ends the MLflow child run the dead worker left
+  (:func:`search.study.failures.worker_death_reason`), tells Optuna FAIL with it
+  (:meth:`search.running.samplers.StudySearch.fail`), ends the MLflow child run the dead worker left
   RUNNING as FAILED with the same reason and the error text as ``traceback.txt``, and writes the
   trial's record (pending when MLflow could not be written).
 """
@@ -21,10 +22,10 @@ from typing import Any
 
 from ray.tune import Callback
 
-from search import records
-from search.failures import worker_death_reason
-from search.progress import trial_error_text
-from search.samplers import RECORD, TRIAL_NUMBER, StudySearch
+from search.running.progress import trial_error_text
+from search.running.samplers import RECORD, TRIAL_NUMBER, StudySearch
+from search.study import records
+from search.study.failures import worker_death_reason
 from search.tracking.spool import RunSpool
 from search.tracking.store import (
     TAG_FAIL_REASON,

@@ -3,7 +3,7 @@
 A trial's kind comes from what it trained with (:func:`classify`): ``undefended`` (no protection
 and no defense), ``baseline`` (a classic defense only), ``pptp`` (a protection operator at
 strength > 0 only), ``combined`` (both). The report page and the run names
-(:mod:`search.naming`) sort trials the same way.
+(:mod:`search.study.naming`) sort trials the same way.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def load_points(run_dirs: Sequence[Path]) -> tuple[list[Point], tuple[Objective,
     """Every completed trial of the runs, and the two objectives (the first run's)."""
     from optuna.trial import TrialState
 
-    from search.picking.study_run import open_run
+    from search.study.reader import open_run
 
     points: list[Point] = []
     axes: tuple[Objective, Objective] | None = None

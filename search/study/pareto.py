@@ -2,7 +2,8 @@
 
 The front is Optuna's own ``study.best_trials`` (non-dominated feasible trials); nothing here
 re-implements dominance. Rows carry what the trial recorded in its user attributes
-(:data:`search.samplers.RECORDED`, with ``<metric>_sd`` when the trial trained several seeds)
+(:data:`search.running.samplers.RECORDED`, with ``<metric>_sd`` when the trial trained several
+seeds)
 and its sampled parameters.
 """
 
@@ -19,7 +20,8 @@ from pptp.tables import format_cell, format_table
 from search.space import Objective
 
 #: the table's columns: key -> title. ``tried`` is what the trial trained with, as its run is named
-#: (:func:`search.naming.row_run_name` without the trial number): ``undefended``, ``noise s=0.50
+#: (:func:`search.study.naming.row_run_name` without the trial number): ``undefended``, ``noise
+#: s=0.50
 #: last2``, ``baseline relaxloss strength=0.31``; a baseline shows no protected groups
 FRONT_COLUMNS = (
     ("trial", "trial"),
@@ -59,7 +61,7 @@ def format_front(rows: Sequence[dict[str, Any]], objectives: Sequence[Objective]
     that no front trial resolves (a TPR at an FPR below ``1 / non-members``, canaries the space
     does not plant) is left out, and a line under the table says why.
     """
-    from search.naming import row_run_name
+    from search.study.naming import row_run_name
 
     front = [r for r in rows if r.get("pareto")]
     if not front:

@@ -13,7 +13,7 @@ table's failed count, in ``trials.csv`` and in the MLflow UI, so it must say wha
 - :data:`INTERRUPTED_REASON`: the driver stopped while the trial ran (kill -9, Ctrl-C).
 
 Reasons are at most :data:`REASON_CHARS` characters; the full traceback goes to the trial's MLflow
-run as ``traceback.txt`` (and to the run directory's trial record, :mod:`search.records`).
+run as ``traceback.txt`` (and to the run directory's trial record, :mod:`search.study.records`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """A finished (or stopped) search, opened read-only from the run directory ``search/run.py`` wrote.
 
-``state.json``, ``study.db`` and ``space.yaml`` (:mod:`search.rundir`); the candidates are Optuna's
+``state.json``, ``study.db`` and ``space.yaml`` (:mod:`search.study.rundir`); the candidates are
+Optuna's
 Pareto front (``study.best_trials``: feasible, non-dominated trials), or every feasible completed
 trial. Paths in the space (``data.data_dir``, ``attack.bank_dir``) are relative to the directory
 the search ran in, which ``state.json`` records (``cwd``): :func:`screening_references` resolves
@@ -14,8 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pptp.errors import ConfigError
-from search import rundir
 from search.picking.rules import Candidate, candidate_from_trial
+from search.study import rundir
 
 if TYPE_CHECKING:
     import optuna

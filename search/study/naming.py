@@ -13,7 +13,7 @@ A trial's run is named by what it tried, so the runs table reads without opening
 ``t07 noise s=0.46 block3-head + dpsgd``    both
 ==========================================  ===============================================
 
-The kind (undefended, baseline, pptp, combined) is :func:`search.comparing.points.classify`'s, so
+The kind (undefended, baseline, pptp, combined) is :func:`search.study.points.classify`'s, so
 the names, the report page and ``search/compare.py`` sort trials the same way.
 
 Descriptions go in the run's ``mlflow.note.content`` tag, which the MLflow UI renders as
@@ -21,7 +21,8 @@ Markdown on the run page and shows (first line, as plain text) in the runs table
 *Description* column: the first line therefore carries the objectives and their spread over
 training seeds, with no Markdown in it.
 
-Everything here is pure (strings in, strings out); :mod:`search.publish` writes them to MLflow.
+Everything here is pure (strings in, strings out); :mod:`search.reporting.publish` writes them to
+MLflow.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pptp.config import DEFENSE_KEYS
-from search.comparing.points import PER_SEED, classify
+from search.study.points import PER_SEED, classify
 
 #: the tag the MLflow UI shows as a run's description (rendered as Markdown)
 TAG_NOTE = "mlflow.note.content"
@@ -175,7 +176,7 @@ def space_run_name(
     """:func:`config_run_name` of a trial of ``space`` (a :class:`search.space.Space`): its
     searched defense knobs shown, trial numbers as wide as the study needs. What a trial calls
     to name its run while it runs (before and after its model exists); the study's end
-    (:mod:`search.publish`) gives the same name from what Optuna recorded."""
+    (:mod:`search.reporting.publish`) gives the same name from what Optuna recorded."""
     return config_run_name(
         number,
         cfg,
@@ -188,7 +189,7 @@ def space_run_name(
 def row_run_name(
     row: Mapping[str, Any], *, consecutive: bool | None = None, digits: int = 2
 ) -> str:
-    """:func:`trial_run_name` of a row of :func:`search.pareto.trial_rows` (what Optuna
+    """:func:`trial_run_name` of a row of :func:`search.study.pareto.trial_rows` (what Optuna
     recorded: ``operator``, ``strength``, ``defense``, ``protected_groups``, ``param.*``).
 
     ``consecutive``: whether the protected groups are a split selection; None infers it from a
@@ -242,7 +243,7 @@ def objective_summary(row: Mapping[str, Any], objectives: Sequence[str]) -> str:
     The MLflow runs table shows a description's first 50 characters, so the objectives take
     short names (:data:`SHORT`) and 3 decimals (the metric columns have them all). The spread is
     the sample standard deviation over training seeds when the trial recorded its per-seed values
-    (user attribute ``per_seed``, :data:`search.comparing.points.PER_SEED`); ``1 seed`` says there
+    (user attribute ``per_seed``, :data:`search.study.points.PER_SEED`); ``1 seed`` says there
     is none.
     """
     per_seed = row.get(PER_SEED) or {}

@@ -2,20 +2,22 @@
 
 The trial builds its config from the space's fixed values plus the sampled ones, opens its MLflow
 child run (inside the worker, so it can log curves and figures), trains its target over the
-study's seeds (``study.repeats``, :mod:`search.repeats`), and reports once, at the end, with every
+study's seeds (``study.repeats``, :mod:`search.running.repeats`), and reports once, at the end,
+with every
 objective (the privacy metric exists only after the attack).
 
 **A failed trial is a data point, never a crash.** Anything the trial raises (a bad combination,
 NaN loss, out of memory, a model at chance), and a NaN or infinite objective, ends its MLflow run
 FAILED with the reason and the traceback (``traceback.txt``), and the trial reports its
 objectives as NaN with ``failed = 1`` and ``fail_reason``: Ray Tune ends the whole run on a result
-without the searcher's metrics, and :class:`search.samplers.StudySearch` turns ``failed`` into an
+without the searcher's metrics, and :class:`search.running.samplers.StudySearch` turns ``failed``
+into an
 Optuna FAIL with the reason. A worker that dies (SIGKILL, an out-of-memory killer) cannot report;
-the driver records it (:mod:`search.bookkeeping`).
+the driver records it (:mod:`search.running.bookkeeping`).
 
 **MLflow is not needed to finish.** The trial's tracker keeps everything it logs
 (:mod:`search.tracking.spool`); the report carries it as :data:`RECORD` for the driver to keep in
-the run directory and replay when MLflow could not take it (:mod:`search.records`).
+the run directory and replay when MLflow could not take it (:mod:`search.study.records`).
 
 **Duplicates are not trained again.** A config the study already finished arrives with
 :data:`DUPLICATE_OF` and the finished trial's results (:data:`REUSE`, set by the searcher): the
@@ -50,11 +52,11 @@ from pptp.threads import torch_threads
 from pptp.train import EpochLog
 from pptp.trial import TrialResult, run_trial
 from search import faults
-from search.failures import exception_reason
-from search.naming import space_run_name
-from search.repeats import aggregate, repeat_seeds
-from search.samplers import DUPLICATE_OF, PER_SEED, RECORD, REUSE, TRIAL_NUMBER
+from search.running.repeats import aggregate, repeat_seeds
+from search.running.samplers import DUPLICATE_OF, PER_SEED, RECORD, REUSE, TRIAL_NUMBER
 from search.space import Space
+from search.study.failures import exception_reason
+from search.study.naming import space_run_name
 from search.tracking import TrialTracker
 from search.tracking.spool import RUN_NAME_TAG
 from search.tracking.uris import sqlite_path

@@ -9,8 +9,8 @@ Layout::
                             the Optuna storage URL when it is not study.db
         space.yaml          the resolved space
         pareto_front.csv    the front, rewritten at the end of every session
-        trials/             every ended trial's record, MLflow run included (search.records)
-        driver.lock/.json   the one driver's lock and who holds it (search.lock)
+        trials/             every ended trial's record, MLflow run included (search.study.records)
+        driver.lock/.json   the one driver's lock and who holds it (search.study.lock)
         ray/                Ray Tune's own experiment folder
 
 ``--resume`` reopens the newest run of the study (or the one ``--output`` names): trials left
@@ -18,7 +18,8 @@ RUNNING by a killed driver are marked FAIL with ``interrupted`` set, and do not 
 were enqueued (the undefended baseline, the first PPTP points: user attribute ``enqueued``) are
 enqueued again, so a resumed study never loses its baseline.
 
-With ``--storage URL`` the Optuna study lives in a shared database (:mod:`search.shared_study`)
+With ``--storage URL`` the Optuna study lives in a shared database
+(:mod:`search.study.shared_study`)
 and the run directory is only this machine's view of it: ``--resume --storage URL`` on another
 machine, with a new (or no) ``--output``, starts a run directory of its own from what the study
 records (:func:`resume_target`).
@@ -39,7 +40,7 @@ from optuna.trial import TrialState
 from pptp.config import TrialConfig
 from pptp.errors import ConfigError
 from pptp.fileio import atomic_write
-from search.failures import INTERRUPTED_REASON
+from search.study.failures import INTERRUPTED_REASON
 
 RUNS = Path("runs")
 INTERRUPTED = "interrupted"
@@ -146,7 +147,7 @@ def storage(run_dir: Path, *, uri: str | None = None) -> optuna.storages.RDBStor
     if chosen is None and (run_dir / "state.json").exists():
         chosen = read_state(run_dir).storage
     if chosen:
-        from search.shared_study import open_storage
+        from search.study.shared_study import open_storage
 
         return open_storage(chosen)
     return optuna.storages.RDBStorage(f"sqlite:///{run_dir / 'study.db'}")

@@ -12,7 +12,7 @@ failed, and does not tell the trial its Optuna number. :class:`StudySearch` adds
   objective is NaN, is told as FAIL with a ``fail_reason`` user attribute;
 - a trial whose process died (Tune calls ``on_trial_complete(error=True)`` without the error) is
   told only when the driver knows why: :meth:`StudySearch.fail` is called with the reason read
-  from Tune's trial error (:mod:`search.bookkeeping`), and :meth:`StudySearch.fail_awaiting`
+  from Tune's trial error (:mod:`search.running.bookkeeping`), and :meth:`StudySearch.fail_awaiting`
   tells any left over with a generic reason;
 - a config the study already finished is not trained again: :meth:`StudySearch.suggest` marks it
   :data:`DUPLICATE_OF` the finished trial and hands the trial that trial's results
@@ -61,7 +61,7 @@ TRIAL_NUMBER = "trial_number"
 DUPLICATE_OF = "duplicate_of"
 #: config key: that trial's results (JSON), which the duplicate reports instead of training
 REUSE = "reuse"
-#: result key: the trial's MLflow run as JSON (search.records), kept by the driver
+#: result key: the trial's MLflow run as JSON (search.study.records), kept by the driver
 RECORD = "record"
 #: result key (JSON) and user attribute (mapping): ``{metric: [value per training seed]}``
 PER_SEED = "per_seed"

@@ -13,7 +13,7 @@ bank serves every repeat. A new *data* seed (``data.seed``) is another pool and 
 - the spread metrics (:func:`spread_metrics`: objectives, constraints, the headline metrics and
   any ``canary_*``): ``<metric>_sd``, the sample standard deviation (n - 1; 0 with one seed), and
   their per-seed values, which the driver stores as the Optuna user attribute
-  ``per_seed = {metric: [v_seed0, v_seed1, ...]}`` (:mod:`search.comparing.points` reads exactly
+  ``per_seed = {metric: [v_seed0, v_seed1, ...]}`` (:mod:`search.study.points` reads exactly
   this).
 
 How many seeds a difference needs is in ``spaces/README.md`` (``study.repeats``).

@@ -9,7 +9,8 @@ interleave partial lines (worker logs stay off the terminal unless ``--verbose``
     [00:31] trial 5 done (6/36, ~9m left): test_acc 0.8147 ± 0.0018, attack_auc 0.7297 ± 0.021, 247s
     [00:12] trial 4 FAILED (2/12, ~1m02s left): worker process died: ... SIGKILL ...
 
-A trial is named by what it tries (``describe``: the run name :mod:`search.naming` gives it, so a
+A trial is named by what it tries (``describe``: the run name :mod:`search.study.naming` gives it,
+so a
 baseline shows its own knobs and not the protection keys the sampler drew but the trial does not
 use); without ``describe``, by its sampled parameters. A seed spread is shown with two
 significant digits.
@@ -28,9 +29,9 @@ from typing import Any
 
 from ray.tune import Callback
 
-from search.failures import worker_death_reason
-from search.samplers import DUPLICATE_OF, REUSE, TRIAL_NUMBER
+from search.running.samplers import DUPLICATE_OF, REUSE, TRIAL_NUMBER
 from search.space import Objective
+from search.study.failures import worker_death_reason
 
 
 def duration(seconds: float) -> str:

@@ -1,7 +1,7 @@
 """An Optuna study in a shared database (``--storage``), so that a study can be driven, stopped
 and resumed from any machine that reaches the database.
 
-By default the study lives in the run directory's SQLite file (:func:`search.rundir.storage`),
+By default the study lives in the run directory's SQLite file (:func:`search.study.rundir.storage`),
 which only its machine can open. ``--storage postgresql://user@db-host/optuna`` (any URL
 SQLAlchemy and :class:`optuna.storages.RDBStorage` accept) puts it in a database instead:
 
