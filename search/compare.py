@@ -49,7 +49,7 @@ from pptp.errors import ConfigError
 from search.cli.entry import quiet_environment, run_command
 from search.comparing.fronts import compare
 from search.comparing.output import plot, table_markdown, write_csv
-from search.study.points import load_points
+from search.comparing.runs import load_trials
 
 quiet_environment()
 
@@ -111,7 +111,7 @@ def prepare(args: argparse.Namespace) -> Plan:
 
 
 def execute(plan: Plan) -> int:
-    points, axes = load_points(plan.runs)
+    points, axes = load_trials(plan.runs)
     result = compare(points, axes, n_bootstrap=plan.args.bootstrap, seed=plan.args.seed)
     metrics = [m for m in plan.args.metrics.split(",") if m]
     names = ", ".join(sorted({p.study for p in points}))

@@ -206,15 +206,11 @@ def describe_pick(plan: Plan) -> str:
         f"{sum(t.state.name.lower() == s for t in trials)} {s}" for s in sorted(states)
     )
     rule = plan.rule + (" with " + " and ".join(map(str, plan.bounds)) if plan.bounds else "")
-    protect = (
-        f"{c.attrs.get('operator', '-')} strength {c.attrs.get('strength', '-')} on "
-        f"{c.attrs.get('protected_groups', '-')}, defense {c.attrs.get('defense', '-')}"
-    )
     lines = [
         f"run         {run.run_dir} (study {run.state.study_name}; {counts})",
         f"rule        {rule}",
         f"picked      trial {c.number}: {plan.pick.reason}",
-        f"            {protect}",
+        f"            {c.name}",
         "            " + ", ".join(f"{k}={v}" for k, v in c.params.items()),
         "",
         candidates_table(plan.candidates, run.objectives, picked=c.number, bounds=plan.bounds),
@@ -243,7 +239,7 @@ def _off_front_note(plan: Plan) -> str:
     better = [
         c
         for c in every
-        if not c.on_front
+        if not c.pareto
         and all(b.violation(c) == 0 for b in plan.bounds)
         and c.value(metric) > picked
     ]
@@ -275,7 +271,7 @@ def _execute(plan: Plan) -> int:
     comparison = Comparison(
         trial=c.number,
         trial_seed=plan.config.train.seed,
-        screening={m: c.value(m) for m in {*TABLE_METRICS, *c.metrics}},
+        screening={m: c.value(m) for m in {*TABLE_METRICS, *c.values}},
     )
     bank = Path(cfg_run.attack.bank_dir)
     print(f"\nbank        {bank}", flush=True)

@@ -5,7 +5,7 @@ inlined; no request leaves the file). Built with plotly (and Optuna's plotly-bas
 visualizations); this module writes no JavaScript of its own. In order:
 
 1. **The front**: every finished trial on the study's first two objectives (the maximised one
-   upward, the other across), by kind (:func:`search.study.points.classify`: PPTP, PPTP
+   upward, the other across), by kind (:attr:`pptp.treatment.Treatment.kind`: PPTP, PPTP
    with a defense, each baseline defense with its seed spread as error bars, the undefended
    model), the study's Pareto front (Optuna's ``best_trials``, the trials tagged ``pareto=true``
    in MLflow) highlighted, and the picked trial when ``search/pick.py`` exported one. Hovering a

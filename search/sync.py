@@ -204,7 +204,7 @@ def finish_tracking(
     """Steps 2-4 of the module docstring with the parent already open; never raises for an
     MLflow failure: each step that fails adds a line to ``report.missing``."""
     from search.study import rundir
-    from search.study.pareto import trial_rows
+    from search.study.trials import finished, with_run_ids
 
     report = report or SyncReport(parent_run_id=tracker.parent_run_id)
     held: dict[int, str] = {}
@@ -217,8 +217,10 @@ def finish_tracking(
     except Exception as error:
         report.missing.append(f"the end state of runs left RUNNING ({error})")
     try:
-        rows = with_run_ids(trial_rows(study, objectives), held)
-        tracker.log_front(rows, objectives=[(o.metric, o.direction) for o in objectives])
+        trials = with_run_ids(finished(study, objectives), held)
+        tracker.log_front(
+            [t.row() for t in trials], objectives=[(o.metric, o.direction) for o in objectives]
+        )
     except Exception as error:
         report.missing.append(f"the Pareto front and trial table on the parent run ({error})")
     if end_parent:
@@ -228,11 +230,6 @@ def finish_tracking(
         except Exception as error:
             report.missing.append(f"the parent run's end state ({error})")
     return report
-
-
-def with_run_ids(rows: list[dict[str, Any]], held: dict[int, str]) -> list[dict[str, Any]]:
-    """``rows`` with ``run_id`` from the records where MLflow holds a (replayed) run."""
-    return [{**row, "run_id": held.get(int(row["trial"]), row.get("run_id"))} for row in rows]
 
 
 def sync_run(run_dir: Path, uri: str | None = None) -> SyncReport:

@@ -10,8 +10,10 @@ from typing import Any
 import optuna
 import yaml
 
+from pptp.treatment import TREATMENT_ATTR
 from search.space import Objective, load_space
 from search.study import rundir
+from search.study.naming import planned_treatment
 
 OBJECTIVES = (Objective("test_acc", "maximize"), Objective("attack_auc", "minimize"))
 
@@ -93,15 +95,14 @@ def make_run(
     )
     for i, (acc, auc, tpr) in enumerate(points):
         params = params_of(i)
+        treatment = planned_treatment(space.trial_config(params), space)  # as the trial records
         attrs: dict[str, Any] = {
             "test_acc": acc,
             "attack_auc": auc,
             "attack_tpr@0.1%fpr": tpr,
             "attack_tpr@1%fpr": min(1.0, 3 * tpr),
-            "operator": params["protect.operator"],
-            "strength": params["protect.strength"],
-            "defense": "none",
-            "protected_groups": "fc1",
+            TREATMENT_ATTR: treatment.to_data(),
+            **treatment.flat(),
             "seconds": 1.5,
         }
         if i < len(run_ids) and run_ids[i]:

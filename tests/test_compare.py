@@ -5,44 +5,26 @@ writes one."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 import optuna
 import pytest
 import yaml
+from fixtures_trials import seeded
 
+from pptp.treatment import TREATMENT_ATTR, Treatment
 from search import compare as cmp
 from search.comparing.fronts import compare, front, hypervolume
 from search.space import Objective
 from search.study import rundir
-from search.study.points import PER_SEED, Point, classify, points_from_trials
+from search.study.trials import PER_SEED, FinishedTrial
 
 AXES = (Objective("test_acc", "maximize"), Objective("attack_auc", "minimize"))
 
 
-def point(kind: str, acc: list[float], auc: list[float], label: str = "", trial: int = 0) -> Point:
-    return Point(
-        "s", trial, kind, label or kind, {"test_acc": tuple(acc), "attack_auc": tuple(auc)}
-    )
-
-
-def test_classify_reads_what_the_trial_trained_with() -> None:
-    assert classify({"operator": "damp", "strength": 0.0, "defense": "none"}, {}) == (
-        "undefended",
-        "undefended",
-    )
-    assert classify({"operator": "noise", "strength": 0.0, "defense": "dpsgd"}, {})[0] == "baseline"
-    kind, label = classify(
-        {"operator": "noise", "strength": 0.5, "defense": "none", "protected_groups": "head"}, {}
-    )
-    assert kind == "pptp" and label == "noise 0.50 [head]"
-    assert classify({"operator": "noise", "strength": 0.5, "defense": "weight_decay"}, {})[0] == (
-        "combined"
-    )
-    # params stand in when attributes are missing (a trial that recorded nothing extra)
-    assert classify({}, {"protect.operator": "anchor", "protect.strength": 0.3})[0] == "pptp"
+def point(kind: str, acc: list[float], auc: list[float], trial: int = 0) -> FinishedTrial:
+    return seeded(kind, acc, auc, trial_number=trial)
 
 
 def test_hypervolume_matches_the_hand_computed_area() -> None:
@@ -55,11 +37,11 @@ def test_hypervolume_matches_the_hand_computed_area() -> None:
 
 def test_front_is_the_non_dominated_points() -> None:
     pts = [
-        point("pptp", [0.9], [0.6], "a"),
-        point("pptp", [0.8], [0.55], "b"),
-        point("pptp", [0.8], [0.65], "dominated"),
+        point("pptp", [0.9], [0.6], trial=0),
+        point("pptp", [0.8], [0.55], trial=1),
+        point("pptp", [0.8], [0.65], trial=2),  # dominated by trial 1
     ]
-    assert [p.label for p in front(pts, AXES)] == ["a", "b"]
+    assert [p.number for p in front(pts, AXES)] == [0, 1]
 
 
 def test_a_clear_difference_is_beyond_noise_and_a_small_one_is_not() -> None:
@@ -84,27 +66,6 @@ def test_one_seed_per_trial_says_the_interval_shows_no_seed_noise() -> None:
     result = compare(pts, AXES, n_bootstrap=20)
     assert result.difference.low == result.difference.high  # no spread without seeds
     assert "rerun with study.repeats" in result.verdict
-
-
-def test_points_from_trials_use_per_seed_values() -> None:
-    trial = optuna.trial.create_trial(
-        values=[0.8, 0.6],
-        params={"protect.strength": 0.4},
-        distributions={"protect.strength": optuna.distributions.FloatDistribution(0, 1)},
-        user_attrs={
-            "operator": "damp",
-            "strength": 0.4,
-            "defense": "none",
-            "attack_tpr@1%fpr": 0.05,
-            PER_SEED: {"test_acc": [0.79, 0.81], "attack_auc": [0.59, 0.61]},
-        },
-    )
-    (p,) = points_from_trials([trial], ["test_acc", "attack_auc"], "s")
-    assert p.kind == "pptp" and p.n_seeds == 2
-    assert p.mean("test_acc") == pytest.approx(0.8) and p.sd("attack_auc") == pytest.approx(
-        math.sqrt(2) * 0.01
-    )
-    assert p.seeds["attack_tpr@1%fpr"] == (0.05,) and math.isnan(p.mean("canary_auc"))
 
 
 def write_run(run_dir: Path, trials: list[tuple[dict[str, object], list[float]]]) -> Path:
@@ -133,33 +94,28 @@ def test_the_command_writes_figure_table_and_csv(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     def trial(
-        operator: str,
-        strength: float,
-        defense: str,
-        acc: list[float],
-        auc: list[float],
-        **extra: object,
+        treatment: Treatment, acc: list[float], auc: list[float]
     ) -> tuple[dict[str, object], list[float]]:
-        attrs = {
-            "operator": operator,
-            "strength": strength,
-            "defense": defense,
-            **extra,
+        attrs = {  # as the searcher records a trial
+            TREATMENT_ATTR: treatment.to_data(),
+            **treatment.flat(),
             PER_SEED: {"test_acc": acc, "attack_auc": auc},
         }
         return attrs, [float(np.mean(acc)), float(np.mean(auc))]
 
+    smoothing = Treatment(defense="label_smoothing", knobs=(("strength", 0.3),))
     run = write_run(
         tmp_path / "run",
         [
-            trial("damp", 0.0, "none", [0.85, 0.86], [0.74, 0.75]),
-            trial("noise", 0.5, "none", [0.84, 0.85], [0.62, 0.63], protected_groups="head"),
-            trial("damp", 0.0, "label_smoothing", [0.80, 0.82], [0.70, 0.71], defense_strength=0.3),
+            trial(Treatment(), [0.85, 0.86], [0.74, 0.75]),
+            trial(Treatment("noise", 0.5, ("head",)), [0.84, 0.85], [0.62, 0.63]),
+            trial(smoothing, [0.80, 0.82], [0.70, 0.71]),
         ],
     )
     assert cmp.main(["--run", str(run), "--bootstrap", "50", "--no-mlflow"]) == 0
     out = capsys.readouterr().out
-    assert "Did PPTP beat the baselines here?" in out and "label_smoothing 0.30" in out
+    assert "Did PPTP beat the baselines here?" in out
+    assert "baseline label_smoothing strength=0.3" in out and "noise s=0.50 head" in out
     for name in ("comparison.png", "comparison.csv", "comparison.md"):
         assert (run / name).stat().st_size > 0
     rows = (run / "comparison.csv").read_text().splitlines()

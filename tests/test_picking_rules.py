@@ -6,11 +6,11 @@ import math
 
 import pytest
 from fixtures_pick import FRONT, OBJECTIVES
+from fixtures_trials import trial
 
 from pptp.errors import ConfigError
 from search.picking.rules import (
     Bound,
-    Candidate,
     candidates_table,
     choose,
     knee,
@@ -19,12 +19,13 @@ from search.picking.rules import (
     parse_bound,
 )
 from search.space import Objective
+from search.study.trials import FinishedTrial
 
 
 def test_knee_scores_known_answer() -> None:
     """Scaled test_acc over [0.70, 0.95] and attack_auc over [0.51, 0.80] (lower is better)."""
     cands = [
-        Candidate(i, {}, {"test_acc": a, "attack_auc": u}, {}, True)
+        trial(i, {"test_acc": a, "attack_auc": u}, pareto=True)
         for i, (a, u, _) in enumerate(FRONT[:4])
     ]
     scores = knee_scores(cands, OBJECTIVES)
@@ -42,10 +43,10 @@ def test_knee_scores_known_answer() -> None:
 def test_knee_is_invariant_to_direction_and_scale() -> None:
     """Flipping a minimised objective into a maximised one (negated values), or rescaling an
     objective, does not change the knee."""
-    base = [Candidate(i, {}, {"a": a, "u": u}, {}, True) for i, (a, u, _) in enumerate(FRONT)]
+    base = [trial(i, {"a": a, "u": u}, pareto=True) for i, (a, u, _) in enumerate(FRONT)]
     objs = (Objective("a", "maximize"), Objective("u", "minimize"))
     flipped = [
-        Candidate(c.number, {}, {"a": 100 * c.metrics["a"], "u": -c.metrics["u"]}, {}, True)
+        trial(c.number, {"a": 100 * c.values["a"], "u": -c.values["u"]}, pareto=True)
         for c in base
     ]
     flipped_objs = (Objective("a", "maximize"), Objective("u", "maximize"))
@@ -54,16 +55,16 @@ def test_knee_is_invariant_to_direction_and_scale() -> None:
 
 def test_max_acc_breaks_ties_by_the_other_objective() -> None:
     cands = [
-        Candidate(0, {}, {"test_acc": 0.9, "attack_auc": 0.7}, {}, True),
-        Candidate(1, {}, {"test_acc": 0.9, "attack_auc": 0.6}, {}, True),
-        Candidate(2, {}, {"test_acc": 0.8, "attack_auc": 0.5}, {}, True),
+        trial(0, {"test_acc": 0.9, "attack_auc": 0.7}, pareto=True),
+        trial(1, {"test_acc": 0.9, "attack_auc": 0.6}, pareto=True),
+        trial(2, {"test_acc": 0.8, "attack_auc": 0.5}, pareto=True),
     ]
     assert max_acc(cands, OBJECTIVES).candidate.number == 1
 
 
-def front() -> list[Candidate]:
+def front() -> list[FinishedTrial]:
     return [
-        Candidate(i, {}, {"test_acc": a, "attack_auc": u, "attack_tpr@0.1%fpr": t}, {}, i != 4)
+        trial(i, {"test_acc": a, "attack_auc": u, "attack_tpr@0.1%fpr": t}, pareto=i != 4)
         for i, (a, u, t) in enumerate(FRONT)
     ]
 
@@ -99,7 +100,8 @@ def test_candidates_table_marks_the_pick_and_bound_misses() -> None:
         front(), OBJECTIVES, picked=2, bounds=[parse_bound("attack_auc=0.6", "max")]
     )
     lines = table.splitlines()
-    assert lines[0].split()[:3] == ["trial", "test_acc", "attack_auc"]
+    assert lines[0].split() == ["trial", "tried", "accuracy", "attack", "AUC", "note"]
     assert set(lines[1]) <= {"-", " "}
     assert [line.split()[0] for line in lines[2:]] == ["0", "1", "2", "4", "3"]  # best acc first
-    assert lines[4].endswith("<- picked") and lines[2].endswith("breaks a bound")
+    assert lines[4].endswith("picked") and lines[2].endswith("breaks a bound")
+    assert "undefended" in lines[2]  # what each candidate tried

@@ -15,7 +15,7 @@ def test_front_is_optunas_and_excludes_dominated(tmp_path: Path) -> None:
     assert sorted(c.number for c in front) == [0, 1, 2, 3]
     every = candidates(run, among="all")
     assert sorted(c.number for c in every) == [0, 1, 2, 3, 4]
-    assert not next(c for c in every if c.number == 4).on_front
+    assert not next(c for c in every if c.number == 4).pareto
     assert every[0].attrs["protected_groups"] == "fc1" and every[0].value("seconds") == 1.5
     references = screening_references(run)  # the base recipe, paths made absolute
     assert references is not None and Path(references.attack.bank_dir).is_absolute()

@@ -10,7 +10,7 @@ import pytest
 from search.running.progress import Progress
 from search.running.samplers import TRIAL_NUMBER
 from search.space import Objective, load_space
-from search.study.naming import space_run_name
+from search.study.naming import planned_name
 
 
 def _trial(config: dict[str, Any]) -> Any:
@@ -33,7 +33,7 @@ def test_a_baseline_trial_is_named_by_its_defense_not_the_keys_it_ignores(
     progress = Progress(
         total=36,
         objectives=space.study.objectives,
-        describe=lambda n, params: space_run_name(n, space.trial_config(params), space),
+        describe=lambda n, params: planned_name(n, space.trial_config(params), space),
     )
     progress.on_trial_start(0, [], _trial({**sampled, TRIAL_NUMBER: 1}))
     line = capsys.readouterr().out

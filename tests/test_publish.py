@@ -50,7 +50,7 @@ def test_publish_names_describes_links_and_attaches(tmp_path: Path) -> None:
     published = publish_study(run_dir)
     assert (published.renamed, published.described) == (3, 3)
     names = [client.get_run(r).info.run_name for r in run_ids]
-    assert names == ["t00 damp s=0.10 fc1", "t01 anchor s=0.25 fc1", "t02 damp s=0.40 fc1"]
+    assert names == ["t00 damp s=0.10 fc1", "t01 anchor s=0.25 fc1+fc2", "t02 damp s=0.40 fc1-fc3"]
     first_lines = [client.get_run(r).data.tags[TAG_NOTE].splitlines()[0] for r in run_ids]
     assert first_lines == [
         "acc 0.950 · AUC 0.800 · 1 seed",
@@ -134,21 +134,15 @@ def test_the_localisation_that_steered_the_study_is_linked(tmp_path: Path) -> No
 
 
 def test_names_given_while_trials_run_match_the_names_at_the_end(tmp_path: Path) -> None:
-    """A trial names its run from its config (search.study.naming.space_run_name); publishing the
-    study names it from what Optuna recorded: the two agree, so nothing is renamed."""
+    """A trial names its run from its config before it trains (search.study.naming.planned_name,
+    its groups resolved on the model); publishing the study names it from what Optuna recorded:
+    the two agree, so nothing is renamed."""
     from fixtures_pick import params_of
 
-    from search.reporting.inputs import trial_names
-    from search.study.naming import space_run_name
-    from search.study.pareto import trial_rows
+    from search.study.naming import planned_name
+    from search.study.trials import finished
 
     run = open_run(make_run(tmp_path))
-    at_end = trial_names(run, trial_rows(run.study, run.objectives))
-    for number, name in at_end.items():
-        cfg = run.space.trial_config(params_of(number))
-        live = space_run_name(number, cfg, run.space, protected_groups=("fc1",))
-        assert live == name
-        before = space_run_name(number, cfg, run.space)  # before the model exists
-        assert before.startswith(name.rsplit(" ", 1)[0]) and before.endswith(
-            "first" + str(params_of(number)["protect.split"])
-        )
+    for trial in finished(run.study, run.objectives):
+        cfg = run.space.trial_config(params_of(trial.number))
+        assert planned_name(trial.number, cfg, run.space) == trial.name

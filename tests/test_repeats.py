@@ -7,7 +7,9 @@ import math
 from pathlib import Path
 
 import pytest
+from fixtures_trials import trial
 
+from pptp.treatment import Treatment
 from search.running.repeats import aggregate, repeat_seeds, spread_metrics
 from search.space import Objective, SpaceError, load_space
 from search.study.pareto import format_front
@@ -46,10 +48,11 @@ def test_spread_metrics_and_seeds() -> None:
 
 def test_pareto_table_shows_the_spread_next_to_each_objective() -> None:
     rows = [
-        {"trial": 1, "pareto": True, "test_acc": 0.831, "test_acc_sd": 0.004,
-         "attack_auc": 0.735, "attack_auc_sd": 0.0125, "operator": "none"},
-        {"trial": 2, "pareto": True, "test_acc": 0.9, "attack_auc": 0.8, "operator": "noise"},
-        {"trial": 3, "pareto": False, "test_acc": 0.5, "attack_auc": 0.9},
+        trial(1, {"test_acc": 0.831, "test_acc_sd": 0.004, "attack_auc": 0.735,
+                  "attack_auc_sd": 0.0125}),
+        trial(2, {"test_acc": 0.9, "attack_auc": 0.8},
+              treatment=Treatment("noise", 0.5, ("head",))),
+        trial(3, {"test_acc": 0.5, "attack_auc": 0.9}, pareto=False),
     ]  # fmt: skip
     table = format_front(rows, OBJECTIVES)
     lines = table.splitlines()

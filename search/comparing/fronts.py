@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pptp.errors import ConfigError
-from search.study.points import Point
+from search.study.trials import FinishedTrial
 
 if TYPE_CHECKING:
     from search.space import Objective
@@ -47,7 +47,9 @@ def hypervolume(
     return float(compute_hypervolume(inside, ref)) if len(inside) else 0.0
 
 
-def front(points: Sequence[Point], axes: tuple[Objective, Objective]) -> list[Point]:
+def front(
+    points: Sequence[FinishedTrial], axes: tuple[Objective, Objective]
+) -> list[FinishedTrial]:
     """The non-dominated points (Optuna's ``best_trials`` of an in-memory study of them)."""
     import optuna
 
@@ -78,7 +80,7 @@ class Interval:
 @dataclasses.dataclass(frozen=True)
 class Comparison:
     axes: tuple[Objective, Objective]
-    points: tuple[Point, ...]
+    points: tuple[FinishedTrial, ...]
     reference: tuple[float, float]
     pptp: Interval
     baselines: Interval
@@ -86,7 +88,7 @@ class Comparison:
     share_pptp_better: float  # fraction of resamples where the PPTP hypervolume is larger
     n_bootstrap: int
 
-    def family(self, name: str) -> list[Point]:
+    def family(self, name: str) -> list[FinishedTrial]:
         """The points of a front's family: PPTP or baseline trials, plus the undefended."""
         kind = "pptp" if name == "pptp" else "baseline"
         return [p for p in self.points if p.kind in (kind, "undefended")]
@@ -112,17 +114,17 @@ class Comparison:
         return f"no clear winner: the hypervolume difference is within seed noise{caveat}"
 
 
-def _paired(point: Point, metrics: Sequence[str]) -> np.ndarray:
+def _paired(point: FinishedTrial, metrics: Sequence[str]) -> np.ndarray:
     """``(n_seeds, len(metrics))``: a metric recorded only as a mean is repeated for each seed."""
     n = point.n_seeds
     columns = [
-        point.seeds[m] if len(point.seeds[m]) == n else (point.mean(m),) * n for m in metrics
+        point.seeds(m) if len(point.seeds(m)) == n else (point.mean(m),) * n for m in metrics
     ]
     return np.array(columns, dtype=float).T
 
 
 def compare(
-    points: Sequence[Point],
+    points: Sequence[FinishedTrial],
     axes: tuple[Objective, Objective],
     *,
     n_bootstrap: int = 1000,

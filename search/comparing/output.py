@@ -10,17 +10,17 @@ from pathlib import Path
 from typing import Any
 
 from search.comparing.fronts import Comparison, front
-from search.study.points import Point
+from search.study.trials import FinishedTrial
 
 
-def _cell(point: Point, metric: str) -> str:
+def _cell(point: FinishedTrial, metric: str) -> str:
     mean, sd = point.mean(metric), point.sd(metric)
     if not math.isfinite(mean):
         return "-"
     return f"{mean:.4f} ± {sd:.4f}" if point.n_seeds > 1 else f"{mean:.4f}"
 
 
-def shown_points(result: Comparison) -> list[Point]:
+def shown_points(result: Comparison) -> list[FinishedTrial]:
     """Table rows: the undefended model, every baseline trial, then the PPTP front."""
     axes = result.axes
     first = axes[0]
@@ -35,7 +35,7 @@ def table_markdown(result: Comparison, metrics: Sequence[str]) -> str:
     present = [m for m in metrics if any(math.isfinite(p.mean(m)) for p in result.points)]
     header = ["kind", "trial", "config", "seeds", *present]
     rows = [
-        [p.kind, f"{p.study}#{p.trial}", p.label, str(p.n_seeds), *[_cell(p, m) for m in present]]
+        [p.kind, f"{p.study}#{p.number}", p.label, str(p.n_seeds), *[_cell(p, m) for m in present]]
         for p in shown_points(result)
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -79,7 +79,7 @@ def write_csv(result: Comparison, path: Path, metrics: Sequence[str]) -> Path:
             writer.writerow(
                 [
                     p.study,
-                    p.trial,
+                    p.number,
                     p.kind,
                     p.label,
                     p.n_seeds,
@@ -106,10 +106,10 @@ def plot(result: Comparison, path: Path, *, title: str = "") -> Path:
         acc, attack = attack, acc
     fig, ax = plt.subplots(figsize=(7.5, 5.5))
 
-    def xy(points: Sequence[Point]) -> tuple[list[float], list[float]]:
+    def xy(points: Sequence[FinishedTrial]) -> tuple[list[float], list[float]]:
         return [p.mean(attack.metric) for p in points], [p.mean(acc.metric) for p in points]
 
-    def spread(points: Sequence[Point], **style: Any) -> None:
+    def spread(points: Sequence[FinishedTrial], **style: Any) -> None:
         """The points' means with their seed standard deviations as error bars."""
         xs, ys = xy(points)
         xerr = [p.sd(attack.metric) for p in points]
@@ -128,10 +128,10 @@ def plot(result: Comparison, path: Path, *, title: str = "") -> Path:
             line = front(result.family(name), result.axes)
             xs, ys = xy(line)
             ax.step(xs, ys, where="post", color=color, linewidth=1.5, label=label)
-        defenses = sorted({p.label.split()[0] for p in result.points if p.kind == "baseline"})
+        defenses = sorted({p.treatment.defense for p in result.points if p.kind == "baseline"})
         for i, defense in enumerate(defenses):
             group = [
-                p for p in result.points if p.kind == "baseline" and p.label.split()[0] == defense
+                p for p in result.points if p.kind == "baseline" and p.treatment.defense == defense
             ]
             spread(
                 group,

@@ -20,58 +20,21 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from pptp.errors import ConfigError
+from pptp.metric_catalogue import format_value, title
 from pptp.registry import Registry
 from pptp.tables import format_cell, format_table
+from search.study.trials import FinishedTrial as Candidate
 
 if TYPE_CHECKING:
-    import optuna
-
     from search.space import Objective
 
 #: the metric ``max-acc`` maximises when no objective is maximised
 DEFAULT_ACCURACY = "test_acc"
 #: how many near-misses an infeasible-bound error lists
 CLOSEST_SHOWN = 3
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One finished trial as the rules see it.
-
-    ``metrics``: the objective values (``trial.values``, by objective name) and every finite
-    numeric user attribute the trial recorded (:data:`search.running.samplers.RECORDED`).
-    """
-
-    number: int
-    params: dict[str, Any]
-    metrics: dict[str, float]
-    attrs: dict[str, Any]
-    on_front: bool
-
-    def value(self, metric: str) -> float:
-        """The metric's value, NaN when the trial did not record it."""
-        return self.metrics.get(metric, math.nan)
-
-
-def candidate_from_trial(
-    trial: optuna.trial.FrozenTrial, objectives: Sequence[Objective], *, on_front: bool
-) -> Candidate:
-    metrics: dict[str, float] = {}
-    for key, value in trial.user_attrs.items():
-        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-            metrics[key] = float(value)
-    for objective, value in zip(objectives, trial.values or (), strict=False):
-        metrics[objective.metric] = float(value)
-    return Candidate(
-        number=trial.number,
-        params=dict(trial.params),
-        metrics=metrics,
-        attrs=dict(trial.user_attrs),
-        on_front=on_front,
-    )
 
 
 @dataclass(frozen=True)
@@ -209,7 +172,7 @@ def check_metrics(
     candidates: Sequence[Candidate], objectives: Sequence[Objective], metrics: Sequence[str]
 ) -> None:
     """ConfigError naming the valid metrics when one of ``metrics`` no candidate recorded."""
-    known = {o.metric for o in objectives}.union(*(c.metrics for c in candidates))
+    known = {o.metric for o in objectives}.union(*(c.values for c in candidates))
     for metric in metrics:
         if metric not in known:
             raise ConfigError(
@@ -227,7 +190,7 @@ def _no_candidate_message(
     metrics = list(dict.fromkeys([*(b.metric for b in bounds), DEFAULT_ACCURACY]))
     shown = "; ".join(
         f"trial {c.number} ("
-        + ", ".join(f"{m} {format_cell(c.value(m))}" for m in metrics if m in c.metrics)
+        + ", ".join(f"{m} {format_cell(c.value(m))}" for m in metrics if m in c.values)
         + ")"
         for c in closest
     )
@@ -246,27 +209,23 @@ def candidates_table(
     picked: int,
     bounds: Sequence[Bound] = (),
 ) -> str:
-    """The candidates, best first by the first objective; the pick and bound misses marked."""
+    """The candidates, best first by the first objective: what each tried, its values (with
+    their spread over seeds), and a ``note`` column marking the pick and bound misses."""
     first = objectives[0]
     ordered = sorted(cands, key=lambda c: (-first.sign * c.value(first.metric), c.number))
     metrics = list(dict.fromkeys([*(o.metric for o in objectives), *(b.metric for b in bounds)]))
-    headers = ["trial", *metrics, "operator", "strength", "protected groups", ""]
     rows = []
     for c in ordered:
-        mark = (
-            "<- picked"
+        note = (
+            "picked"
             if c.number == picked
             else ("breaks a bound" if any(b.violation(c) > 0 for b in bounds) else "")
         )
-        strength = c.attrs.get("strength")
-        rows.append(
-            [
-                str(c.number),
-                *(format_cell(c.value(m)) for m in metrics),
-                str(c.attrs.get("operator", "-")),
-                f"{strength:.3f}" if isinstance(strength, int | float) else "-",
-                str(c.attrs.get("protected_groups", "-")),
-                mark,
-            ]
-        )
-    return format_table(rows, headers, align="l" + "r" * (len(headers) - 1))
+        values = [
+            format_value(m, c.value(m))
+            + (f" ± {format_value(m, c.sd(m))}" if c.n_seeds > 1 and m in c.per_seed else "")
+            for m in metrics
+        ]
+        rows.append([str(c.number), c.label, *values, note])
+    headers = ["trial", "tried", *(title(m) for m in metrics), "note"]
+    return format_table(rows, headers, align="ll" + "r" * len(metrics) + "l")

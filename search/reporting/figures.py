@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from search.reporting.inputs import ReportInputs, first_line, row_kind
-from search.study.points import Point
+from pptp.metric_catalogue import format_value
+from search.reporting.inputs import ReportInputs, first_line
+from search.study.trials import FinishedTrial
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -36,23 +37,23 @@ def axes(objectives: Sequence[Objective]) -> tuple[Objective, Objective | None]:
     return up, across
 
 
-def _hover(row: Mapping[str, Any], point: Point | None, name: str, metrics: Sequence[str]) -> str:
-    groups = str(row.get("protected_groups") or "-")
+def _hover(trial: FinishedTrial, metrics: Sequence[str]) -> str:
+    t = trial.treatment
     lines = [
-        f"<b>{html.escape(name)}</b>",
-        f"groups: {html.escape(groups)}",
-        f"operator: {html.escape(str(row.get('operator', '-')))}, "
-        f"strength {number_text(row.get('strength'))}",
-        f"defense: {html.escape(str(row.get('defense', '-')))}",
+        f"<b>{html.escape(trial.name)}</b>",
+        f"groups: {html.escape(', '.join(t.groups) or '-')}",
+        f"operator: {html.escape(t.operator)}"
+        + (f", strength {number_text(t.strength)}" if t.protected else ""),
+        f"defense: {html.escape(t.defense_label() if t.defense != 'none' else 'none')}",
     ]
-    n_seeds = point.n_seeds if point is not None else 1
+    n_seeds = trial.n_seeds
     for metric in metrics:
-        if point is not None and n_seeds > 1:
-            lines.append(f"{metric}: {point.mean(metric):.4f} ± {point.sd(metric):.4f}")
-        else:
-            lines.append(f"{metric}: {number_text(row.get(metric))}")
+        text = format_value(metric, trial.value(metric))
+        if n_seeds > 1:
+            text += f" ± {format_value(metric, trial.sd(metric))}"
+        lines.append(f"{metric}: {text}")
     lines.append(f"seeds: {n_seeds}" + (" (no spread)" if n_seeds == 1 else ""))
-    if row.get("pareto"):
+    if trial.pareto:
         lines.append("on the Pareto front")
     return "<br>".join(lines)
 
@@ -71,53 +72,40 @@ def front_figure(inputs: ReportInputs) -> go.Figure:
 
     up, across = axes(inputs.objectives)
     metrics = [o.metric for o in inputs.objectives]
-    by_trial = {p.trial: p for p in inputs.points}
-    done = [r for r in inputs.rows if r.get("state") != "FAIL"]
+    done = [t for t in inputs.trials if t.complete]
 
-    def xy(rows: Sequence[Mapping[str, Any]]) -> tuple[list[float], list[float]]:
-        xs = [as_number(r.get(across.metric)) if across else float(r["trial"]) for r in rows]
-        return xs, [as_number(r.get(up.metric)) for r in rows]
+    def xy(trials: Sequence[FinishedTrial]) -> tuple[list[float], list[float]]:
+        xs = [t.value(across.metric) if across else float(t.number) for t in trials]
+        return xs, [t.value(up.metric) for t in trials]
 
     def error_bars(
-        rows: Sequence[Mapping[str, Any]], metric: str | None, *, visible: bool, colour: str
+        trials: Sequence[FinishedTrial], metric: str | None, *, visible: bool, colour: str
     ) -> dict[str, Any]:
         """Plotly error bars: each trial's seed standard deviation of ``metric`` (0 without)."""
-        sds = []
-        for r in rows:
-            point = by_trial.get(int(r["trial"]))
-            sds.append(point.sd(metric) if point is not None and metric else 0.0)
+        sds = [t.sd(metric) if metric else 0.0 for t in trials]
         return {"type": "data", "array": sds, "visible": visible, "color": colour}
 
-    def trials(rows: Sequence[Mapping[str, Any]], **style: Any) -> go.Scatter:
-        """A trace of the trials ``rows``, each named by its run and described on hover."""
-        xs, ys = xy(rows)
+    def trace(trials: Sequence[FinishedTrial], **style: Any) -> go.Scatter:
+        """A trace of ``trials``, each named by its run and described on hover."""
+        xs, ys = xy(trials)
         return go.Scatter(
             x=xs,
             y=ys,
-            customdata=[inputs.names.get(int(r["trial"]), "") for r in rows],
-            hovertext=[
-                _hover(
-                    r,
-                    by_trial.get(int(r["trial"])),
-                    inputs.names.get(int(r["trial"]), f"trial {r['trial']}"),
-                    metrics,
-                )
-                for r in rows
-            ],
+            customdata=[t.name for t in trials],
+            hovertext=[_hover(t, metrics) for t in trials],
             hoverinfo="text",
             **style,
         )
 
     fig = go.Figure()
-    groups: dict[str, list[Mapping[str, Any]]] = {}
-    for row in done:
-        kind = row_kind(row)
-        key = f"baseline:{row.get('defense', '-')}" if kind == "baseline" else kind
-        groups.setdefault(key, []).append(row)
+    groups: dict[str, list[FinishedTrial]] = {}
+    for t in done:
+        key = f"baseline:{t.treatment.defense}" if t.kind == "baseline" else t.kind
+        groups.setdefault(key, []).append(t)
     order = ["pptp", "combined", *sorted(k for k in groups if k.startswith("baseline:"))]
     order.append("undefended")
     for i, key in enumerate(k for k in order if k in groups):
-        rows = groups[key]
+        members = groups[key]
         if key.startswith("baseline:"):
             defense = key.split(":", 1)[1]
             name, colour = f"baseline {defense}", _baseline_colour(i)
@@ -125,10 +113,10 @@ def front_figure(inputs: ReportInputs) -> go.Figure:
         else:
             name, colour, symbol = _KIND_STYLE[key]
         fig.add_trace(
-            trials(
-                rows,
+            trace(
+                members,
                 mode="markers",
-                name=f"{name} ({len(rows)})",
+                name=f"{name} ({len(members)})",
                 marker={
                     "color": colour,
                     "symbol": symbol,
@@ -136,14 +124,17 @@ def front_figure(inputs: ReportInputs) -> go.Figure:
                     "opacity": 0.85,
                 },
                 error_x=error_bars(
-                    rows, across.metric if across else None, visible=key != "pptp", colour=colour
+                    members,
+                    across.metric if across else None,
+                    visible=key != "pptp",
+                    colour=colour,
                 ),
-                error_y=error_bars(rows, up.metric, visible=key != "pptp", colour=colour),
+                error_y=error_bars(members, up.metric, visible=key != "pptp", colour=colour),
             )
         )
-    front = sorted((r for r in done if r.get("pareto")), key=lambda r: xy([r])[0][0])
+    front = sorted((t for t in done if t.pareto), key=lambda t: xy([t])[0][0])
     fig.add_trace(
-        trials(
+        trace(
             front,
             mode="lines+markers",
             name=f"Pareto front ({len(front)})",
@@ -151,11 +142,7 @@ def front_figure(inputs: ReportInputs) -> go.Figure:
             marker={"color": "rgba(0,0,0,0)", "size": 16, "line": {"color": "#d62728", "width": 2}},
         )
     )
-    picked = [
-        r
-        for r in done
-        if inputs.picked_trial is not None and int(r["trial"]) == inputs.picked_trial
-    ]
+    picked = [t for t in done if t.number == inputs.picked_trial]
     if picked:
         xs, ys = xy(picked)
         fig.add_trace(
@@ -164,7 +151,7 @@ def front_figure(inputs: ReportInputs) -> go.Figure:
                 y=ys,
                 mode="markers+text",
                 name="picked for production",
-                text=[inputs.names.get(inputs.picked_trial or 0, "")],
+                text=[picked[0].name],
                 textposition="top center",
                 marker={
                     "symbol": "star-open",
@@ -193,13 +180,6 @@ def front_figure(inputs: ReportInputs) -> go.Figure:
     return fig
 
 
-def as_number(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
 def _baseline_colour(i: int) -> str:
     palette = ("#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf")
     return palette[i % len(palette)]
@@ -210,7 +190,7 @@ def roc_figure(inputs: ReportInputs) -> go.Figure:
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    front = {int(r["trial"]) for r in inputs.rows if r.get("pareto")}
+    front = {t.number for t in inputs.trials if t.pareto}
     dashes = ("solid", "dash", "dot", "dashdot", "longdash")
     attacks = sorted({c.attack for c in inputs.roc})
     trials = sorted({c.trial for c in inputs.roc})
@@ -220,7 +200,7 @@ def roc_figure(inputs: ReportInputs) -> go.Figure:
         keep = (curve.fpr > 0) & (curve.tpr > 0)
         if keep.any():
             floor = min(floor, float(curve.fpr[keep].min()))
-        name = inputs.names.get(curve.trial, f"trial {curve.trial}")
+        name = inputs.name(curve.trial)
         on_front = curve.trial in front
         fig.add_trace(
             go.Scatter(
@@ -298,25 +278,60 @@ def localization_figure(result: LocalizationResult) -> go.Figure:
     return fig
 
 
+#: which trials each parameter plot draws, and the searched keys it draws: a PPTP key is drawn
+#: over the trials whose operator acted, a defense key over those with a defense, so the
+#: undefended trial never shows up as "damp at strength 0"
+_SLICES = (
+    ("PPTP trials", ("pptp", "combined"), "protect."),
+    ("baseline trials", ("baseline", "combined"), "defense."),
+    ("all trials", ("undefended", "pptp", "baseline", "combined"), ""),
+)
+
+
 def optuna_figures(inputs: ReportInputs) -> tuple[list[tuple[str, go.Figure]], list[str]]:
-    """Optuna's ``plot_slice`` of every searched parameter against each objective; a figure
-    Optuna cannot draw (no completed trial, nothing searched) becomes a note instead."""
+    """Optuna's ``plot_slice`` of the searched parameters against each objective, per family
+    (:data:`_SLICES`: protection keys over the PPTP trials, defense keys over the baselines, the
+    rest over every trial); a figure Optuna cannot draw becomes a note instead."""
     import optuna
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created in memory" lines
     figures: list[tuple[str, go.Figure]] = []
     notes: list[str] = []
     if inputs.study is None:
         return figures, notes
-    for i, objective in enumerate(inputs.objectives):
-        try:
-            fig = optuna.visualization.plot_slice(
-                inputs.study,
-                target=lambda t, i=i: t.values[i],  # type: ignore[misc]
-                target_name=objective.metric,
-            )
-        except Exception as error:  # Optuna refuses some studies (e.g. no params): say so
-            notes.append(f"{objective.metric}: Optuna drew no slice plot ({first_line(error)})")
+    kinds = {t.number: t.kind for t in inputs.trials}
+    searched = sorted({k for t in inputs.trials for k in t.params})
+    taken: set[str] = set()
+    for family, members, prefix in _SLICES:
+        params = [k for k in searched if k.startswith(prefix) and k not in taken]
+        taken.update(params)
+        trials = [
+            t
+            for t in inputs.study.get_trials(deepcopy=False)
+            if kinds.get(t.number) in members and t.values is not None
+        ]
+        if not params or not trials:
             continue
-        fig.update_layout(height=380, title=f"Searched parameters against {objective.metric}")
-        figures.append((objective.metric, fig))
+        subset = optuna.create_study(directions=inputs.study.directions)
+        subset.add_trials(trials)
+        for i, objective in enumerate(inputs.objectives):
+            try:
+                fig = optuna.visualization.plot_slice(
+                    subset,
+                    params=params,
+                    target=lambda t, i=i: t.values[i],  # type: ignore[misc]
+                    target_name=objective.metric,
+                )
+            except Exception as error:  # Optuna refuses some studies: say so
+                notes.append(
+                    f"{objective.metric} ({family}): Optuna drew no slice plot "
+                    f"({first_line(error)})"
+                )
+                continue
+            fig.update_layout(
+                height=380,
+                title=f"Searched parameters of the {family} ({len(trials)}) "
+                f"against {objective.metric}",
+            )
+            figures.append((f"{family.split()[0]}-{objective.metric}", fig))
     return figures, notes

@@ -1,5 +1,5 @@
-"""What the report page shows, gathered once (:func:`gather`): the trial rows and points of the
-run directory's study, the run names, the ROC arrays of the finalists from MLflow, the
+"""What the report page shows, gathered once (:func:`gather`): the finished trials of the run
+directory's study (:mod:`search.study.trials`), the ROC arrays of the finalists from MLflow, the
 localisation that steered the study and the picked config; each part that could not be read is
 listed with its reason (:attr:`ReportInputs.missing`)."""
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pptp.errors import ConfigError
-from search.study.points import Point, classify, points_from_trials
+from search.study.trials import FinishedTrial, finished
 
 if TYPE_CHECKING:
     from pptp.localize import LocalizationResult
@@ -40,19 +40,14 @@ class RocCurve:
 class ReportInputs:
     """Everything the page shows, gathered once (:func:`gather`).
 
-    ``rows``: :func:`search.study.pareto.trial_rows` (finished trials, ``pareto`` marking the
-    front);
-    ``names``: trial number -> run name (:mod:`search.study.naming`); ``missing``: the parts that
-    could
-    not be drawn, each with its reason.
+    ``trials``: every finished trial (complete or failed), the front marked; ``missing``: the
+    parts that could not be drawn, each with its reason.
     """
 
     study_name: str
     run_dir: Path
     objectives: tuple[Objective, ...]
-    rows: tuple[dict[str, Any], ...]
-    points: tuple[Point, ...]
-    names: Mapping[int, str]
+    trials: tuple[FinishedTrial, ...]
     tracking_uri: str
     parent_run_id: str | None
     roc: tuple[RocCurve, ...] = ()
@@ -63,16 +58,9 @@ class ReportInputs:
     missing: tuple[str, ...] = ()
     study: Any = field(default=None, compare=False, repr=False)  # optuna.Study for plot_slice
 
-
-def trial_names(run: StudyRun, rows: Sequence[Mapping[str, Any]]) -> dict[int, str]:
-    """Trial number -> its run name (:func:`search.study.naming.row_run_name`)."""
-    from search.study.naming import row_run_name, trial_digits
-
-    consecutive = run.space.base_config().protect.split is not None or "protect.split" in (
-        run.space.params
-    )
-    digits = trial_digits(max((int(r["trial"]) for r in rows), default=0) + 1)
-    return {int(r["trial"]): row_run_name(r, consecutive=consecutive, digits=digits) for r in rows}
+    def name(self, number: int) -> str:
+        """Trial ``number``'s name (``t07 noise s=0.46 block3-head``), or ``trial 7``."""
+        return next((t.name for t in self.trials if t.number == number), f"trial {number}")
 
 
 def localization_file(run: StudyRun) -> Path | None:
@@ -106,7 +94,7 @@ def read_picked(run_dir: Path) -> tuple[str | None, int | None]:
     return text, trial
 
 
-def fetch_roc(client: Any, rows: Sequence[Mapping[str, Any]]) -> tuple[list[RocCurve], list[str]]:
+def fetch_roc(client: Any, trials: Sequence[FinishedTrial]) -> tuple[list[RocCurve], list[str]]:
     """The ``roc.npz`` curves of the front's trials and of the undefended trials.
 
     Returns the curves and a note per trial whose file could not be read. ``roc.npz`` holds
@@ -114,19 +102,15 @@ def fetch_roc(client: Any, rows: Sequence[Mapping[str, Any]]) -> tuple[list[RocC
     ``allow_pickle=False``.
     """
     wanted = [
-        r
-        for r in rows
-        if r.get("run_id")
-        and r.get("state") != "FAIL"
-        and (r.get("pareto") or row_kind(r) == "undefended")
+        t for t in trials if t.run_id and t.complete and (t.pareto or t.kind == "undefended")
     ]
     curves: list[RocCurve] = []
     problems: list[str] = []
     with tempfile.TemporaryDirectory(prefix="pptp-report-") as tmp, _no_progress_bars():
-        for row in wanted:
-            number = int(row["trial"])
+        for trial in wanted:
+            number = trial.number
             try:
-                local = client.download_artifacts(str(row["run_id"]), "roc.npz", tmp)
+                local = client.download_artifacts(str(trial.run_id), "roc.npz", tmp)
                 with np.load(local, allow_pickle=False) as data:
                     for attack in [str(a) for a in data["attacks"]]:
                         curves.append(
@@ -162,26 +146,14 @@ def first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
 
 
-def row_kind(row: Mapping[str, Any]) -> str:
-    params = {k.removeprefix("param."): v for k, v in row.items() if k.startswith("param.")}
-    return classify(dict(row), params)[0]
-
-
 def gather(run: StudyRun, *, client: Any | None, unreachable: str | None = None) -> ReportInputs:
     """Read what the page shows from the run directory and, when ``client`` (an
     :class:`mlflow.MlflowClient`) is given, the ROC arrays from MLflow. ``unreachable``: why
     there is no client (shown on the page)."""
-    from optuna.trial import TrialState
-
     from pptp.localize import LocalizationResult
-    from search.study.pareto import trial_rows
 
     objectives = tuple(run.objectives)
-    rows = tuple(trial_rows(run.study, objectives))
-    complete = run.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    points = tuple(
-        points_from_trials(complete, [o.metric for o in objectives], run.state.study_name)
-    )
+    trials = tuple(finished(run.study, objectives, name=run.state.study_name))
     missing: list[str] = []
     roc: list[RocCurve] = []
     if client is None:
@@ -190,7 +162,7 @@ def gather(run: StudyRun, *, client: Any | None, unreachable: str | None = None)
             f"{unreachable or 'was not asked'}"
         )
     else:
-        roc, problems = fetch_roc(client, rows)
+        roc, problems = fetch_roc(client, trials)
         missing += [f"ROC curve of {p}" for p in problems]
     loc_path = localization_file(run)
     localization = None
@@ -204,9 +176,7 @@ def gather(run: StudyRun, *, client: Any | None, unreachable: str | None = None)
         study_name=run.state.study_name,
         run_dir=run.run_dir,
         objectives=objectives,
-        rows=rows,
-        points=points,
-        names=trial_names(run, rows),
+        trials=trials,
         tracking_uri=run.state.tracking_uri,
         parent_run_id=run.state.parent_run_id,
         roc=tuple(roc),

@@ -10,15 +10,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pptp.metric_catalogue import format_value
 from search.reporting.figures import (
-    as_number,
     front_figure,
     localization_figure,
     number_text,
     optuna_figures,
     roc_figure,
 )
-from search.reporting.inputs import ReportInputs, row_kind
+from search.reporting.inputs import ReportInputs
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -67,9 +67,9 @@ def _figure_html(fig: go.Figure, div_id: str, *, first: bool) -> str:
 def render(inputs: ReportInputs, *, generated: str | None = None) -> str:
     """The whole page as one HTML string (plotly.js inlined once, before the first figure)."""
     metrics = [o.metric for o in inputs.objectives]
-    done = [r for r in inputs.rows if r.get("state") != "FAIL"]
-    failed = [r for r in inputs.rows if r.get("state") == "FAIL"]
-    front = [r for r in done if r.get("pareto")]
+    done = [t for t in inputs.trials if t.complete]
+    failed = [t for t in inputs.trials if not t.complete]
+    front = [t for t in done if t.pareto]
     when = generated or time.strftime("%Y-%m-%d %H:%M:%S")
     out = io.StringIO()
     out.write(
@@ -80,7 +80,7 @@ def render(inputs: ReportInputs, *, generated: str | None = None) -> str:
     out.write(f"<h1>Study {html.escape(inputs.study_name)}</h1>")
     objectives = ", ".join(f"{o.metric} ({o.direction})" for o in inputs.objectives)
     out.write(
-        f"<p class='muted'>{len(inputs.rows)} finished trials ({len(failed)} failed), "
+        f"<p class='muted'>{len(inputs.trials)} finished trials ({len(failed)} failed), "
         f"{len(front)} on the Pareto front; objectives {html.escape(objectives)}.<br>"
         f"Run directory {html.escape(str(inputs.run_dir))}; MLflow store "
         f"{html.escape(inputs.tracking_uri)}"
@@ -103,14 +103,7 @@ def render(inputs: ReportInputs, *, generated: str | None = None) -> str:
         out.write(
             _table(
                 ["trial", "run", "reason"],
-                [
-                    [
-                        r["trial"],
-                        inputs.names.get(int(r["trial"]), ""),
-                        r.get("fail_reason") or "no reason recorded",
-                    ]
-                    for r in failed
-                ],
+                [[t.number, t.name, t.fail_reason] for t in failed],
             )
         )
 
@@ -150,22 +143,15 @@ def render(inputs: ReportInputs, *, generated: str | None = None) -> str:
         out.write(f"<p class='note'>{html.escape(note)}</p>")
 
     out.write("<h2>Every trial</h2>")
-    by_trial = {p.trial: p for p in inputs.points}
     table_rows = []
-    for r in inputs.rows:
-        point = by_trial.get(int(r["trial"]))
-        cells: list[Any] = [r["trial"], inputs.names.get(int(r["trial"]), ""), row_kind(r)]
+    for t in inputs.trials:
+        cells: list[Any] = [t.number, t.name, t.kind]
         for metric in metrics:
-            if point is not None and point.n_seeds > 1:
-                cells.append(f"{point.mean(metric):.4f} ± {point.sd(metric):.4f}")
-            else:
-                cells.append(as_number(r.get(metric)))
-        cells += [
-            "yes" if r.get("pareto") else "",
-            point.n_seeds if point is not None else "-",
-            r.get("state", ""),
-            r.get("run_id") or "-",
-        ]
+            text = format_value(metric, t.value(metric))
+            if t.n_seeds > 1 and t.complete:
+                text += f" ± {format_value(metric, t.sd(metric))}"
+            cells.append(text)
+        cells += ["yes" if t.pareto else "", t.n_seeds, t.state, t.run_id or "-"]
         table_rows.append(cells)
     out.write(
         _table(

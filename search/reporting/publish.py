@@ -6,7 +6,7 @@
 1. when the study's MLflow store answers (:func:`tracking_problem`):
 
    - each trial's run is named by what it tried (``t07 noise s=0.46 block3-head``,
-     :mod:`search.study.naming`) and described (tag ``mlflow.note.content``: objectives with their
+     :mod:`search.study.trials`) and described (tag ``mlflow.note.content``: objectives with their
      spread on the first line, which the runs table's *Description* column shows);
    - the study's parent run gets a description with the best trials and links (the runs-table
      views, the report, the localisation);
@@ -30,7 +30,7 @@ import json
 import logging
 import tempfile
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +43,7 @@ from search.tracking.saved_views import save_views, study_views
 
 if TYPE_CHECKING:
     from search.study.reader import StudyRun
+    from search.study.trials import FinishedTrial
 
 logger = logging.getLogger(__name__)
 
@@ -136,8 +137,7 @@ def children(client: Any, experiment_id: str, parent_run_id: str) -> dict[str, A
 
 def annotate_trials(
     client: Any,
-    rows: Sequence[Mapping[str, Any]],
-    names: Mapping[int, str],
+    trials: Sequence[FinishedTrial],
     *,
     objectives: Sequence[str],
     study_name: str,
@@ -145,21 +145,23 @@ def annotate_trials(
     parent_link: str | None,
     parent_run_id: str,
 ) -> tuple[int, int]:
-    """Name and describe every trial run the rows point at; returns (renamed, described)."""
+    """Name and describe every trial run the trials point at; returns (renamed, described).
+    A run keeps the name its trial gave it unless the study's numbering widened since."""
     from search.tracking import set_tags
 
     existing = children(client, experiment_id, parent_run_id)
     renamed = described = 0
-    for row in rows:
-        run_id = row.get("run_id")
-        number = int(row["trial"])
-        if not run_id or run_id not in existing or number not in names:
+    for trial in trials:
+        run_id = trial.run_id
+        if not run_id or run_id not in existing:
             continue
         run = existing[run_id]
-        if run.info.run_name != names[number]:
-            client.update_run(run_id, name=names[number])
+        if run.info.run_name != trial.name:
+            client.update_run(run_id, name=trial.name)
             renamed += 1
-        note = trial_description(row, objectives, study_name=study_name, parent_link=parent_link)
+        note = trial_description(
+            trial, objectives, study_name=study_name, parent_link=parent_link
+        )
         if run.data.tags.get(TAG_NOTE) != note:
             set_tags(client, run_id, {TAG_NOTE: note})
             described += 1
@@ -257,8 +259,7 @@ def publish_study(
         links = Links(state.experiment_id, state.parent_run_id, base, views=True)
         renamed, described = annotate_trials(
             client,
-            inputs.rows,
-            inputs.names,
+            inputs.trials,
             objectives=[m for m, _ in objectives],
             study_name=state.study_name,
             experiment_id=state.experiment_id,
@@ -276,11 +277,7 @@ def publish_study(
         if loc_run is not None:
             link_map["localization"] = loc_run[1]
         parent_note = study_description(
-            inputs.rows,
-            objectives,
-            study_name=state.study_name,
-            names=inputs.names,
-            links=link_map,
+            inputs.trials, run.objectives, study_name=state.study_name, links=link_map
         )
         from search.tracking import set_tags
 

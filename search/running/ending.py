@@ -4,10 +4,8 @@ printed, the report written (:mod:`search.reporting.publish`) and where to look 
 
 from __future__ import annotations
 
-import io
 import logging
 import shlex
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pptp.fileio import atomic_write
@@ -16,6 +14,7 @@ from search.study import rundir
 
 if TYPE_CHECKING:
     from search.running.plan import Plan
+    from search.study.trials import FinishedTrial
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +28,8 @@ def finish(plan: Plan, tracker: Any, identity: Any, report: Any) -> int:
 
     space = plan.space
     study = optuna.load_study(study_name=space.study.name, storage=plan.storage())
-    rows = study_rows(plan, study)
-    write_front_csv(plan.run_dir, rows)
+    trials = study_trials(plan, study)
+    write_front_csv(plan, trials)
     done = rundir.finished_count(study)
     complete = done >= plan.n_trials
     if store_replaced(plan.tracking_uri, identity):
@@ -48,10 +47,10 @@ def finish(plan: Plan, tracker: Any, identity: Any, report: Any) -> int:
             report=report,
         )
     print(
-        f"\nPareto front ({sum(r['pareto'] for r in rows)} of {len(rows)} finished trials, "
-        f"{sum(r['state'] == 'FAIL' for r in rows)} failed):"
+        f"\nPareto front ({sum(t.pareto for t in trials)} of {len(trials)} finished trials, "
+        f"{sum(not t.complete for t in trials)} failed):"
     )
-    print(format_front(rows, space.study.objectives))
+    print(format_front(trials, space.study.objectives))
     for line in report.lines():
         print(line)
     print(publish(plan, mlflow=not store_replaced(plan.tracking_uri, identity)))
@@ -67,28 +66,21 @@ def finish(plan: Plan, tracker: Any, identity: Any, report: Any) -> int:
     return 0
 
 
-def study_rows(plan: Plan, study: Any) -> list[dict[str, Any]]:
-    """The trial rows (search.study.pareto), with the MLflow run ids the run directory's records
-    hold."""
+def study_trials(plan: Plan, study: Any) -> list[FinishedTrial]:
+    """The study's finished trials, with the MLflow run ids the run directory's records hold
+    (a replayed run has a new id)."""
     from search.study import records
-    from search.study.pareto import trial_rows
-    from search.sync import with_run_ids
+    from search.study.trials import finished, with_run_ids
 
     held = {n: r.spool.run_id for n, r in records.read_all(plan.run_dir).items() if r.spool.run_id}
-    return with_run_ids(trial_rows(study, plan.space.study.objectives), held)
+    return with_run_ids(finished(study, plan.space.study.objectives), held)
 
 
-def write_front_csv(run_dir: Path, rows: list[dict[str, Any]]) -> None:
-    import csv
+def write_front_csv(plan: Plan, trials: list[FinishedTrial]) -> None:
+    """``pareto_front.csv`` in the run directory (:func:`search.study.pareto.front_csv`)."""
+    from search.study.pareto import front_csv
 
-    columns: list[str] = []
-    for row in rows:
-        columns += [k for k in row if k not in columns]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(r for r in rows if r["pareto"])
-    atomic_write(run_dir / "pareto_front.csv", buffer.getvalue())
+    atomic_write(plan.run_dir / "pareto_front.csv", front_csv(trials, plan.space.study.objectives))
 
 
 def publish(plan: Plan, *, mlflow: bool) -> str:

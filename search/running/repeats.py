@@ -1,7 +1,7 @@
 """A trial over several training seeds (``study.repeats``): means for the sampler, spreads beside.
 
 A trial's accuracy and attack AUC vary with the training seed, so a front built from one seed per
-trial is partly luck (issue 9). With ``study.repeats: R`` a trial trains its target with
+trial is partly luck. With ``study.repeats: R`` a trial trains its target with
 ``train.seed = s + r`` for ``r < R`` (``s`` its own ``train.seed``) on the **same pool and
 membership**: the reference models do not depend on ``train.seed`` (:mod:`pptp.bank`), so the one
 bank serves every repeat. A new *data* seed (``data.seed``) is another pool and needs another bank.
@@ -13,7 +13,7 @@ bank serves every repeat. A new *data* seed (``data.seed``) is another pool and 
 - the spread metrics (:func:`spread_metrics`: objectives, constraints, the headline metrics and
   any ``canary_*``): ``<metric>_sd``, the sample standard deviation (n - 1; 0 with one seed), and
   their per-seed values, which the driver stores as the Optuna user attribute
-  ``per_seed = {metric: [v_seed0, v_seed1, ...]}`` (:mod:`search.study.points` reads exactly
+  ``per_seed = {metric: [v_seed0, v_seed1, ...]}`` (:mod:`search.study.trials` reads exactly
   this).
 
 How many seeds a difference needs is in ``spaces/README.md`` (``study.repeats``).
@@ -25,11 +25,8 @@ import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 
-from search.space.study import METRIC_NAMES
+from pptp.metric_catalogue import find_metric
 
-#: metrics whose spread over seeds is always reported (when the trial measured them): the metrics
-#: of every trial
-HEADLINE_METRICS = METRIC_NAMES
 SD_SUFFIX = "_sd"
 
 
@@ -42,10 +39,16 @@ def repeat_seeds(base: int, repeats: int) -> list[int]:
 
 def spread_metrics(metrics: Iterable[str], wanted: Iterable[str]) -> list[str]:
     """Of ``metrics`` (names a trial measured), those whose spread is reported: ``wanted``
-    (objectives and constraints), :data:`HEADLINE_METRICS` and every ``canary_*``."""
-    names = list(dict.fromkeys(metrics))
-    keep = set(wanted) | set(HEADLINE_METRICS)
-    return [m for m in names if m in keep or m.startswith("canary_")]
+    (objectives and constraints), the headline metrics of every trial (the catalogue's metrics
+    with a direction, not per attack: :mod:`pptp.metric_catalogue`) and every canary metric."""
+    keep = set(wanted)
+    out = []
+    for name in dict.fromkeys(metrics):
+        metric = find_metric(name)
+        headline = metric is not None and metric.objective and not metric.per_attack
+        if name in keep or headline or (metric is not None and metric.when == "canaries"):
+            out.append(name)
+    return out
 
 
 def sample_sd(values: Sequence[float]) -> float:

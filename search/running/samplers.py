@@ -34,28 +34,26 @@ from typing import Any
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
+from pptp.metric_catalogue import recorded_keys
+from pptp.treatment import FLAT_ATTRS, TREATMENT_ATTR
 from search.space import Constraint
 
 logger = logging.getLogger(__name__)
 
-#: result fields copied to the Optuna trial's user attributes
+#: result fields copied to the Optuna trial's user attributes: what the trial was (its MLflow run,
+#: what it trained with, its time and seeds) and the catalogue's recorded metrics
 RECORDED = (
     "mlflow_run_id",
-    "protected_groups",
-    "operator",
-    "strength",
-    "defense",
-    "test_acc",
-    "attack_auc",
-    "attack_tpr@0.1%fpr",
-    "attack_tpr@1%fpr",
-    "canary_auc",
-    "canary_tpr@5%fpr",
-    "epsilon",
+    TREATMENT_ATTR,
+    *FLAT_ATTRS,
     "seconds",
     "repeats",
     "duplicate_of",
+    *recorded_keys(),
 )
+#: recorded fields that are mappings: a trial reports them as JSON text (Tune flattens nested
+#: result dicts), stored on the Optuna trial as the mapping
+JSON_ATTRS = (TREATMENT_ATTR,)
 TRIAL_NUMBER = "trial_number"
 #: config key: the number of the finished trial whose config this trial repeats
 DUPLICATE_OF = "duplicate_of"
@@ -124,8 +122,9 @@ class StudySearch(OptunaSearch):
             if k in self._recorded and k not in ("mlflow_run_id", "seconds", DUPLICATE_OF)
         }
         out.update(dict(zip(objectives, twin.values or [], strict=False)))
-        if isinstance(twin.user_attrs.get(PER_SEED), dict):
-            out[PER_SEED] = json.dumps(twin.user_attrs[PER_SEED])
+        for key in (PER_SEED, *JSON_ATTRS):
+            if isinstance(twin.user_attrs.get(key), dict):
+                out[key] = json.dumps(twin.user_attrs[key])
         return out
 
     def on_trial_complete(
@@ -143,8 +142,9 @@ class StudySearch(OptunaSearch):
         self._told.add(trial_id)
         reason = failure_reason(result, self.metric, error=error)
         for key in self._recorded:
-            if result.get(key) is not None:
-                ot_trial.set_user_attr(key, result[key])
+            value = result.get(key)
+            if value is not None:  # mappings travel through Tune as JSON text
+                ot_trial.set_user_attr(key, json.loads(value) if key in JSON_ATTRS else value)
         per_seed = result.get(PER_SEED)
         if isinstance(per_seed, str):
             ot_trial.set_user_attr(PER_SEED, json.loads(per_seed))

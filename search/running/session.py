@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from pptp.errors import ConfigError
 from search.cli.entry import local_ray_environment
-from search.running.ending import study_rows, write_front_csv
+from search.running.ending import study_trials, write_front_csv
 from search.running.plan import EXIT_INTERRUPTED, EXIT_STOPPED
 from search.running.references import ReferencesUnavailable, train_references
 from search.study import rundir
@@ -208,9 +208,9 @@ def run_tuner(
 
 def _describe(space: Any, number: int, sampled: Mapping[str, Any]) -> str:
     """A trial's progress name: the run name it gets in MLflow (:mod:`search.study.naming`)."""
-    from search.study.naming import space_run_name
+    from search.study.naming import planned_name
 
-    return space_run_name(number, space.trial_config(sampled), space)
+    return planned_name(number, space.trial_config(sampled), space)
 
 
 def on_interrupt(plan: Plan, tracker: Any, searcher: Any) -> int:
@@ -226,7 +226,7 @@ def on_interrupt(plan: Plan, tracker: Any, searcher: Any) -> int:
         tracker.mark_stale_children(f"{INTERRUPTED_REASON} (Ctrl-C)", status="KILLED")
     except Exception as error:
         logger.warning("could not mark the interrupted MLflow runs KILLED (%s)", error)
-    write_front_csv(plan.run_dir, study_rows(plan, study))
+    write_front_csv(plan, study_trials(plan, study))
     from search.sync import finish_tracking
 
     report = finish_tracking(

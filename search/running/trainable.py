@@ -34,6 +34,7 @@ Test-only: ``PPTP_TEST_FAULT`` injects faults (:mod:`search.faults`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -50,13 +51,14 @@ from pptp.bank import ReferenceBank, ReferenceSignals
 from pptp.config import TrialConfig
 from pptp.threads import torch_threads
 from pptp.train import EpochLog
+from pptp.treatment import TREATMENT_ATTR, Treatment, run_name, trial_digits
 from pptp.trial import TrialResult, run_trial
 from search import faults
 from search.running.repeats import aggregate, repeat_seeds
 from search.running.samplers import DUPLICATE_OF, PER_SEED, RECORD, REUSE, TRIAL_NUMBER
 from search.space import Space
 from search.study.failures import exception_reason
-from search.study.naming import space_run_name
+from search.study.naming import planned_name, planned_treatment
 from search.tracking import TrialTracker
 from search.tracking.spool import RUN_NAME_TAG
 from search.tracking.uris import sqlite_path
@@ -147,8 +149,9 @@ def _train_and_attack(
         cfg = ctx.space.trial_config(params).replace(**ctx.overrides)
         if faults.has(injected, "nan_loss"):
             cfg = cfg.replace(**{"train.lr": 1.0e12})
-        report.update(describe(cfg))
-        tracker.set_tags({RUN_NAME: space_run_name(tracker.trial_number, cfg, ctx.space)})
+        treatment = planned_treatment(cfg, ctx.space)
+        report.update(recorded_treatment(treatment))
+        tracker.set_tags({RUN_NAME: planned_name(tracker.trial_number, cfg, ctx.space)})
         tracker.log_params(cfg.to_flat())
         tracker.set_tags({TAG_REFERENCES: "shipped" if reference_signals is not None else "bank"})
         seeds = repeat_seeds(cfg.train.seed, ctx.space.study.repeats)
@@ -177,10 +180,13 @@ def _train_and_attack(
     metrics, values = aggregate(per_seed, wanted=ctx.wanted)
     objectives = {m: metrics.get(m, math.nan) for m in ctx.space.study.metrics}
     tracker.log_result(results[0], metrics=metrics, objectives=objectives)
-    named = space_run_name(
-        tracker.trial_number, cfg, ctx.space, protected_groups=results[0].protected_groups
-    )
-    tracker.set_tags({RUN_NAME: named})
+    trained = tuple(results[0].protected_groups)
+    if treatment.protected and trained != treatment.groups:  # training resolved them: its word
+        number, digits = tracker.trial_number, trial_digits(ctx.space.study.n_trials)
+        logger.info("trial %d protected %s (planned: %s)", number, trained, treatment.groups)
+        treatment = dataclasses.replace(treatment, groups=trained)
+        report.update(recorded_treatment(treatment))
+        tracker.set_tags({RUN_NAME: run_name(number, treatment, digits=digits)})
     for r, seed_metrics in enumerate(per_seed if len(per_seed) > 1 else []):
         tracker.log_metrics(
             {f"seed/{k}": v for k, v in seed_metrics.items() if k in values}, step=r
@@ -194,7 +200,6 @@ def _train_and_attack(
         **report,
         **{k: v for k, v in metrics.items() if not k.startswith("extras/")},
         "failed": 0,
-        "protected_groups": ",".join(results[0].protected_groups) or "-",
         "repeats": len(seeds),
     }
     if values:
@@ -209,7 +214,7 @@ def _reuse(
     original = int(sampled[DUPLICATE_OF])
     reused: dict[str, Any] = json.loads(str(sampled.get(REUSE) or "{}"))
     cfg = ctx.space.trial_config(params).replace(**ctx.overrides)
-    tracker.set_tags({RUN_NAME: space_run_name(tracker.trial_number, cfg, ctx.space)})
+    tracker.set_tags({RUN_NAME: planned_name(tracker.trial_number, cfg, ctx.space)})
     tracker.log_params(cfg.to_flat())
     numbers = {
         k: float(v)
@@ -217,11 +222,12 @@ def _reuse(
         if isinstance(v, int | float) and not isinstance(v, bool)
     }
     tracker.log_metrics(numbers)
-    tracker.set_tags({DUPLICATE_OF: str(original), **describe(cfg)})
+    described = recorded_treatment(planned_treatment(cfg, ctx.space))
+    tracker.set_tags({DUPLICATE_OF: str(original), **_tags(described)})
     logger.info(
         "trial %d repeats finished trial %d: its results are reused", tracker.trial_number, original
     )
-    return {**reused, **describe(cfg), DUPLICATE_OF: original, "failed": 0}
+    return {**reused, **described, DUPLICATE_OF: original, "failed": 0}
 
 
 def _on_epoch(tracker: TrialTracker, injected: tuple[faults.Fault, ...], prefix: str) -> Any:
@@ -287,10 +293,14 @@ def node_tags() -> dict[str, str]:
     return tags
 
 
-def describe(cfg: TrialConfig) -> dict[str, Any]:
-    """The few fields that name a trial in tables: operator, strength, defense."""
-    operator = cfg.protect.operator if cfg.protect.strength > 0 else "none"
-    return {"operator": operator, "strength": cfg.protect.strength, "defense": cfg.defense.name}
+def recorded_treatment(treatment: Treatment) -> dict[str, Any]:
+    """What a trial reports of what it trained with: the flat fields and, as JSON text (Tune
+    flattens nested result dicts), the whole treatment (:data:`pptp.treatment.TREATMENT_ATTR`)."""
+    return {**treatment.flat(), TREATMENT_ATTR: json.dumps(treatment.to_data())}
+
+
+def _tags(recorded: dict[str, Any]) -> dict[str, str]:
+    return {k: str(v) for k, v in recorded.items() if k != TREATMENT_ATTR}
 
 
 __all__ = ["TrialContext", "TrialResult", "node_tags", "run_search_trial", "trainable"]

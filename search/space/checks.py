@@ -31,6 +31,7 @@ from pptp.errors import ConfigError
 from pptp.models import MODELS, NORMS, TORCHVISION_PREFIX
 from pptp.operators import OPERATORS
 from pptp.selection import DIRECTIONS
+from pptp.treatment import operator_acts
 from pptp.trial import unresolvable_metrics
 from search.space.errors import space_error
 from search.space.study import StudySpec
@@ -133,10 +134,19 @@ def check_resolution(study: StudySpec, base: TrialConfig, *, source: str) -> Non
 BASELINE_PROTECT = {"protect.operator": "none", "protect.strength": 0.0}
 """What a baseline trial's protect section becomes when ``study.combine`` is false."""
 
+NO_PROTECTION = {
+    **BASELINE_PROTECT,
+    "protect.split": None,
+    "protect.groups": None,
+    "protect.patterns": None,
+}
+"""What the protect section of a trial whose operator does not act becomes: no selection."""
+
 
 def _acts(operator: Any, strength: Any) -> bool:
-    """Whether an operator changes training: any operator but ``none`` at a strength above 0."""
-    return operator != "none" and (not isinstance(strength, int | float) or strength > 0)
+    """:func:`pptp.treatment.operator_acts`, for values that may still be distributions (a
+    searched strength counts as acting)."""
+    return operator_acts(str(operator), strength if isinstance(strength, int | float) else 1.0)
 
 
 def check_pairs(

@@ -18,8 +18,10 @@ from optuna.distributions import BaseDistribution
 
 from pptp.config import TrialConfig
 from pptp.errors import ConfigError
+from pptp.treatment import operator_acts
 from search.space.checks import (
     BASELINE_PROTECT,
+    NO_PROTECTION,
     check_epsilon,
     check_names,
     check_pairs,
@@ -59,7 +61,9 @@ class Space:
 
     def trial_config(self, sampled: Mapping[str, Any]) -> TrialConfig:
         """The config of one trial: fixed values plus ``sampled`` (keys must be searched); with
-        ``study.combine: false`` a trial with a baseline defense trains with no protection."""
+        ``study.combine: false`` a trial with a baseline defense trains with no protection. An
+        operator that does not act (strength 0 is plain training) leaves no operator, strength
+        or selection in the config, so the trial's params say what it trained with."""
         for key in sampled:
             if key not in self.params:
                 raise space_error(
@@ -70,7 +74,10 @@ class Space:
         flat = {**self.fixed, **sampled}
         if not self.study.combine and flat.get("defense.name", "none") != "none":
             flat.update(BASELINE_PROTECT)  # a baseline trial: no protection (study.combine)
-        return TrialConfig.from_flat(flat, source=f"{self.path}: trial")
+        cfg = TrialConfig.from_flat(flat, source=f"{self.path}: trial")
+        if not operator_acts(cfg.protect.operator, cfg.protect.strength):
+            cfg = cfg.replace(**NO_PROTECTION)
+        return cfg
 
     def resolved(self) -> dict[str, Any]:
         """The fully resolved space as plain data (YAML/JSON-safe) in the space-file format.

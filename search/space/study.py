@@ -1,8 +1,8 @@
 """What a study optimises: objectives, constraints, resources, and the validated ``study`` section.
 
 These are the frozen values the rest of ``search/`` reads (:class:`StudySpec` and its parts);
-:mod:`search.space.sections` builds them from a space file. Metric names are those of
-:meth:`pptp.trial.TrialResult.metrics` (:func:`known_metrics`).
+:mod:`search.space.study_section` builds them from a space file. Metric names are those of
+:mod:`pptp.metric_catalogue` (:func:`known_metrics`).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pptp.attacks import attack_names
-from pptp.canaries import CANARY_METRICS
 from pptp.config import TrialConfig
+from pptp.metric_catalogue import catalogue, lookup, metric_names
 
 Direction = Literal["maximize", "minimize"]
 
@@ -180,29 +180,19 @@ class StudySpec:
 
 
 # ============================================================================================
-# Metrics a study may optimise or constrain
+# Metrics a study may optimise or constrain: those of pptp's metric catalogue with a direction
 
 
-METRIC_NAMES = (
-    "test_acc",
-    "train_acc",
-    "generalization_gap",
-    "attack_auc",
-    "attack_tpr@0.1%fpr",
-    "attack_tpr@1%fpr",
-    "epsilon",
+METRIC_NAMES = tuple(
+    m.key for m in catalogue() if m.objective and not m.per_attack and m.when != "canaries"
 )
 """Metrics of every trial (``epsilon`` only with ``defense.name: dpsgd``)."""
-
-PER_ATTACK_METRICS = ("auc", "tpr@0.1%fpr", "tpr@1%fpr", "balanced_acc")
-"""Per-attack metrics, named ``<metric>/<attack>`` for each attack in ``attack.attacks``."""
 
 
 def known_metrics(cfg: TrialConfig) -> set[str]:
     """Every metric name :meth:`pptp.trial.TrialResult.metrics` reports for ``cfg``'s attacks
-    (``attack.attacks: null`` means the default set for ``attack.n_references``:
-    :func:`pptp.attacks.attack_names`), and the canary metrics when ``data.canaries`` > 0."""
-    attacks = attack_names(cfg.attack)
-    per_attack = {f"{m}/{a}" for m in PER_ATTACK_METRICS for a in attacks}
-    canary = set(CANARY_METRICS) | {f"canary_auc/{a}" for a in attacks}
-    return set(METRIC_NAMES) | per_attack | (canary if cfg.data.canaries > 0 else set())
+    that a space may optimise or constrain (``attack.attacks: null`` means the default set for
+    ``attack.n_references``: :func:`pptp.attacks.attack_names`), the canary metrics when
+    ``data.canaries`` > 0 (:mod:`pptp.metric_catalogue`)."""
+    names = metric_names(attack_names(cfg.attack), canaries=cfg.data.canaries > 0)
+    return {n for n in names if lookup(n).objective}

@@ -7,7 +7,7 @@
 - :mod:`~search.study.records`: the record of every ended trial (``trials/trial-0007.json``);
 - :mod:`~search.study.failures`: why a trial failed, in one line;
 - :mod:`~search.study.reader`: a finished run directory opened read-only;
-- :mod:`~search.study.points`: every completed trial and its kind;
+- :mod:`~search.study.trials`: a finished trial as every command sees it (name, kind, values);
 - :mod:`~search.study.pareto`: the Pareto front as rows and as a table;
-- :mod:`~search.study.naming`: a trial's name and description.
+- :mod:`~search.study.naming`: a trial's planned name and its descriptions in MLflow.
 """

@@ -1,59 +1,46 @@
-"""The Pareto front of a study, from Optuna's storage, as rows and as the table a person reads.
+"""The Pareto front of a study as the table a person reads and the CSV files a run keeps.
 
-The front is Optuna's own ``study.best_trials`` (non-dominated feasible trials); nothing here
-re-implements dominance. Rows carry what the trial recorded in its user attributes
-(:data:`search.running.samplers.RECORDED`, with ``<metric>_sd`` when the trial trained several
-seeds)
-and its sampled parameters.
+The front is Optuna's own ``study.best_trials`` (non-dominated feasible trials), marked on each
+:class:`~search.study.trials.FinishedTrial`; nothing here re-implements dominance. The metric
+columns are the metric catalogue's shown metrics (:func:`pptp.metric_catalogue.shown_metrics`)
+plus any objective that is not among them, each spelled with its catalogue format.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import optuna
-from optuna.trial import TrialState
-
-from pptp.tables import format_cell, format_table
+from pptp.metric_catalogue import find_metric, format_value, shown_metrics, title
+from pptp.tables import format_table
+from pptp.treatment import FLAT_ATTRS
 from search.space import Objective
-
-#: the table's columns: key -> title. ``tried`` is what the trial trained with, as its run is named
-#: (:func:`search.study.naming.row_run_name` without the trial number): ``undefended``, ``noise
-#: s=0.50
-#: last2``, ``baseline relaxloss strength=0.31``; a baseline shows no protected groups
-FRONT_COLUMNS = (
-    ("trial", "trial"),
-    ("tried", "tried"),
-    ("test_acc", "accuracy"),
-    ("attack_auc", "attack AUC"),
-    ("attack_tpr@1%fpr", "TPR@1%FPR"),
-    ("attack_tpr@0.1%fpr", "TPR@0.1%FPR"),
-    ("canary_tpr@5%fpr", "canary TPR@5%FPR"),
-)
+from search.study.trials import FinishedTrial
 
 
-def trial_rows(study: optuna.Study, objectives: Sequence[Objective]) -> list[dict[str, Any]]:
-    """One row per finished trial (complete or failed), ``pareto`` marking ``best_trials``."""
-    front = {t.number for t in study.best_trials}
-    rows = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
-        row: dict[str, Any] = {
-            "trial": t.number,
-            "state": t.state.name,
-            "pareto": t.number in front,
-            "run_id": t.user_attrs.get("mlflow_run_id"),
-        }
-        row.update({k: v for k, v in t.user_attrs.items() if k != "mlflow_run_id"})
-        if t.values is not None:
-            row.update({o.metric: v for o, v in zip(objectives, t.values, strict=True)})
-        row.update({f"param.{k}": v for k, v in t.params.items()})
-        rows.append(row)
-    return rows
+def metric_columns(objectives: Sequence[Objective]) -> list[str]:
+    """The table's metric columns: the objectives first, then the catalogue's shown metrics."""
+    keys = [o.metric for o in objectives] + [m.key for m in shown_metrics()]
+    return list(dict.fromkeys(keys))
 
 
-def format_front(rows: Sequence[dict[str, Any]], objectives: Sequence[Objective]) -> str:
+def best_first(
+    trials: Iterable[FinishedTrial], objectives: Sequence[Objective]
+) -> list[FinishedTrial]:
+    """``trials`` sorted by the first objective, best first (missing values last)."""
+    first = objectives[0]
+
+    def key(t: FinishedTrial) -> tuple[bool, float, int]:
+        v = t.value(first.metric)
+        return (not math.isfinite(v), -first.sign * v if math.isfinite(v) else 0.0, t.number)
+
+    return sorted(trials, key=key)
+
+
+def format_front(trials: Sequence[FinishedTrial], objectives: Sequence[Objective]) -> str:
     """The Pareto front as aligned columns, best first by the first objective.
 
     A trial over several seeds (``study.repeats``) shows each metric with its spread over seeds,
@@ -61,21 +48,21 @@ def format_front(rows: Sequence[dict[str, Any]], objectives: Sequence[Objective]
     that no front trial resolves (a TPR at an FPR below ``1 / non-members``, canaries the space
     does not plant) is left out, and a line under the table says why.
     """
-    from search.study.naming import row_run_name
-
-    front = [r for r in rows if r.get("pareto")]
+    front = best_first([t for t in trials if t.pareto], objectives)
     if not front:
         return "no trial is on the Pareto front (no trial completed, or none is feasible)"
-    first = objectives[0]
-    front.sort(key=lambda r: -first.sign * _number(r.get(first.metric)))
-    front = [{**r, "tried": row_run_name(r).split(" ", 1)[-1]} for r in front]
-    columns = list(FRONT_COLUMNS)
-    columns += [(o.metric, o.metric) for o in objectives if o.metric not in dict(columns)]
-    shown = [(k, t) for k, t in columns if k in ("trial", "tried") or _any_number(front, k)]
-    body = [[_cell(r, key) for key, _ in shown] for r in front]
-    table = format_table(body, [title for _, title in shown])
-    unresolved = [t for k, t in columns if k.startswith(("attack_tpr", "canary_tpr"))
-                  and (k, t) not in shown and any(k in r for r in front)]  # fmt: skip
+    columns = metric_columns(objectives)
+    shown = [k for k in columns if any(math.isfinite(t.value(k)) for t in front)]
+    body = [[str(t.number), t.label, *(_cell(t, k) for k in shown)] for t in front]
+    table = format_table(body, ["trial", "tried", *(title(k) for k in shown)])
+    unresolved = [
+        title(k)
+        for k in columns
+        if k not in shown
+        and (metric := find_metric(k)) is not None
+        and metric.resolution is not None
+        and any(k in t.attrs for t in front)
+    ]
     if unresolved:
         table += (
             f"\n{', '.join(unresolved)}: not resolved by the pool's non-members "
@@ -84,22 +71,36 @@ def format_front(rows: Sequence[dict[str, Any]], objectives: Sequence[Objective]
     return table
 
 
-def _any_number(rows: Sequence[dict[str, Any]], key: str) -> bool:
-    return any(math.isfinite(_number(r.get(key))) for r in rows)
-
-
-def _number(value: Any) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return math.inf
-    return number if math.isfinite(number) else math.inf
-
-
-def _cell(row: dict[str, Any], key: str) -> str:
-    value = row.get(key)
-    text = format_cell(value)
-    sd = row.get(f"{key}_sd")
-    if isinstance(value, float) and isinstance(sd, float) and math.isfinite(sd):
-        text += f" ± {format_cell(sd)}"
+def _cell(trial: FinishedTrial, key: str) -> str:
+    text = format_value(key, trial.value(key))
+    sd = trial.value(f"{key}_sd")
+    if math.isfinite(trial.value(key)) and math.isfinite(sd):
+        return f"{text} ± {format_value(key, sd)}"
     return text
+
+
+def csv_columns(rows: Iterable[Mapping[str, Any]], objectives: Sequence[str]) -> list[str]:
+    """Column order of ``trials.csv`` and ``pareto_front.csv``: trial, run id and pareto, the
+    objectives (metric names), the trial's name, kind and treatment, the shown metrics, then every
+    other key the rows hold, in the order first seen."""
+    head = ["trial", "run_id", "pareto", *objectives, "name", "kind", *FLAT_ATTRS]
+    seen = dict.fromkeys([*head, *(m.key for m in shown_metrics())])
+    for row in rows:
+        seen.update(dict.fromkeys(row))
+    return list(seen)
+
+
+def rows_csv(rows: Sequence[Mapping[str, Any]], objectives: Sequence[str]) -> str:
+    """Rows (:meth:`FinishedTrial.row`) as CSV text in :func:`csv_columns` order."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=csv_columns(rows, objectives), restval="")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    return buffer.getvalue()
+
+
+def front_csv(trials: Sequence[FinishedTrial], objectives: Sequence[Objective]) -> str:
+    """``pareto_front.csv``: the front, best first by the first objective."""
+    front = best_first([t for t in trials if t.pareto], objectives)
+    return rows_csv([t.row() for t in front], [o.metric for o in objectives])

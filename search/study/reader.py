@@ -1,11 +1,11 @@
 """A finished (or stopped) search, opened read-only from the run directory ``search/run.py`` wrote.
 
 ``state.json``, ``study.db`` and ``space.yaml`` (:mod:`search.study.rundir`); the candidates are
-Optuna's
-Pareto front (``study.best_trials``: feasible, non-dominated trials), or every feasible completed
-trial. Paths in the space (``data.data_dir``, ``attack.bank_dir``) are relative to the directory
-the search ran in, which ``state.json`` records (``cwd``): :func:`screening_references` resolves
-them against it, so a pick finds the same bank and data from any working directory.
+Optuna's Pareto front (``study.best_trials``: feasible, non-dominated trials), or every feasible
+completed trial. Paths in the space (``data.data_dir``, ``attack.bank_dir``) are relative to the
+directory the search ran in, which ``state.json`` records (``cwd``):
+:func:`screening_references` resolves them against it, so a pick finds the same bank and data
+from any working directory.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pptp.errors import ConfigError
-from search.picking.rules import Candidate, candidate_from_trial
 from search.study import rundir
+from search.study.trials import FinishedTrial, finished
 
 if TYPE_CHECKING:
     import optuna
@@ -71,7 +71,7 @@ def open_run(run_dir: str | Path) -> StudyRun:
     return StudyRun(path.resolve(), state, space, study)
 
 
-def candidates(run: StudyRun, *, among: str = "front") -> list[Candidate]:
+def candidates(run: StudyRun, *, among: str = "front") -> list[FinishedTrial]:
     """The trials the rule chooses from: the Pareto front, or every feasible completed trial."""
     from optuna.trial import TrialState
 
@@ -86,15 +86,15 @@ def candidates(run: StudyRun, *, among: str = "front") -> list[Candidate]:
             f"{run.run_dir}: the study has no completed trial ({len(trials)} trials: {counts}); "
             "run or resume the search first"
         )
-    front = {t.number for t in run.study.best_trials}
-    feasible = [t for t in complete if all(v <= 0.0 for v in t.constraints.values())]
-    chosen = [t for t in feasible if t.number in front] if among == "front" else feasible
+    done = finished(run.study, run.objectives, states=(TrialState.COMPLETE,))
+    feasible = [t for t in done if t.feasible]
+    chosen = [t for t in feasible if t.pareto] if among == "front" else feasible
     if not chosen:
         raise ConfigError(
             f"{run.run_dir}: none of the {len(complete)} completed trials meets the study's "
             "constraints, so there is no Pareto front to pick from"
         )
-    return [candidate_from_trial(t, run.objectives, on_front=t.number in front) for t in chosen]
+    return chosen
 
 
 def screening_references(run: StudyRun) -> TrialConfig | None:

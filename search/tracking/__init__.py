@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # the real imports, for type checkers
         metric_key,
         set_tags,
     )
-    from search.tracking.study_tracker import FRONT_COLUMNS, StudyTracker
+    from search.tracking.study_tracker import StudyTracker
     from search.tracking.trial_tracker import FAIL_REASON_CHARS, TrialTracker, write_trial_artifacts
     from search.tracking.uris import (
         REPO_ROOT,
@@ -50,7 +50,6 @@ if TYPE_CHECKING:  # the real imports, for type checkers
 #: SQL store and matplotlib
 _WHERE = {
     "FAIL_REASON_CHARS": "search.tracking.trial_tracker",
-    "FRONT_COLUMNS": "search.tracking.study_tracker",
     "METRIC_KEY_REPLACEMENTS": "search.tracking.store",
     "REPO_ROOT": "search.tracking.uris",
     "StudyTracker": "search.tracking.study_tracker",
@@ -87,7 +86,6 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "FAIL_REASON_CHARS",
-    "FRONT_COLUMNS",
     "METRIC_KEY_REPLACEMENTS",
     "REPO_ROOT",
     "TAG_FAIL_REASON",

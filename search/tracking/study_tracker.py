@@ -14,11 +14,10 @@ parent's id (``mlflow.parentRunId``).
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from mlflow.tracking import MlflowClient
 
 from pptp.errors import ConfigError
 from search.space import direction_sign
+from search.study.pareto import rows_csv
 from search.tracking.plots import plot_front
 from search.tracking.store import (
     TAG_FAIL_REASON,
@@ -52,16 +52,6 @@ from search.tracking.store import (
 )
 
 logger = logging.getLogger(__name__)
-
-#: column order of trials.csv / pareto_front.csv after trial, run_id, pareto and the objectives
-FRONT_COLUMNS = (
-    "protected_groups",
-    "operator",
-    "strength",
-    "test_acc",
-    "attack_auc",
-    "attack_tpr@0.1%fpr",
-)
 
 _END_STATUSES = ("FINISHED", "FAILED", "KILLED")
 
@@ -307,11 +297,11 @@ class StudyTracker:
                 -signs[0] * (as_float(r.get(first)) or 0.0),
             )
         )
-        columns = _columns(rows, objectives)
+        names = [name for name, _ in objectives]
         with tempfile.TemporaryDirectory(prefix="pptp-front-") as tmp:
             folder = Path(tmp)
-            _write_csv(folder / "trials.csv", rows, columns)
-            _write_csv(folder / "pareto_front.csv", front, columns)
+            (folder / "trials.csv").write_text(rows_csv(rows, names))
+            (folder / "pareto_front.csv").write_text(rows_csv(front, names))
             plot_front(rows, objectives, folder / "pareto_front.png", title=self.study_name)
             self.client.log_artifacts(self.parent_run_id, str(folder))
         for row in rows:  # tag only what changed since the last call: one write per change
@@ -339,19 +329,3 @@ class StudyTracker:
         if status not in _END_STATUSES:
             raise ValueError(f"unknown end status {status!r}; use one of {_END_STATUSES}")
         self.client.set_terminated(self.parent_run_id, status=status)
-
-
-def _columns(rows: Iterable[Mapping[str, Any]], objectives: Sequence[tuple[str, str]]) -> list[str]:
-    head = ["trial", "run_id", "pareto", *(name for name, _ in objectives), *FRONT_COLUMNS]
-    seen = dict.fromkeys(head)
-    for row in rows:
-        seen.update(dict.fromkeys(row))
-    return list(seen)
-
-
-def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(columns), restval="")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: "" if v is None else v for k, v in row.items()})

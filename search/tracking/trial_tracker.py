@@ -26,6 +26,7 @@ from mlflow.tracking import MlflowClient
 
 from pptp.metrics import plot_roc
 from pptp.train import EpochLog
+from pptp.treatment import treatment_of
 from pptp.trial import TrialResult
 from search.tracking.spool import RunSpool
 from search.tracking.store import (
@@ -282,8 +283,9 @@ class TrialTracker:
         metrics). Artifacts (of ``result``): ``roc.png`` (every attack, log-log), ``roc.npz``
         (``attacks`` names, ``fpr/<a>``, ``tpr/<a>``, ``thresholds/<a>`` float arrays: loads with
         ``allow_pickle=False``), ``mask.json`` (``{"mask": {group: protected},
-        "protected_groups": [...]}``) and ``history.csv``. Tags: ``operator``, ``strength``,
-        ``protected_groups`` (comma separated), and :meth:`~pptp.trial.TrialResult.tags` through
+        "protected_groups": [...]}``) and ``history.csv``. Tags: what it trained with
+        (:meth:`pptp.treatment.Treatment.flat`: ``operator``, ``strength``, ``protected_groups``,
+        ``defense``), and :meth:`~pptp.trial.TrialResult.tags` through
         :func:`metric_key`: ``queries`` (the query names the attacks used), ``attack_worst``,
         ``attack_worst/tpr_at_1pct_fpr``, ... (the attack and score direction that gave each
         worst case).
@@ -296,10 +298,9 @@ class TrialTracker:
             values.update({f"extras/{k}": v for k, v in result.extras.items()})
         values.update(objectives or {})
         self.log_metrics(values)
+        treatment = treatment_of(result.config, result.protected_groups)
         tags = {
-            "operator": result.config.protect.operator,
-            "strength": str(result.config.protect.strength),
-            "protected_groups": ",".join(result.protected_groups),
+            **{k: str(v) for k, v in treatment.flat().items()},
             **{metric_key(k): v for k, v in result.tags().items()},
         }
         if objectives:
@@ -312,8 +313,7 @@ class TrialTracker:
 
     def record(self) -> dict[str, Any]:
         """The run as JSON data for the driver (:mod:`search.study.records`): artifacts included
-        only
-        when MLflow does not hold the whole run."""
+        only when MLflow does not hold the whole run."""
         return self.spool.to_json(with_artifacts=not self.spool.complete_in_mlflow)
 
 
