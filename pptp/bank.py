@@ -76,7 +76,17 @@ BANK_FORMAT = 2
 #: modules and packages of ``pptp`` that cannot change how a reference is trained or queried
 #: (they read signals or print): every other module, present or future, enters
 #: :func:`code_fingerprint`
-_NOT_TRAINING = ("attacks", "chance", "errors", "localize", "metrics", "tables", "trial")
+_NOT_TRAINING = (
+    "attacks",
+    "chance",
+    "errors",
+    "localize",
+    "metric_catalogue",
+    "metrics",
+    "tables",
+    "treatment",
+    "trial",
+)
 
 
 @functools.cache

@@ -1,15 +1,14 @@
-"""search.study.failures names the real cause of a failed trial; search.faults (test-only) parses
-its
-hook; search.running.progress tells the time left."""
+"""search.study.failures names the real cause of a failed trial; the fault suite's injection
+(tests/faultinject) parses its variable; search.running.progress tells the time left."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from faultinject import pptp_faults as faults
 
 from pptp.errors import ModelAtChance
 from pptp.train import TrainingDiverged
-from search import faults
 from search.running.progress import duration, eta, stamp
 from search.study.failures import REASON_CHARS, exception_reason, worker_death_reason
 

@@ -2,8 +2,9 @@
 
 Every study is ``search/run.py`` in a subprocess on 8x8 digits (an MLP, 5 epochs, 2 reference
 models shared through one bank) with its own ``--output`` and MLflow store under the test's
-temporary folder. Faults inside trials come through the test-only hook ``PPTP_TEST_FAULT``
-(:mod:`search.faults`), which the Ray workers inherit from the driver. After each fault
+temporary folder. Faults inside trials are injected by ``tests/faultinject`` (``PPTP_TEST_FAULT``
+and a ``sitecustomize`` that wraps the trainable as it is imported), which the Ray workers
+inherit from the driver; the product code has no branch for them. After each fault
 :func:`fault_checks.check_run` checks: every finished trial is in Optuna and MLflow exactly once
 with the same metrics; the front CSV equals the one recomputed from Optuna; the enqueued baseline
 completed; the bank holds no partial entry; nothing is left RUNNING.
@@ -39,6 +40,7 @@ from fault_checks import (
     row_from,
     table_path,
 )
+from faultinject.pptp_faults import fault_env
 from fixtures_ray import kill_processes_naming, ray_tmp, run_driver, start_driver, wait_for
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
@@ -134,7 +136,7 @@ def test_trial_faults_are_recorded_and_the_study_goes_on(
     run, store = tmp_path / "run", f"sqlite:///{tmp_path / 'mlflow.db'}"
     faults = "raise@1;nan_loss@2;nan_metric@3;oom@4;kill@5"
     log = tmp_path / "driver.log"
-    code = run_driver(args(space, run, store), log, env={"PPTP_TEST_FAULT": faults})
+    code = run_driver(args(space, run, store), log, env=fault_env(faults))
     out = log.read_text()
     assert code == 0, out[-3000:]
     assert "study.max_concurrent = 10000 capped to 2" in out
@@ -209,7 +211,7 @@ def test_kill_9_resume_two_drivers_duplicates_and_ctrl_c(
 
     # driver A: the enqueued baseline (trial 0) runs slowly; kill -9 while it runs
     a = start_driver(
-        args(space, run, store), tmp_path / "a.log", env={"PPTP_TEST_FAULT": "slow@0=8"}
+        args(space, run, store), tmp_path / "a.log", env=fault_env("slow@0=8")
     )
     try:
         wait_for(
@@ -248,7 +250,7 @@ def test_kill_9_resume_two_drivers_duplicates_and_ctrl_c(
     d = start_driver(
         args(space, run, store, "--resume", "--n-trials", "40"),
         tmp_path / "d.log",
-        env={"PPTP_TEST_FAULT": "slow@*=1"},
+        env=fault_env("slow@*=1"),
     )
     try:
         wait_for(
@@ -304,7 +306,7 @@ def test_tracking_store_deleted_mid_study_then_sync(
     space = write_space(tmp_path, bank, n_trials=3)
     run, store = tmp_path / "run", f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
     log = tmp_path / "driver.log"
-    code = run_driver(args(space, run, store), log, env={"PPTP_TEST_FAULT": "delete_store@1"})
+    code = run_driver(args(space, run, store), log, env=fault_env("delete_store@1"))
     out = log.read_text()
     assert code == 3, out[-3000:]
     assert "MLflow lacks" in out and "--sync --output" in out

@@ -40,8 +40,9 @@ from search.space import Constraint
 
 logger = logging.getLogger(__name__)
 
-#: result fields copied to the Optuna trial's user attributes: what the trial was (its MLflow run,
-#: what it trained with, its time and seeds) and the catalogue's recorded metrics
+#: result fields copied to the Optuna trial's user attributes besides the catalogue's recorded
+#: metrics (:func:`pptp.metric_catalogue.recorded_keys`, read when a searcher is made): what the
+#: trial was (its MLflow run, what it trained with, its time and seeds)
 RECORDED = (
     "mlflow_run_id",
     TREATMENT_ATTR,
@@ -49,7 +50,6 @@ RECORDED = (
     "seconds",
     "repeats",
     "duplicate_of",
-    *recorded_keys(),
 )
 #: recorded fields that are mappings: a trial reports them as JSON text (Tune flattens nested
 #: result dicts), stored on the Optuna trial as the mapping
@@ -84,6 +84,7 @@ class StudySearch(OptunaSearch):
         self._awaiting: set[str] = set()  # errored Tune trials waiting for their reason
         objectives = self.metric if isinstance(self.metric, list) else [self.metric]
         names = [*objectives, *(c.metric for c in self._constraints), *wanted]
+        names += recorded_keys()
         self._recorded = tuple(dict.fromkeys([*RECORDED, *names, *(f"{m}_sd" for m in names)]))
 
     def _optuna_trial(self, trial_id: str) -> optuna.Trial | None:

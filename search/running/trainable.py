@@ -28,8 +28,6 @@ Ray's object store (``reference_signals``, loaded once by the driver,
 :mod:`search.running.references`); the trial's MLflow run goes to the tracking server; what MLflow
 could not take comes back in the report. A trial records where it ran as tags (``node.hostname``,
 ``node.ray_id``, ``node.ip``).
-
-Test-only: ``PPTP_TEST_FAULT`` injects faults (:mod:`search.faults`).
 """
 
 from __future__ import annotations
@@ -42,7 +40,6 @@ import socket
 import time
 import traceback
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ray import tune
@@ -53,7 +50,6 @@ from pptp.threads import torch_threads
 from pptp.train import EpochLog
 from pptp.treatment import TREATMENT_ATTR, Treatment, run_name, trial_digits
 from pptp.trial import TrialResult, run_trial
-from search import faults
 from search.running.repeats import aggregate, repeat_seeds
 from search.running.samplers import DUPLICATE_OF, PER_SEED, RECORD, REUSE, TRIAL_NUMBER
 from search.space import Space
@@ -61,7 +57,6 @@ from search.study.failures import exception_reason
 from search.study.naming import planned_name, planned_treatment
 from search.tracking import TrialTracker
 from search.tracking.spool import RUN_NAME_TAG
-from search.tracking.uris import sqlite_path
 
 logger = logging.getLogger(__name__)
 
@@ -115,9 +110,6 @@ def run_search_trial(
     """
     params = {k: v for k, v in sampled.items() if k not in CONTROL_KEYS}
     number = int(sampled.get(TRIAL_NUMBER, -1))
-    injected = faults.faults_for(number)
-    if faults.has(injected, "delete_store"):
-        _delete_sqlite_store(ctx.tracking_uri)
     start = time.perf_counter()
     tracker = TrialTracker(
         ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, trial_number=number
@@ -128,7 +120,7 @@ def run_search_trial(
         if DUPLICATE_OF in sampled:
             report.update(_reuse(sampled, params, ctx, tracker))
         else:
-            report.update(_train_and_attack(params, ctx, tracker, injected, reference_signals))
+            report.update(_train_and_attack(params, ctx, tracker, reference_signals))
     report["seconds"] = time.perf_counter() - start
     report[RECORD] = json.dumps(tracker.record())
     return report
@@ -138,7 +130,6 @@ def _train_and_attack(
     params: dict[str, Any],
     ctx: TrialContext,
     tracker: TrialTracker,
-    injected: tuple[faults.Fault, ...],
     reference_signals: ReferenceSignals | None = None,
 ) -> dict[str, Any]:
     report: dict[str, Any] = {}
@@ -147,8 +138,6 @@ def _train_and_attack(
     where = ""
     try:
         cfg = ctx.space.trial_config(params).replace(**ctx.overrides)
-        if faults.has(injected, "nan_loss"):
-            cfg = cfg.replace(**{"train.lr": 1.0e12})
         treatment = planned_treatment(cfg, ctx.space)
         report.update(recorded_treatment(treatment))
         tracker.set_tags({RUN_NAME: planned_name(tracker.trial_number, cfg, ctx.space)})
@@ -164,7 +153,7 @@ def _train_and_attack(
                     bank=None
                     if reference_signals is not None
                     else ReferenceBank(cfg.attack.bank_dir),
-                    on_epoch=_on_epoch(tracker, injected, "" if r == 0 else f"seed{r}/"),
+                    on_epoch=_on_epoch(tracker, "" if r == 0 else f"seed{r}/"),
                     references=ctx.references,
                     reference_signals=reference_signals,
                 )
@@ -175,8 +164,6 @@ def _train_and_attack(
         tracker.fail(reason, traceback=traceback.format_exc())
         return {**report, **_failure(ctx, reason)}
     per_seed = [_flat_metrics(result) for result in results]
-    if faults.has(injected, "nan_metric"):
-        per_seed[0]["attack_auc"] = math.nan
     metrics, values = aggregate(per_seed, wanted=ctx.wanted)
     objectives = {m: metrics.get(m, math.nan) for m in ctx.space.study.metrics}
     tracker.log_result(results[0], metrics=metrics, objectives=objectives)
@@ -230,14 +217,9 @@ def _reuse(
     return {**reused, **described, DUPLICATE_OF: original, "failed": 0}
 
 
-def _on_epoch(tracker: TrialTracker, injected: tuple[faults.Fault, ...], prefix: str) -> Any:
-    seen = [0]
-
+def _on_epoch(tracker: TrialTracker, prefix: str) -> Any:
     def on_epoch(log: EpochLog) -> None:
         tracker.log_epoch(log, prefix=prefix)
-        seen[0] += 1
-        if injected:
-            faults.on_epoch_fault(injected, first=seen[0] == 1 and not prefix)
 
     return on_epoch
 
@@ -256,14 +238,6 @@ def _failure(ctx: TrialContext, reason: str) -> dict[str, Any]:
         "failed": 1,
         "fail_reason": reason,
     }
-
-
-def _delete_sqlite_store(uri: str) -> None:
-    """Test-only (``PPTP_TEST_FAULT=delete_store``): the tracking store lost mid-study."""
-    path, _ = sqlite_path(uri) if uri.startswith("sqlite") else (None, "")
-    if path is not None:
-        Path(path).unlink(missing_ok=True)
-        logger.warning("PPTP_TEST_FAULT: deleted the tracking store %s", path)
 
 
 def trainable(
