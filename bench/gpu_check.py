@@ -1,4 +1,4 @@
-"""Every check that needs a GPU, in one run of at most 8 minutes on one GPU (issue 13, item 5).
+"""Every check that needs a GPU, in one run of at most 8 minutes on one GPU.
 
     python bench/gpu_check.py                  # a CUDA machine (a lent one: bench/gpu_check.sh)
     python bench/gpu_check.py --cpu-smoke      # the same code paths on the CPU, tiny sizes (CI)

@@ -9,7 +9,7 @@ study) against the same warm reference bank, in one run of this script:
   trial (so imports and the raw-data cache are paid before timing, as in a long-lived process).
 
 The search runs trials ``--concurrent`` at a time with ``2 / concurrent`` CPUs each; the direct
-loop runs them one after another with as many threads as each search trial had. Target (issue 13):
+loop runs them one after another with as many threads as each search trial had. Target:
 search/direct <= 1.5 with ``--trials 12 --concurrent 1``.
 
 **Time to first trial**: from the launch of ``search/run.py`` to the start of the first trial's

@@ -1,6 +1,6 @@
 """Worst-case attack numbers of one undefended trial, with the queries the code chooses or forced.
 
-Issue 8: query augmentations (shifts, flips) averaged into the attack of a model that never trained
+Why: query augmentations (shifts, flips) averaged into the attack of a model that never trained
 on them hide leakage. This script runs one trial of a space's fixed keys (searched keys at their
 defaults: no protection, no defense) with a fresh reference bank and prints the worst-case attack
 AUC and TPR at 1% FPR, per attack too, and the queries that were used. It only uses

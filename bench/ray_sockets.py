@@ -70,7 +70,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--node-ip", help="also pass _node_ip_address to ray.init")
     parser.add_argument(
-        "--as-before", action="store_true", help="without run.py's loopback setting (issue 11)"
+        "--as-before", action="store_true", help="without run.py's loopback setting"
     )
     args = parser.parse_args()
 

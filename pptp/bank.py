@@ -3,7 +3,7 @@
 Strong attacks (LiRA, RMIA) need reference models trained on random halves of the pool. They do
 not depend on the trial being scored, so they are trained once per *recipe* (dataset, pool seed and
 sizes, model, training recipe; plus protect and defense for adaptive audits) and reused by every
-trial, run and study (DESIGN.md §3), queried the same way as the target.
+trial, run and study (docs/design.md#reference-bank), queried the same way as the target.
 
 Layout, one folder per entry, keyed by a hash of everything that determines it::
 

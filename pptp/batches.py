@@ -1,4 +1,4 @@
-"""Training batches on the device: index batches and augmentation (DESIGN.md §7).
+"""Training batches on the device: index batches and augmentation (docs/design.md#performance).
 
 :func:`batches` and :func:`augment` slice and augment batches on the tensors' device with no
 per-sample Python: random crop with zero padding and random horizontal flip, drawing randomness

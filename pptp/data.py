@@ -1,4 +1,4 @@
-"""The data pool and the membership matrix (DESIGN.md §3, §7).
+"""The data pool and the membership matrix (docs/design.md#pool-and-membership).
 
 Stages, in order (the datasets themselves are :mod:`pptp.datasets`; batches of a pool are
 sliced and augmented on the device by :mod:`pptp.batches`):
@@ -7,7 +7,8 @@ sliced and augmented on the device by :mod:`pptp.batches`):
    (:func:`~pptp.datasets.load_raw`) with a seed and cuts them into a held-out test set, a
    held-out validation set and the *pool*; every member set is a subset of the pool, so test
    and validation are disjoint from all of them. Images are scaled to [0, 1], optionally
-   resized, and normalised per channel; the tensors live on the training device (DESIGN.md §7).
+   resized, and normalised per channel; the tensors live on the training device
+   (docs/design.md#performance).
    :func:`plant_canaries` mislabels some pool examples; :func:`build_pool` builds the pool a
    data config names.
 2. :func:`keep_row` / :func:`keep_matrix` give the membership matrix ``keep[model, example]``

@@ -1,4 +1,4 @@
-"""The datasets registry and loaders (DESIGN.md §3, §9).
+"""The datasets registry and loaders (docs/design.md#data-without-a-network).
 
 :data:`DATASETS` names every dataset. A :class:`DatasetSpec` loads the dataset's train and test
 splits *pooled* (train first, then test) as ``x: (n, C, H, W)`` (uint8 in 0..255, or float32 in

@@ -32,7 +32,8 @@ def channels_last(x: torch.Tensor) -> torch.Tensor:
 def autocast(
     device: torch.device, *, enabled: bool = True
 ) -> contextlib.AbstractContextManager[object]:
-    """bf16 autocast on CUDA; nothing on the CPU, where bf16 was ~4x slower (STACK-NOTES.md)."""
+    """bf16 autocast on CUDA; nothing on the CPU, where bf16 was ~4x slower
+    (``docs/stack-notes.md#cpu-precision-and-memory-layout``)."""
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()

@@ -8,7 +8,15 @@ from __future__ import annotations
 
 
 class ConfigError(ValueError):
-    """A name, value or file the user gave is wrong; the message says what to do."""
+    """A name, value or file the user gave is wrong; the message says what to do.
+
+    ``key``: the config key at fault (``attack.n_references``), when one is, so that a caller
+    that knows where the value came from (a space file) can name it there.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 class DataUnavailableError(ConfigError):

@@ -1,6 +1,6 @@
 """Files that survive a crash: write to a temporary file beside the target, fsync, rename.
 
-DESIGN.md §8: nothing finished is lost when the process dies. A reader of ``path`` sees either the
+Nothing finished is lost when the process dies. A reader of ``path`` sees either the
 old content or the new, never half a file: the data goes to a temporary file in the same folder
 (the rename must not cross file systems), is flushed and fsynced, then ``os.replace`` renames it
 over ``path`` (atomic on POSIX and Windows), and the folder is fsynced so that the rename itself is

@@ -1,9 +1,10 @@
 """Layer groups: the named, ordered units of a model and the parameters in each.
 
 A **layer group** is a named, ordered unit of a model (CIFAR ResNet-18: ``stem, layer1, layer2,
-layer3, layer4, head``), declared as regex patterns matched with :func:`re.fullmatch` against
-dotted module and parameter names, as timm's ``group_matcher`` does (DESIGN.md §2, STYLE.md lessons
-2 and 4). Every parameter belongs to exactly one group; :func:`check_groups` enforces it.
+layer3, layer4, head``), declared as regex patterns matched with :func:`re.fullmatch` against dotted
+module and parameter names, as timm's ``group_matcher`` does
+(``docs/design.md#layer-groups-and-selections``, ``docs/style.md``). Every parameter belongs to
+exactly one group; :func:`check_groups` enforces it.
 
 Where groups come from (one code path, :func:`layer_groups`):
 

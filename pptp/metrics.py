@@ -1,4 +1,5 @@
-"""How well membership scores separate members from non-members (DESIGN.md §3, "Metrics").
+"""How well membership scores separate members from non-members
+(docs/design.md#metrics-and-fpr-resolution).
 
 Scores follow the attacks' convention: higher = more likely a member. The ROC comes from
 scikit-learn (``roc_curve`` with every threshold kept, ``roc_auc_score``); on top of it:

@@ -1,4 +1,5 @@
-"""Models registry with ordered layer groups (DESIGN.md §2, STYLE.md lessons 2 and 4, timm's style).
+"""Models registry with ordered layer groups (timm's style;
+``docs/design.md#layer-groups-and-selections``).
 
 ``create_model(name, ...)`` builds either a hand-written model from :data:`MODELS` or any
 torchvision classification model by the name ``torchvision.<name>``. Every model it returns

@@ -1,4 +1,5 @@
-"""PPTP protection operators: how the protected layer groups are held back (DESIGN.md §2.2).
+"""PPTP protection operators: how the protected layer groups are held back
+(docs/design.md#protection-operators).
 
 The paper (Fang & Kim, arXiv 2602.02296) states the principle: protect the components that carry
 membership-privacy risk, leave those that carry generalization free. It does not publish operators

@@ -1,4 +1,4 @@
-"""Name -> object registries filled by a decorator (STYLE.md lesson 2).
+"""Name -> object registries filled by a decorator (``docs/style.md#registries-not-if-chains``).
 
 Every pluggable piece of pptp (datasets, models, operators, defenses, attacks) lives in a
 :class:`Registry`. Looking up an unknown name raises :class:`~pptp.errors.ConfigError` that lists

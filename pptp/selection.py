@@ -1,10 +1,11 @@
-"""Selections and the protected / free partition of a model's parameters (DESIGN.md §2).
+"""Selections and the protected / free partition of a model's parameters
+(docs/design.md#layer-groups-and-selections).
 
 A **selection** says which layer groups (:mod:`pptp.layers`) PPTP protects: an ordinal ``split``
 with a ``direction`` (prefix k = the first k groups, suffix k = the last k), an explicit set of
 ``groups`` (a mask), or name ``patterns``. :func:`partition` turns a selection into protected and
 free parameter names; the training loop gives each side its own optimizer parameter group
-(STYLE.md lesson 5).
+(``docs/style.md#mechanisms-through-optimizer-parameter-groups``).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Attacks (:mod:`pptp.attacks`) are pure functions of these arrays. The model is q
 example and per *query*: the clean image, and optionally its horizontal flip and one-pixel shifts,
 as Carlini et al. (2022, §VI-A) query LiRA with augmented copies of each example.
 
-**Queries follow training** (issue 8; this project's rule): an augmented query only helps an
+**Queries follow training** (this project's rule): an augmented query only helps an
 attack when the model trained on that augmentation, since then members are fitted under it too.
 Averaging shifted queries into a model that never saw shifts mixes in signals on which members and
 non-members look alike, and hides leakage (on ``spaces/quickstart_memorising.yaml`` it lowered

@@ -1,5 +1,4 @@
-"""Aligned text tables, the way every entry point and benchmark prints results (STYLE.md: results
-printed as aligned columns).
+"""Aligned text tables, the way every entry point and benchmark prints results.
 
 :func:`format_table` lays out rows under a header and a dashed rule; :func:`format_cell` is the
 one spelling of a number in them (4 decimals, ``-`` for a missing or non-finite value).

@@ -12,7 +12,7 @@ Batches are sliced from the in-memory pool and augmented on the device (no DataL
 per-sample Python); one log line per epoch. On CUDA the training forward runs under bf16 autocast
 (``train.bf16``); evaluation always runs in fp32, so accuracy does not depend on the device's
 precision. channels_last is used for image inputs on every device (on 2 CPU cores it trains a
-small CNN about 1.4x faster, STACK-NOTES.md), except under Opacus' DP-SGD, whose per-sample
+small CNN about 1.4x faster, ``docs/stack-notes.md``), except under Opacus' DP-SGD, whose per-sample
 convolutions need NCHW (:attr:`pptp.hooks.Needs.nchw`); ``train.compile`` wraps the model in
 ``torch.compile`` on CUDA.
 """
@@ -127,7 +127,7 @@ def train(
     part = partition(model, selection) if selection is not None else None
     ctx = _context(model, part, cfg, device, n_members=len(members))
     data = _Data.of(pool, members, device, mechanisms)
-    # the one optimizer: protected and free parameter groups (STYLE.md lesson 5)
+    # the one optimizer: protected and free parameter groups
     base = sgd(cfg, ctx, mechanisms)
     if any(m.needs.grad_terms for m in mechanisms):
         base.register_step_pre_hook(grad_terms_hook(ctx, mechanisms))

@@ -46,6 +46,7 @@ if __package__ in (None, ""):  # `python search/compare.py` puts search/ first o
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from pptp.errors import ConfigError
+from pptp.metric_catalogue import shown_metrics
 from search.cli.entry import quiet_environment, run_command
 from search.comparing.fronts import compare
 from search.comparing.output import plot, table_markdown, write_csv
@@ -55,14 +56,9 @@ quiet_environment()
 
 logger = logging.getLogger("search.compare")
 
-TABLE_METRICS = (
-    "test_acc",
-    "attack_auc",
-    "attack_tpr@1%fpr",
-    "canary_auc",
-    "canary_tpr@5%fpr",
-)
-"""Metrics the table shows when the trials recorded them (mean +- sd over seeds)."""
+TABLE_METRICS = tuple(m.key for m in shown_metrics())
+"""Metrics the table shows when the trials recorded them (mean +- sd over seeds): the metric
+catalogue's shown metrics (:mod:`pptp.metric_catalogue`)."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -1,5 +1,6 @@
 """``python search/localize.py --space spaces/<space>.yaml``: where privacy risk and generalization
-sit in the space's model, per layer group (DESIGN.md §2.1, :mod:`pptp.localize`).
+sit in the space's model, per layer group (docs/design.md#localisation-measurement,
+:mod:`pptp.localize`).
 
 Order of work, so that bad input stops before anything trains:
 

@@ -1,5 +1,5 @@
 """``python search/pick.py --run runs/<study>/<timestamp> --rule knee``: choose a Pareto config
-for production, re-audit it, export it, register its model (DESIGN.md §3 and §5).
+for production, re-audit it, export it, register its model.
 
 Order of work, so that bad input stops before anything trains:
 
@@ -10,7 +10,7 @@ Order of work, so that bad input stops before anything trains:
    rule (:data:`RULES`) choose one, and say why;
 3. optionally re-train the pick over ``--seeds N`` seeds against the screening references (the
    base recipe's, from the bank), and re-audit it with references trained under its own
-   protect/defense config (``--adaptive``: an attacker who knows the defense, DESIGN.md §3);
+   protect/defense config (``--adaptive``: an attacker who knows the defense);
 4. print the trial's screening numbers, the re-trained and the adaptive ones side by side, with
    the gap adaptive - screening of every attack metric stated;
 5. export the trial's full config as a space-like YAML (``--export``, default

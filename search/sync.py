@@ -1,6 +1,6 @@
 """``python search/sync.py --run RUN``: make MLflow hold exactly what the run directory records.
 
-The tracking store is not a single point of failure (issue 10): a trial that could not write to
+The tracking store is not a single point of failure: a trial that could not write to
 MLflow still finishes, and its run travels back to the driver, which keeps it in the run
 directory (:mod:`search.study.records`). This module puts MLflow back in step with the study, from
 the

@@ -1,4 +1,4 @@
-"""The invariants every fault must leave intact (issue 10), checked on a run directory and its
+"""The invariants every fault must leave intact, checked on a run directory and its
 MLflow store, and the fault table the suite produces from them.
 
 :func:`check_run` reads the Optuna study, the MLflow experiment, ``pareto_front.csv`` and the

@@ -1,5 +1,5 @@
 """Write tiny datasets in torchvision's own on-disk formats, so tests load them through the real
-``torchvision.datasets`` classes (DESIGN.md §9).
+``torchvision.datasets`` classes (docs/design.md#data-without-a-network).
 
 MNIST / Fashion-MNIST (torchvision 0.29, ``datasets/mnist.py``): ``MNIST(root)`` reads the
 *uncompressed* IDX files ``<root>/<ClassName>/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte``

@@ -1,4 +1,4 @@
-"""The fault suite (issue 10): each fault injected into a real, tiny study; the invariants after.
+"""The fault suite: each fault injected into a real, tiny study; the invariants after.
 
 Every study is ``search/run.py`` in a subprocess on 8x8 digits (an MLP, 5 epochs, 2 reference
 models shared through one bank) with its own ``--output`` and MLflow store under the test's

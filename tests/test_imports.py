@@ -1,4 +1,4 @@
-"""``pptp/`` is the library: it imports no ray, optuna or mlflow (DESIGN.md §6).
+"""``pptp/`` is the library: it imports no ray, optuna or mlflow (docs/design.md#module-layout).
 
 Two checks, each able to fail on its own: a static scan of every ``import`` statement in every
 module of ``pptp`` (top level or inside functions, so a lazy import is caught too), and a fresh

@@ -103,12 +103,17 @@ def test_two_trial_study_end_to_end_then_extended(
     for t in complete:
         child = client.get_run(t.user_attrs["mlflow_run_id"])
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
-        assert child.data.params["protect.operator"] == t.params["protect.operator"]
+        # what it trained with: the undefended (strength 0) has no operator in its params
+        acts = t.params["protect.strength"] > 0
+        assert child.data.params["protect.operator"] == (
+            t.params["protect.operator"] if acts else "none"
+        )
+        assert child.data.tags["operator"] == t.user_attrs["operator"]
         assert len(client.get_metric_history(child.info.run_id, "epoch_loss")) == 10
         assert child.data.tags["pareto"] == ("true" if t.number in front else "false")
         files = {f.path for f in client.list_artifacts(child.info.run_id)}
         assert {"roc.png", "mask.json", "history.csv"} <= files
-        # named by what it tried: "t00 undefended", "t01 anchor s=0.54 first2", ...
+        # named by what it tried: "t00 undefended", "t01 anchor s=0.54 fc1+fc2", ...
         assert child.info.run_name.startswith(f"t{t.number:02d} "), child.info.run_name
         assert child.data.tags["torch.threads"] == "1"
         assert child.data.metrics["extras/torch_threads"] == 1.0

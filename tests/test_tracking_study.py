@@ -253,7 +253,7 @@ def free_port() -> int:
 
 @pytest.fixture
 def mlflow_server(tmp_path: Path) -> Iterator[str]:
-    """``mlflow server`` on 127.0.0.1 with one worker and no job runner (STACK-NOTES.md)."""
+    """``mlflow server`` on 127.0.0.1 with one worker and no job runner (docs/stack-notes.md)."""
     port = free_port()
     env = {
         **os.environ,

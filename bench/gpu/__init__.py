@@ -1,4 +1,4 @@
-"""The GPU check's parts (issue 13, item 5); ``bench/gpu_check.py`` is the command.
+"""The GPU check's parts; ``bench/gpu_check.py`` is the command.
 
 ``workload``: sizes (one H200, or the CPU smoke), synthetic CIFAR-shaped data, the recorder every
 part writes its figures through. ``loop``: the bf16 peak and the training loop's throughput.

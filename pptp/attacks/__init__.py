@@ -1,4 +1,5 @@
-"""Membership inference attacks: pure numpy functions of per-example signals (DESIGN.md §3).
+"""Membership inference attacks: pure numpy functions of per-example signals
+(docs/design.md#attacks).
 
 ``ATTACKS[name](inputs)`` returns one score per example, higher = more likely a member. One module
 per family, each citing its paper: ``threshold`` (loss, confidence, entropy, modified entropy),

@@ -1,6 +1,6 @@
 """What every membership inference attack shares: its input, its registry entry, its signals.
 
-An attack is a pure function ``AttackInput -> scores`` (STYLE.md lesson 6): the expensive part
+An attack is a pure function ``AttackInput -> scores``: the expensive part
 (training the target and the reference models, querying them on every pool example) happened
 before, in ``pptp.signals`` and ``pptp.bank``; here only numpy runs. Membership of the reference
 models is the boolean matrix ``ref_keep[model, example]`` of the LiRA reference code.

@@ -69,14 +69,21 @@ def check_attacks(cfg: AttackConfig) -> tuple[str, ...]:
     if not names:
         raise ConfigError(
             "attack.attacks is empty; name at least one attack, e.g. loss, or leave it null "
-            "for the default set"
+            "for the default set",
+            key="attack.attacks",
         )
     for name in names:
-        spec = ATTACKS[name]  # unknown names list the known ones
+        if name not in ATTACKS:
+            raise ConfigError(
+                f"unknown attack {name!r}; known: {', '.join(sorted(ATTACKS))}",
+                key="attack.attacks",
+            )
+        spec = ATTACKS[name]
         if spec.min_refs > cfg.n_references:
             raise ConfigError(
                 f"attack {name!r} needs at least {spec.min_refs} reference models but "
-                f"attack.n_references = {cfg.n_references}"
+                f"attack.n_references = {cfg.n_references}",
+                key="attack.n_references",
             )
     if "lira_online" in names and cfg.n_references < LIRA_ONLINE_MIN_REFS:
         logger.warning(

@@ -1,8 +1,9 @@
 """Localisation: where in a network privacy risk and generalization sit, per layer group.
 
-DESIGN.md §2.1. The paper (Fang & Kim 2026, arXiv 2602.02296) *states* that generalization and
-membership-privacy risk live in different regions of a network; how to measure that is this
-project's *interpretation*, and which region is risky is measured here, never assumed.
+``docs/design.md#localisation-measurement``. The paper (Fang & Kim 2026, arXiv 2602.02296) *states*
+that generalization and membership-privacy risk live in different regions of a network; how to
+measure that is this project's *interpretation*, and which region is risky is measured here, never
+assumed.
 
 The measurement, per seed ``s`` (``train.seed = s``; the base recipe, no protection, no defense):
 
@@ -21,11 +22,11 @@ The measurement, per seed ``s`` (``train.seed = s``; the base recipe, no protect
   differ in what they compute where A and B differ in membership than where they do not. 0 = no
   membership-specific difference; a log-ratio, so it is symmetric and needs no other scale.
 - ``risk_at_output`` (reported, not ranked): the same ratio for A's and B's outputs at g as they
-  are, the literal reading of DESIGN.md §2.1. Each group's output depends on every group before
-  it, so this measure *accumulates*: a difference planted in one group shows at every later
-  group, growing toward the logits (tests/test_localize_measure.py plants one). Swapping one
-  group into an otherwise identical forward pass measures what that group's weights add, which is
-  what PPTP protects; groups that A and B share exactly score exactly 0.
+  are, the literal reading of the design's measurement. Each group's output depends on every group
+  before it, so this measure *accumulates*: a difference planted in one group shows at every later
+  group, growing toward the logits (tests/test_localize_measure.py plants one). Swapping one group
+  into an otherwise identical forward pass measures what that group's weights add, which is what
+  PPTP protects; groups that A and B share exactly score exactly 0.
 - **Generalization of g**: A's test-accuracy drop when g's parameters and buffers are reset to
   A's weights at the end of warm-up (``train.warmup_epochs``; the initial weights when it is 0),
   every other group kept: the re-initialisation robustness test of Zhang, Bengio & Singer 2019

@@ -1,4 +1,4 @@
-"""What ``search/pick.py`` does, one module per step (DESIGN.md §3 and §5):
+"""What ``search/pick.py`` does, one module per step:
 
 - :mod:`~search.study.reader`: open a run directory read-only; the candidate trials;
 - :mod:`~search.picking.rules`: bounds and the rules that choose one candidate (pure);

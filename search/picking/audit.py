@@ -1,4 +1,5 @@
-"""Re-auditing a picked config: re-training on new seeds, and the adaptive attack (DESIGN.md §3).
+"""Re-auditing a picked config: re-training on new seeds, and the adaptive attack
+(docs/design.md#screening-and-adaptive-audit).
 
 Screening scored every trial against references trained with the space's base recipe
 (undefended). :func:`retrain` repeats that setting on new seeds; :func:`adaptive_audit` re-audits
@@ -16,16 +17,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from pptp.metric_catalogue import shown_metrics
 from pptp.tables import format_cell, format_table
 
 if TYPE_CHECKING:
     from pptp.config import TrialConfig
     from search.space import Objective
 
-#: rows of the side-by-side table (objectives not listed here are appended)
-TABLE_METRICS = ("test_acc", "attack_auc", "attack_tpr@0.1%fpr", "attack_tpr@1%fpr")
-#: metrics whose adaptive - screening gap is reported (higher = more leakage)
-ATTACK_METRICS = ("attack_auc", "attack_tpr@0.1%fpr", "attack_tpr@1%fpr")
+#: rows of the side-by-side table: the catalogue's shown metrics (objectives not among them are
+#: appended; a row no number resolves is left out)
+TABLE_METRICS = tuple(m.key for m in shown_metrics())
+#: metrics whose adaptive - screening gap is reported: the shown ones that measure leakage
+ATTACK_METRICS = tuple(m.key for m in shown_metrics() if m.direction == "minimize")
 
 
 @dataclass(frozen=True)
@@ -183,7 +186,15 @@ class Comparison:
         )
 
     def metrics(self, objectives: Sequence[Objective]) -> list[str]:
-        return list(dict.fromkeys([*TABLE_METRICS, *(o.metric for o in objectives)]))
+        """The table's rows: :data:`TABLE_METRICS` and the objectives, those with a number."""
+        audits = [a for a in (self.retrained, self.adaptive) if a is not None]
+
+        def measured(metric: str) -> bool:
+            values = [self.screening.get(metric, math.nan), *(a.mean(metric) for a in audits)]
+            return any(math.isfinite(v) for v in values)
+
+        keys = dict.fromkeys([*TABLE_METRICS, *(o.metric for o in objectives)])
+        return [m for m in keys if measured(m)]
 
     def table(self, objectives: Sequence[Objective]) -> str:
         head = ["metric", f"screening (trial {self.trial}, seed {self.trial_seed})"]

@@ -1,4 +1,4 @@
-"""Space files: one YAML file = one experiment (DESIGN.md §4, STYLE.md lesson 12).
+"""Space files: one YAML file = one experiment (docs/design.md#space-files).
 
 A space file has three top-level keys::
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 
-from pptp.attacks import ATTACKS, attack_names
+from pptp.attacks import check_attacks
 from pptp.compose import pair
 from pptp.config import TrialConfig
 from pptp.datasets import DATASETS
@@ -56,8 +56,11 @@ _NAME_CHECKS: dict[str, tuple[Callable[[Any], bool], Callable[[], str]]] = {
     "defense.name": (lambda v: v in DEFENSES, lambda: ", ".join(sorted(DEFENSES))),
 }
 
-# Values that need per-example gradients, which BatchNorm makes ill-defined (pptp.operators).
-_PER_EXAMPLE = {"protect.operator": "noise", "defense.name": "dpsgd"}
+#: keys naming a mechanism, and the registry whose entries declare what they need (pptp.hooks)
+_MECHANISMS: dict[str, Mapping[str, Any]] = {
+    "protect.operator": OPERATORS,
+    "defense.name": DEFENSES,
+}
 
 
 def possible_values(
@@ -80,42 +83,26 @@ def check_names(base: TrialConfig, params: Mapping[str, BaseDistribution], *, so
                 raise space_error(
                     source, where, f"unknown {key.replace('.', ' ')} {value!r}; known: {known()}"
                 )
-    attacks = attack_names(base.attack)  # attack.attacks: null -> the default set for K
-    if not attacks:
-        raise space_error(
-            source,
-            "fixed.attack.attacks",
-            "is empty; name at least one attack, or leave it null for the default set",
-        )
-    for a in attacks:
-        if a not in ATTACKS:
-            raise space_error(
-                source,
-                "fixed.attack.attacks",
-                f"unknown attack {a!r}; known: {', '.join(sorted(ATTACKS))}",
-            )
-        if ATTACKS[a].min_refs > base.attack.n_references:
-            raise space_error(
-                source,
-                "fixed.attack.n_references",
-                f"attack {a!r} needs at least {ATTACKS[a].min_refs} reference models, "
-                f"got {base.attack.n_references}",
-            )
+    try:
+        check_attacks(base.attack)  # attack.attacks: null -> the default set for K
+    except ConfigError as error:
+        raise space_error(source, f"fixed.{error.key or 'attack.attacks'}", str(error)) from None
     if "batch" in {v for _, v in possible_values("model.norm", flat, params)}:
-        for key, value in _PER_EXAMPLE.items():
+        for key, registry in _MECHANISMS.items():
             for where, v in possible_values(key, flat, params):
-                if v == value:
+                if registry[v].needs.per_example_grads:
                     raise space_error(
                         source,
                         where,
-                        f"{value} needs per-example gradients, which "
+                        f"{v} needs per-example gradients, which "
                         "BatchNorm (model.norm: batch, the default) makes "
                         "ill-defined; fix model.norm: group",
                     )
 
 
 def check_resolution(study: StudySpec, base: TrialConfig, *, source: str) -> None:
-    """A TPR at an FPR below 1 / (non-members) is never resolved (always NaN, DESIGN.md §3):
+    """A TPR at an FPR below 1 / (non-members) is never resolved (always NaN,
+    docs/design.md#metrics-and-fpr-resolution):
     an objective or constraint on one is an error naming the key and what would resolve it."""
     try:
         unresolved = unresolvable_metrics(

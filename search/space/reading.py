@@ -1,6 +1,6 @@
 """Reading a space file: safe YAML that refuses duplicate keys, and nested keys made dotted.
 
-``yaml.safe_load`` builds plain data only (STYLE.md lesson 12, DESIGN.md §8) but keeps the last
+``yaml.safe_load`` builds plain data only (never objects) but keeps the last
 of two equal keys silently; :func:`read_yaml` refuses them, naming the line. Note YAML 1.1:
 ``1e-4`` is a string, ``1.0e-4`` a float (the type checks say so when it matters).
 """

@@ -1,6 +1,6 @@
 """Why a trial failed, in one line that names the real cause (Optuna ``fail_reason``, MLflow tag).
 
-A failed trial is a data point (DESIGN.md §4): its reason is what a user reads in the Pareto
+A failed trial is a data point: its reason is what a user reads in the Pareto
 table's failed count, in ``trials.csv`` and in the MLflow UI, so it must say what happened:
 
 - :func:`exception_reason`: an exception raised inside the trial (training, attack, our own

@@ -1,4 +1,4 @@
-"""MLflow glue for the search (DESIGN.md §5): one experiment per study, one parent run per study,
+"""MLflow glue for the search: one experiment per study, one parent run per study,
 one nested child run per trial.
 
 - :mod:`~search.tracking.uris`: which store (:func:`resolve_tracking_uri`) and whether it can be

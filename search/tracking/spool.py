@@ -1,6 +1,6 @@
 """What a run was asked to log, kept beside MLflow so that nothing is lost when MLflow is not there.
 
-The tracking store is not a single point of failure (issue 10): a trial writes its child run
+The tracking store is not a single point of failure: a trial writes its child run
 through :class:`~search.tracking.trial_tracker.TrialTracker`, which records every param, metric
 (with its step and time), tag and artifact in a :class:`RunSpool` as well. When an MLflow call
 fails, the tracker stops calling MLflow, the trial goes on, and the spool travels back to the

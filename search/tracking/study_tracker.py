@@ -1,4 +1,5 @@
-"""The study's parent run in MLflow, driven from the search driver (DESIGN.md §5).
+"""The study's parent run in MLflow, driven from the search driver
+(docs/design.md#tracking-layout-in-mlflow).
 
 Layout in the tracking store::
 
