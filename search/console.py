@@ -15,6 +15,7 @@ so the manual cannot drift from the code.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import importlib
 import inspect
 import io
@@ -385,7 +386,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         first, rest = rest[0], ["--help"]
     command = COMMANDS.get(first)
     if command is None:
-        print(f"error: unknown command {first!r}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
+        close = difflib.get_close_matches(first, COMMANDS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; commands: {', '.join(COMMANDS)}"
+        print(f"error: unknown command {first!r}{hint}", file=sys.stderr)
         print(_usage(), file=sys.stderr)
         return 2
     if any(a in ("-h", "--help") for a in rest):

@@ -411,8 +411,10 @@ def execute(plan: Plan) -> int:
             except UiError as error:
                 print(f"error: {error}", file=sys.stderr)
                 return 1
+            first = studies[0][1].with_base(ui.base).runs_table() if studies else ui.base
             print(
-                f"MLflow UI   {ui.base} (store {plan.tracking_uri}; server pid {ui.pid}; "
+                f"MLflow UI   {first}\n"
+                f"            (server {ui.base}, pid {ui.pid}; store {plan.tracking_uri}; "
                 "Ctrl-C stops it)"
             )
             print("\n".join(describe(studies, ui.base, client)), flush=True)

@@ -42,7 +42,9 @@ def test_each_command_has_a_manual_page(name: str, capsys: pytest.CaptureFixture
 def test_bad_command_lines_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 2
     assert main(["frobnicate"]) == 2
-    assert "unknown command 'frobnicate'" in capsys.readouterr().err
+    assert "unknown command 'frobnicate'; commands: run, localize" in capsys.readouterr().err
+    assert main(["rnu", "--space", "spaces/quickstart.yaml"]) == 2  # a typo: the closest command
+    assert "unknown command 'rnu'; did you mean 'run'?" in capsys.readouterr().err
     # the entry point's own bad-input handling comes through
     assert main(["run", "--space", "/nonexistent/space.yaml"]) == 2
     assert "error:" in capsys.readouterr().err

@@ -88,6 +88,7 @@ def test_two_trial_study_end_to_end_then_extended(
     complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert len(complete) == 2
     assert complete[0].params["protect.strength"] == 0.0  # the enqueued baseline ran first
+    assert study.metric_names == ["test_acc", "attack_auc"]  # named axes (optuna-dashboard)
     for t in complete:
         assert t.user_attrs["mlflow_run_id"] and "test_acc>=0.05" in str(t.system_attrs)
 

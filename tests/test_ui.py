@@ -194,7 +194,10 @@ def test_ui_command_prints_the_study_url_and_stops_on_ctrl_c(tmp_path: Path) -> 
             if line.startswith("study run"):
                 break
         text = "".join(lines)
-        match = re.search(r"server pid (\d+)", text)
+        # the first address printed is the study's runs table, not MLflow's welcome page
+        first = re.search(r"MLflow UI   (\S+)", text)
+        assert first and "runs?workflowType=machine_learning" in first.group(1), text
+        match = re.search(r"server .*pid (\d+)", text)
         assert match, text
         server_pid = int(match.group(1))
         url = re.search(r"study       tiny: (\S+)", text)

@@ -42,6 +42,8 @@ def open_study(plan: Plan) -> Any:
         claim = DriverClaim(plan.storage_url, space.study.name, plan.run_dir)
         claim.acquire()  # before anything touches the study: a live driver's trials stay live
         plan.claim = claim
+    if study.metric_names != space.study.metrics:  # named axes in optuna-dashboard and plots
+        study.set_metric_names(space.study.metrics)
     if plan.state is None:
         for params in [*space.study.enqueue, *plan.seeded]:
             rundir.enqueue(study, params)

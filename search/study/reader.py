@@ -52,6 +52,14 @@ def open_run(run_dir: str | Path) -> StudyRun:
             "e.g. runs/<study>/<timestamp>)"
         )
     if not (path / "study.db").is_file():
+        runs = sorted(p.parent for p in path.glob("*/study.db"))
+        if runs:
+            listed = "\n  ".join(str(r) for r in runs[-5:])
+            more = f" (the newest {min(5, len(runs))} of {len(runs)})" if len(runs) > 5 else ""
+            raise ConfigError(
+                f"--run {path} is a study's folder, not one run: give one of its runs{more}, "
+                f"e.g. --run {runs[-1]}\n  {listed}"
+            )
         raise ConfigError(f"--run {path}: no study.db here; is it a run directory of run.py?")
     state = rundir.read_state(path)
     space = load_space(path / "space.yaml")
