@@ -33,3 +33,13 @@ def test_trials_are_named_by_what_they_tried_and_unresolved_columns_are_said() -
     assert "baseline relaxloss strength=0.31" in lines[4]
     assert "block1" not in lines[4] and "max_grad_norm" not in lines[4]  # a baseline protects none
     assert lines[-1].startswith("TPR@0.1%FPR: not resolved")
+
+
+def test_the_table_says_what_difference_is_beyond_seed_noise() -> None:
+    seeds = {"test_acc": [0.80, 0.82], "attack_auc": [0.70, 0.71]}
+    trials = [trial(i, {"test_acc": 0.81 - i / 100, "attack_auc": 0.705 - i / 50}, per_seed=seeds)
+              for i in range(3)]  # fmt: skip
+    last = format_front(trials, OBJECTIVES).splitlines()[-1]
+    # pooled sd: accuracy sqrt(0.0002 * 3 / 3) = 0.01414, 3 df, t = 3.1824: 0.045 for 2 vs 2
+    assert last.startswith("seed noise: two 2-seed trials differ beyond it (95%) by more than")
+    assert "accuracy ±0.0450" in last and "3 trials, 3 degrees of freedom" in last

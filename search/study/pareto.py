@@ -18,6 +18,7 @@ from pptp.metric_catalogue import find_metric, format_value, shown_metrics, titl
 from pptp.tables import format_table
 from pptp.treatment import FLAT_ATTRS
 from search.space import Objective
+from search.study.noise import pooled_noise
 from search.study.trials import FinishedTrial
 
 
@@ -68,7 +69,29 @@ def format_front(trials: Sequence[FinishedTrial], objectives: Sequence[Objective
             f"\n{', '.join(unresolved)}: not resolved by the pool's non-members "
             "(fpr_resolution), so not shown"
         )
-    return table
+    noise = noise_line(trials, [o.metric for o in objectives])
+    return table + (f"\n{noise}" if noise else "")
+
+
+def noise_line(trials: Sequence[FinishedTrial], metrics: Sequence[str]) -> str:
+    """What difference is beyond seed noise, from the study's pooled seed spread
+    (:mod:`search.study.noise`); empty when no trial trained two seeds."""
+    parts, pooled = [], None
+    for metric in metrics:
+        noise = pooled_noise(trials, metric)
+        if noise is None:
+            continue
+        pooled = pooled or noise
+        seeds = max(2, round(noise.seeds / noise.trials))
+        parts.append(f"{title(metric)} ±{format_value(metric, noise.half_width(seeds, seeds))}")
+    if pooled is None:
+        return ""
+    seeds = max(2, round(pooled.seeds / pooled.trials))
+    return (
+        f"seed noise: two {seeds}-seed trials differ beyond it (95%) by more than "
+        f"{', '.join(parts)} (the spread over seeds pooled over {pooled.trials} trials, "
+        f"{pooled.df} degrees of freedom)"
+    )
 
 
 def _cell(trial: FinishedTrial, key: str) -> str:
