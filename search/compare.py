@@ -22,8 +22,14 @@ trials shown, so the number compares the two fronts on this study and means noth
 studies). A **bootstrap over training seeds** gives each hypervolume and their difference an
 interval: each of ``--bootstrap`` resamples draws, for every trial, its seeds with replacement
 (accuracy and attack values of a seed stay paired) and recomputes means and hypervolumes. A
-difference whose interval excludes 0 is beyond seed noise; trials with one seed add no spread, so
-the interval is then too narrow and the output says so.
+difference whose interval excludes 0 is beyond seed noise. The intervals come from each family's
+**pooled seed noise** (the spread over training seeds of all its trials, many degrees of freedom,
+where one trial's two seeds give one): every resample draws each trial's mean around its observed
+mean with that noise (:func:`search.comparing.fronts.compare`).
+
+A verdict is given only when the runs support one: both families have at least
+:data:`~search.comparing.fronts.MIN_TRIALS` completed trials and trained two seeds or more per
+trial (``study.repeats``); otherwise the output says which is missing and the exit status is 3.
 
 Writes ``comparison.png``, ``comparison.csv`` (one row per trial) and ``comparison.md`` (the table
 and the hypervolumes) to ``--output`` (default: the first run directory) and, when the tracking
@@ -55,6 +61,9 @@ from search.comparing.runs import load_trials
 quiet_environment()
 
 logger = logging.getLogger("search.compare")
+
+#: compared, but the runs support no verdict (one family missing, too few trials or seeds)
+EXIT_NO_VERDICT = 3
 
 TABLE_METRICS = tuple(m.key for m in shown_metrics())
 """Metrics the table shows when the trials recorded them (mean +- sd over seeds): the metric
@@ -122,7 +131,7 @@ def execute(plan: Plan) -> int:
     print("\nwrote " + ", ".join(str(f) for f in files))
     if not plan.args.no_mlflow:
         log_to_mlflow(plan.runs, files)
-    return 0
+    return 0 if result.decided else EXIT_NO_VERDICT
 
 
 def log_to_mlflow(runs: Sequence[Path], files: Sequence[Path]) -> None:

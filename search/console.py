@@ -141,7 +141,15 @@ register(
             ("pptp-search compare --run runs/fashion/<timestamp>", "one study with baselines"),
             ("pptp-search compare --run RUN_A --run RUN_B", "a PPTP study and a baseline study"),
         ),
-        exit_status=(("0", "compared"), _BAD_INPUT),
+        exit_status=(
+            ("0", "compared, with a verdict"),
+            _BAD_INPUT,
+            (
+                "3",
+                "compared, but the runs support no verdict: a family has no trial or too few "
+                "(3), or its trials trained one seed (the output says which)",
+            ),
+        ),
         files=(("<run>/comparison.png, .csv, .md", "the figure, one row per trial, the table"),),
     )
 )

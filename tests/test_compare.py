@@ -44,28 +44,61 @@ def test_front_is_the_non_dominated_points() -> None:
     assert [p.number for p in front(pts, AXES)] == [0, 1]
 
 
+def family(kind: str, acc: float, auc: float, *, spread: float, first: int) -> list[FinishedTrial]:
+    """3 trials of ``kind`` near (acc, auc), each over 3 seeds ``spread`` apart."""
+    return [
+        point(kind, [acc - i / 100 + d for d in (-spread, 0, spread)],
+              [auc - i / 50 + d for d in (-spread, 0, spread)], trial=first + i)
+        for i in range(3)
+    ]  # fmt: skip
+
+
 def test_a_clear_difference_is_beyond_noise_and_a_small_one_is_not() -> None:
     undefended = point("undefended", [0.85, 0.86, 0.84], [0.74, 0.73, 0.75])
-    strong = point("pptp", [0.84, 0.85, 0.83], [0.60, 0.61, 0.62], trial=1)
-    weak = point("baseline", [0.70, 0.72, 0.71], [0.70, 0.69, 0.71], trial=2)
-    result = compare([undefended, strong, weak], AXES, n_bootstrap=200)
-    assert result.pptp.value > result.baselines.value
-    assert result.difference.low > 0 and result.verdict.startswith("yes")
-    assert result.share_pptp_better == 1.0
+    strong = family("pptp", 0.85, 0.62, spread=0.01, first=1)
+    weak = family("baseline", 0.72, 0.70, spread=0.01, first=4)
+    result = compare([undefended, *strong, *weak], AXES, n_bootstrap=200)
+    assert result.pptp is not None and result.baselines is not None
+    assert result.pptp.value > result.baselines.value and result.decided
+    assert result.difference is not None and result.difference.low > 0
+    assert result.verdict.startswith("yes") and result.share_pptp_better == 1.0
 
-    noisy = point("baseline", [0.80, 0.90, 0.70], [0.50, 0.75, 0.70], trial=3)
-    close = point("pptp", [0.81, 0.85, 0.78], [0.62, 0.70, 0.66], trial=4)
-    result = compare([undefended, noisy, close], AXES, n_bootstrap=300)
-    assert result.difference.low < 0 < result.difference.high
+    noisy = family("baseline", 0.84, 0.63, spread=0.08, first=4)
+    result = compare([undefended, *family("pptp", 0.84, 0.63, spread=0.08, first=1), *noisy],
+                     AXES, n_bootstrap=300)  # fmt: skip
+    assert result.difference is not None and result.difference.low < 0 < result.difference.high
     assert result.verdict.startswith("no clear winner")
 
 
-def test_one_seed_per_trial_says_the_interval_shows_no_seed_noise() -> None:
-    pts = [point("undefended", [0.85], [0.74]), point("pptp", [0.84], [0.6], trial=1),
-           point("baseline", [0.7], [0.7], trial=2)]  # fmt: skip
-    result = compare(pts, AXES, n_bootstrap=20)
-    assert result.difference.low == result.difference.high  # no spread without seeds
-    assert "rerun with study.repeats" in result.verdict
+def test_two_seeds_that_agree_get_the_familys_noise() -> None:
+    """A trial whose two seeds agree exactly has a 2-sample sd of 0; its interval comes from the
+    family's pooled noise, so it is not exact."""
+    exact = point("pptp", [0.80, 0.80], [0.60, 0.60], trial=1)
+    others = family("pptp", 0.78, 0.62, spread=0.02, first=2)
+    baselines = family("baseline", 0.79, 0.61, spread=0.02, first=5)
+    result = compare([exact, *others, *baselines], AXES, n_bootstrap=200)
+    assert result.pptp is not None and result.pptp.low < result.pptp.value < result.pptp.high
+
+
+def test_the_runs_must_support_a_verdict_or_it_says_why() -> None:
+    undefended = point("undefended", [0.85], [0.74])
+    one_seed = [point("pptp", [0.84 - i / 100], [0.6], trial=i) for i in range(1, 4)]
+    one_seed += [point("baseline", [0.7 - i / 100], [0.7], trial=i) for i in range(4, 7)]
+    result = compare([undefended, *one_seed], AXES, n_bootstrap=20)
+    assert not result.decided and "trained one seed each" in result.verdict
+    assert "study.repeats" in result.verdict
+
+    no_baseline = compare([undefended, *family("pptp", 0.8, 0.6, spread=0.01, first=1)], AXES,
+                          n_bootstrap=20)  # fmt: skip
+    assert no_baseline.baselines is None and no_baseline.difference is None
+    assert no_baseline.verdict == (
+        "no verdict: the runs hold no baseline trial (give a study that ran them, or a second "
+        "--run)"
+    )
+    few = compare([*family("pptp", 0.8, 0.6, spread=0.01, first=1),
+                   *family("baseline", 0.8, 0.6, spread=0.01, first=4)[:1]], AXES,
+                  n_bootstrap=20)  # fmt: skip
+    assert "only 1 baseline trial(s) completed; each front needs at least 3" in few.verdict
 
 
 def write_run(run_dir: Path, trials: list[tuple[dict[str, object], list[float]]]) -> Path:
@@ -112,9 +145,10 @@ def test_the_command_writes_figure_table_and_csv(
             trial(smoothing, [0.80, 0.82], [0.70, 0.71]),
         ],
     )
-    assert cmp.main(["--run", str(run), "--bootstrap", "50", "--no-mlflow"]) == 0
+    # one trial per family: compared, drawn and written, but no verdict (exit 3)
+    assert cmp.main(["--run", str(run), "--bootstrap", "50", "--no-mlflow"]) == cmp.EXIT_NO_VERDICT
     out = capsys.readouterr().out
-    assert "Did PPTP beat the baselines here?" in out
+    assert "Did PPTP beat the baselines here? no verdict: only 1 PPTP and 1 baseline" in out
     assert "baseline label_smoothing strength=0.3" in out and "noise s=0.50 head" in out
     for name in ("comparison.png", "comparison.csv", "comparison.md"):
         assert (run / name).stat().st_size > 0

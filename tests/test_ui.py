@@ -61,6 +61,9 @@ def test_where_to_look_uses_the_console_command_or_the_servers_urls(tmp_path: Pa
     assert f"{cmd} ui --run {tmp_path} --open" in text
     assert f"{cmd} pick --run {tmp_path} --rule knee" in text
     assert f"report      {tmp_path / 'r.html'}" in text
+    assert "compare" not in text  # a study without both families has nothing to compare
+    both = where_to_look(tmp_path, tracking_uri="sqlite:////x/mlflow.db", links=links, compare=True)
+    assert f"{cmd} compare --run {tmp_path}" in both
     served = where_to_look(
         tmp_path, tracking_uri="http://mlflow.example.org:5000", links=Links("4", "p", views=True)
     )

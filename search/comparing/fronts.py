@@ -77,16 +77,59 @@ class Interval:
         return f"{self.value:.4f} [{self.low:.4f}, {self.high:.4f}]"
 
 
+#: fewest completed trials of a family (besides the undefended model) for a verdict: a front of
+#: fewer says more about the search effort than about the method
+MIN_TRIALS = 3
+#: fewest degrees of freedom of a family's pooled seed noise for a verdict
+MIN_DF = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Noise:
+    """A family's pooled seed noise on both axes: ``cov`` (2, 2) the pooled within-trial
+    covariance of (axis 0, axis 1) over seeds, ``df`` its degrees of freedom, ``trials`` how many
+    trials had two seeds or more (:mod:`search.study.noise` does the same for one metric)."""
+
+    cov: np.ndarray
+    df: int
+    trials: int
+
+
+def pooled_covariance(points: Sequence[FinishedTrial], metrics: Sequence[str]) -> Noise | None:
+    """The pooled within-trial covariance of ``metrics`` over the trials with two or more seeds,
+    ``sum_i sum_seeds (x - mean_i)(x - mean_i)^T / sum_i (n_i - 1)``; None when no trial has two.
+    Accuracy and attack value of one seed come from one model, so their covariance is kept."""
+    scatter = np.zeros((len(metrics), len(metrics)))
+    df = trials = 0
+    for p in points:
+        x = _paired(p, metrics)  # (n_seeds, 2)
+        if len(x) < 2 or not np.isfinite(x).all() or not p.per_seed:
+            continue
+        d = x - x.mean(axis=0)
+        scatter += d.T @ d
+        df += len(x) - 1
+        trials += 1
+    return Noise(scatter / df, df, trials) if df else None
+
+
 @dataclasses.dataclass(frozen=True)
 class Comparison:
+    """PPTP's front against the baselines' on one study's two objectives.
+
+    ``pptp``/``baselines``/``difference``: hypervolumes with 95% intervals (None for a family
+    with no completed trial); ``noise``: each family's pooled seed noise; ``missing``: why the
+    runs do not support a verdict (empty when they do)."""
+
     axes: tuple[Objective, Objective]
     points: tuple[FinishedTrial, ...]
     reference: tuple[float, float]
-    pptp: Interval
-    baselines: Interval
-    difference: Interval  # pptp - baselines, paired over resamples
+    pptp: Interval | None
+    baselines: Interval | None
+    difference: Interval | None  # pptp - baselines, paired over resamples
     share_pptp_better: float  # fraction of resamples where the PPTP hypervolume is larger
     n_bootstrap: int
+    noise: dict[str, Noise | None] = dataclasses.field(default_factory=dict)
+    missing: tuple[str, ...] = ()
 
     def family(self, name: str) -> list[FinishedTrial]:
         """The points of a front's family: PPTP or baseline trials, plus the undefended."""
@@ -94,24 +137,22 @@ class Comparison:
         return [p for p in self.points if p.kind in (kind, "undefended")]
 
     @property
+    def decided(self) -> bool:
+        """Whether the runs support a verdict (enough trials and seeds in both families)."""
+        return not self.missing and self.difference is not None
+
+    @property
     def verdict(self) -> str:
-        """The plain-words answer, from the paired interval of the hypervolume difference."""
-        if not self.family("pptp") or not self.family("baseline"):
-            return "one family has no completed trial: nothing to compare"
-        single = all(p.n_seeds <= 1 for p in self.points)
-        caveat = (
-            " (every trial trained one seed, so the interval shows no seed noise: rerun with "
-            "study.repeats >= 2 before trusting it)"
-            if single
-            else ""
-        )
+        """The plain-words answer from the paired interval of the hypervolume difference, or
+        why there is none."""
+        if not self.decided:
+            return "no verdict: " + "; ".join(self.missing)
+        assert self.difference is not None
         if self.difference.low > 0:
-            return (
-                f"yes: the PPTP front dominates more than the baselines' beyond seed noise{caveat}"
-            )
+            return "yes: the PPTP front dominates more than the baselines' beyond seed noise"
         if self.difference.high < 0:
-            return f"no: the baselines' front dominates more than PPTP's beyond seed noise{caveat}"
-        return f"no clear winner: the hypervolume difference is within seed noise{caveat}"
+            return "no: the baselines' front dominates more than PPTP's beyond seed noise"
+        return "no clear winner: the hypervolume difference is within seed noise"
 
 
 def _paired(point: FinishedTrial, metrics: Sequence[str]) -> np.ndarray:
@@ -123,6 +164,34 @@ def _paired(point: FinishedTrial, metrics: Sequence[str]) -> np.ndarray:
     return np.array(columns, dtype=float).T
 
 
+def _missing(usable: Sequence[FinishedTrial], noise: dict[str, Noise | None]) -> list[str]:
+    """Why these trials support no verdict (empty when they do)."""
+    names = {"pptp": "PPTP", "baseline": "baseline"}
+    counts = {kind: sum(p.kind == kind for p in usable) for kind in names}
+    out = [
+        f"the runs hold no {names[kind]} trial (give a study that ran them, or a second --run)"
+        for kind, n in counts.items()
+        if n == 0
+    ]
+    few = [f"{n} {names[kind]}" for kind, n in counts.items() if 0 < n < MIN_TRIALS]
+    if few:
+        out.append(
+            f"only {' and '.join(few)} trial(s) completed; each front needs at least "
+            f"{MIN_TRIALS} for a verdict (extend the study: search/run.py --resume --n-trials N)"
+        )
+    unseeded = [
+        names[kind]
+        for kind, n in counts.items()
+        if n >= MIN_TRIALS and ((fam := noise.get(kind)) is None or fam.df < MIN_DF)
+    ]
+    if unseeded:
+        out.append(
+            f"the {' and '.join(unseeded)} trials trained one seed each, so their seed noise is "
+            "unknown (set study.repeats: 2 or more)"
+        )
+    return out
+
+
 def compare(
     points: Sequence[FinishedTrial],
     axes: tuple[Objective, Objective],
@@ -130,7 +199,16 @@ def compare(
     n_bootstrap: int = 1000,
     seed: int = 0,
 ) -> Comparison:
-    """Hypervolumes of the PPTP and baseline families, with bootstrap intervals over seeds."""
+    """Hypervolumes of the PPTP and baseline families, with bootstrap intervals from each
+    family's pooled seed noise.
+
+    Each resample draws every trial's mean on both axes from a bivariate t around its observed
+    mean with its family's pooled covariance over ``n_i`` seeds (a parametric bootstrap:
+    ``mean_i + L z sqrt(df / chi2_df) / sqrt(n_i)``, ``L L^T`` the pooled covariance). Pooling
+    gives many degrees of freedom where a trial's own two seeds give one (a 2-seed sd of 0 would
+    otherwise make a trial exact), and trials of one seed get the family's noise too. The
+    undefended model takes the pooled noise of every trial with seeds.
+    """
     metrics = [a.metric for a in axes]
     usable = [p for p in points if all(math.isfinite(p.mean(m)) for m in metrics)]
     if not usable:
@@ -139,9 +217,15 @@ def compare(
     worst = _signed(means, axes).min(axis=0) * np.array([a.sign for a in axes])
     reference = (float(worst[0]), float(worst[1]))
     masks = {
-        name: np.array([p.kind in (kind, "undefended") for p in usable])
-        for name, kind in (("pptp", "pptp"), ("baseline", "baseline"))
+        name: np.array([p.kind in (name, "undefended") for p in usable])
+        for name in ("pptp", "baseline")
     }
+    noise: dict[str, Noise | None] = {
+        kind: pooled_covariance([p for p in usable if p.kind == kind], metrics)
+        for kind in ("pptp", "baseline", "combined")
+    }
+    noise["undefended"] = pooled_covariance(usable, metrics)
+    present = {name: any(p.kind == name for p in usable) for name in masks}
 
     def volumes(values: np.ndarray) -> tuple[float, float]:
         return (
@@ -152,23 +236,43 @@ def compare(
     observed = volumes(means)
     rng = np.random.default_rng(seed)
     samples = np.empty((n_bootstrap, 2))
-    seeds = [_paired(p, metrics) for p in usable]  # (n_seeds, 2) each
     for b in range(n_bootstrap):
-        resampled = np.array([s[rng.integers(0, len(s), len(s))].mean(axis=0) for s in seeds])
-        samples[b] = volumes(resampled)
+        samples[b] = volumes(_resample(usable, means, noise, rng))
     diff = samples[:, 0] - samples[:, 1]
 
     def interval(value: float, draws: np.ndarray) -> Interval:
         low, high = np.percentile(draws, [2.5, 97.5])
         return Interval(value, float(low), float(high))
 
+    both = present["pptp"] and present["baseline"]
     return Comparison(
         axes=axes,
         points=tuple(usable),
         reference=reference,
-        pptp=interval(observed[0], samples[:, 0]),
-        baselines=interval(observed[1], samples[:, 1]),
-        difference=interval(observed[0] - observed[1], diff),
+        pptp=interval(observed[0], samples[:, 0]) if present["pptp"] else None,
+        baselines=interval(observed[1], samples[:, 1]) if present["baseline"] else None,
+        difference=interval(observed[0] - observed[1], diff) if both else None,
         share_pptp_better=float((diff > 0).mean()),
         n_bootstrap=n_bootstrap,
+        noise=noise,
+        missing=tuple(_missing(usable, noise)),
     )
+
+
+def _resample(
+    points: Sequence[FinishedTrial],
+    means: np.ndarray,
+    noise: dict[str, Noise | None],
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """One parametric resample of every trial's mean (see :func:`compare`); a trial whose family
+    has no seed noise keeps its mean."""
+    out = means.copy()
+    for i, p in enumerate(points):
+        fam = noise.get(p.kind)
+        if fam is None:
+            continue
+        chol = np.linalg.cholesky(fam.cov + 1e-12 * np.eye(len(fam.cov)))
+        scale = math.sqrt(fam.df / rng.chisquare(fam.df)) / math.sqrt(max(p.n_seeds, 1))
+        out[i] = means[i] + scale * (chol @ rng.standard_normal(len(fam.cov)))
+    return out

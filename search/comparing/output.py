@@ -43,19 +43,37 @@ def table_markdown(result: Comparison, metrics: Sequence[str]) -> str:
     ref = ", ".join(
         f"{a.metric} {v:.4f}" for a, v in zip(result.axes, result.reference, strict=True)
     )
-    lines += [
-        "",
-        f"Hypervolume (reference point: {ref}; 95% bootstrap interval over training seeds, "
-        f"{result.n_bootstrap} resamples):",
-        "",
-        f"- PPTP front: {result.pptp}",
-        f"- baselines' front: {result.baselines}",
-        f"- PPTP minus baselines: {result.difference} (PPTP larger in "
-        f"{100 * result.share_pptp_better:.0f}% of resamples)",
-        "",
-        f"Did PPTP beat the baselines here? {result.verdict}.",
-    ]
+    lines += ["", *hypervolume_lines(result, ref), "", f"Did PPTP beat the baselines here? "
+              f"{result.verdict}."]  # fmt: skip
     return "\n".join(lines)
+
+
+def hypervolume_lines(result: Comparison, reference: str) -> list[str]:
+    """The hypervolumes (with their intervals) of the families that have trials, and the seed
+    noise the intervals come from."""
+    lines = [
+        f"Hypervolume (reference point: {reference}; 95% interval from each family's pooled "
+        f"seed noise, {result.n_bootstrap} parametric resamples):",
+        "",
+    ]
+    for name, volume in (("PPTP front", result.pptp), ("baselines' front", result.baselines)):
+        lines.append(f"- {name}: {volume if volume is not None else 'no trial'}")
+    if result.difference is not None:
+        lines.append(
+            f"- PPTP minus baselines: {result.difference} (PPTP larger in "
+            f"{100 * result.share_pptp_better:.0f}% of resamples)"
+        )
+    for kind, name in (("pptp", "PPTP"), ("baseline", "baseline")):
+        noise = result.noise.get(kind)
+        if noise is not None:
+            sds = ", ".join(
+                f"{a.metric} {math.sqrt(noise.cov[i, i]):.4f}" for i, a in enumerate(result.axes)
+            )
+            lines.append(
+                f"- {name} seed noise (sd of one seed, pooled over {noise.trials} trials, "
+                f"{noise.df} df): {sds}"
+            )
+    return lines
 
 
 def write_csv(result: Comparison, path: Path, metrics: Sequence[str]) -> Path:
@@ -121,10 +139,13 @@ def plot(result: Comparison, path: Path, *, title: str = "") -> Path:
         combined = [p for p in result.points if p.kind == "combined"]
         if combined:
             ax.scatter(*xy(combined), s=14, color="tab:gray", alpha=0.35, label="PPTP + a defense")
-        for name, color, label in (
-            ("pptp", "tab:blue", f"PPTP front (HV {result.pptp.value:.4f})"),
-            ("baseline", "tab:orange", f"baselines' front (HV {result.baselines.value:.4f})"),
+        for name, color, label, volume in (
+            ("pptp", "tab:blue", "PPTP front", result.pptp),
+            ("baseline", "tab:orange", "baselines' front", result.baselines),
         ):
+            if volume is None:
+                continue
+            label += f" (HV {volume.value:.4f})"
             line = front(result.family(name), result.axes)
             xs, ys = xy(line)
             ax.step(xs, ys, where="post", color=color, linewidth=1.5, label=label)

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from search.reporting.inputs import gather
 from search.reporting.page import REPORT_FILE, write_report
 from search.study.naming import TAG_NOTE, study_description, trial_description
+from search.study.trials import both_families
 from search.tracking.links import Links, server_base, where_to_look
 from search.tracking.saved_views import save_views, study_views
 
@@ -69,6 +70,7 @@ class Published:
     attached: bool = False
     problem: str | None = None  # why MLflow was left alone
     missing: tuple[str, ...] = field(default_factory=tuple)
+    comparable: bool = False  # the study ran PPTP and baseline trials: compare has something to say
 
     def summary(self) -> str:
         """Lines for the terminal: the page, MLflow changes, missing parts, where to look."""
@@ -90,7 +92,11 @@ class Published:
             lines.append(f"missing     {part}")
         lines.append(
             where_to_look(
-                self.run_dir, tracking_uri=self.tracking_uri, links=self.links, report=self.report
+                self.run_dir,
+                tracking_uri=self.tracking_uri,
+                links=self.links,
+                report=self.report,
+                compare=self.comparable,
             )
         )
         return "\n".join(lines)
@@ -159,9 +165,7 @@ def annotate_trials(
         if run.info.run_name != trial.name:
             client.update_run(run_id, name=trial.name)
             renamed += 1
-        note = trial_description(
-            trial, objectives, study_name=study_name, parent_link=parent_link
-        )
+        note = trial_description(trial, objectives, study_name=study_name, parent_link=parent_link)
         if run.data.tags.get(TAG_NOTE) != note:
             set_tags(client, run_id, {TAG_NOTE: note})
             described += 1
@@ -247,7 +251,13 @@ def publish_study(
             else None
         )
         return Published(
-            run.run_dir, page, uri, links=links, problem=problem, missing=inputs.missing
+            run.run_dir,
+            page,
+            uri,
+            links=links,
+            problem=problem,
+            missing=inputs.missing,
+            comparable=both_families(inputs.trials),
         )
 
     assert state.experiment_id is not None and state.parent_run_id is not None
@@ -293,6 +303,7 @@ def publish_study(
             links=None,
             problem=f"stopped half-way ({type(error).__name__}: {error})",
             missing=inputs.missing,
+            comparable=both_families(inputs.trials),
         )
     return Published(
         run.run_dir,
@@ -307,6 +318,7 @@ def publish_study(
         localization_run_id=loc_run[0] if loc_run else None,
         attached=True,
         missing=inputs.missing,
+        comparable=both_families(inputs.trials),
     )
 
 

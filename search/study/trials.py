@@ -11,7 +11,7 @@ are derived here once, never parsed back from a label.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -201,3 +201,10 @@ def with_run_ids(trials: Sequence[FinishedTrial], held: Mapping[int, str]) -> li
         replace(t, attrs={**t.attrs, "mlflow_run_id": held[t.number]}) if t.number in held else t
         for t in trials
     ]
+
+
+def both_families(trials: Iterable[FinishedTrial]) -> bool:
+    """Whether completed ``trials`` hold both a PPTP trial and a baseline trial (each family's
+    front has a trial of its own beside the undefended model)."""
+    kinds = {t.kind for t in trials if t.complete}
+    return "pptp" in kinds and "baseline" in kinds

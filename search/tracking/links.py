@@ -108,12 +108,15 @@ def where_to_look(
     links: Links | None,
     report: Path | None = None,
     pick: bool = True,
+    compare: bool = False,
 ) -> str:
     """The "where to look next" block every command prints after a study (or a part of one).
 
     ``links``: the study's experiment and parent run (None when nothing was tracked);
-    ``report``: the report page, when it was written. A store the UI must be started on is
-    opened with ``pptp-search ui``; a tracking server's URLs are printed as they are.
+    ``report``: the report page, when it was written; ``compare``: offer ``compare`` (only for a
+    study that ran both PPTP and baseline trials: anything else has nothing to compare). A store
+    the UI must be started on is opened with ``pptp-search ui``; a tracking server's URLs are
+    printed as they are.
     """
     cmd = console_command()
     run = shlex.quote(str(run_dir)) if run_dir is not None else None
@@ -138,7 +141,8 @@ def where_to_look(
             lines.append(f"  report      {cmd} report --run {run}")
         if pick:
             lines.append(f"  pick        {cmd} pick --run {run} --rule knee")
-        lines.append(f"  compare     {cmd} compare --run {run}   (PPTP against the baselines)")
+        if compare:
+            lines.append(f"  compare     {cmd} compare --run {run}   (PPTP against the baselines)")
     return "\n".join(lines)
 
 
