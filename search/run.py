@@ -198,11 +198,11 @@ def prepare(args: argparse.Namespace) -> Plan:
                 "rename the study (study.name)"
             )
     check_tracking(uri)
-    check_data(space.base_config().data)
-    if args.address is None:
-        check_local_resources(space)
+    if args.address is None:  # resources before data: nothing is downloaded for a machine
+        check_local_resources(space)  # that cannot run the study
     else:
         probe_ray_address(args.address)
+    check_data(space.base_config().data)
     seeded = localization_enqueue(space) if state is None else []
     if run_dir is None:
         run_dir = rundir.new_run_dir(space.study.name, args.output)
@@ -213,6 +213,7 @@ def prepare(args: argparse.Namespace) -> Plan:
         except ConfigError:
             lock.release()
             raise
+    assert lock is not None  # taken above, on both paths
     return Plan(
         args,
         space,
