@@ -24,7 +24,8 @@ parameters, the
 Exit status: 0 the study has all its trials and MLflow holds them; 1 it stopped before (resume
 it); 2 bad input, nothing started (or a base recipe whose references cannot be trained); 3 the
 study is complete but MLflow lacks part of it (the lines say what; ``--sync`` replays it); 130
-Ctrl-C (the resume command is printed).
+Ctrl-C, 143 SIGTERM (both stop the same way: running trials marked interrupted, the resume command
+printed; a second signal ends at once: :mod:`search.running.stopping`).
 
 This module is the flow (:func:`main`, :func:`prepare`, :func:`execute`); each stage is a module
 of :mod:`search.running` (the plan and its checks, opening the study, the references, the Tune
@@ -36,7 +37,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -57,8 +57,14 @@ from search.cli.entry import (
 )
 from search.running.ending import finish
 from search.running.opening import open_parent_run, open_study, record_run, report_interrupted
-from search.running.plan import EXIT_INTERRUPTED, Plan, check_local_resources, shared_state
+from search.running.plan import Plan, check_local_resources, shared_state
 from search.running.session import run_session
+from search.running.stopping import (
+    end_at_once_on_another,
+    exit_status,
+    signal_name,
+    stop_on_signals,
+)
 from search.study import rundir
 from search.tracking.uris import redact
 
@@ -147,6 +153,7 @@ def prepare(args: argparse.Namespace) -> Plan:
     from search.running.cluster import probe_ray_address
     from search.running.steering import localization_enqueue
     from search.space import load_space
+    from search.study.backup import check_study_db
     from search.study.lock import RunLock
     from search.study.shared_study import check_storage, has_study, open_storage
     from search.tracking import check_tracking, resolve_tracking_uri
@@ -174,6 +181,8 @@ def prepare(args: argparse.Namespace) -> Plan:
             lock = RunLock(run_dir)
             lock.acquire()  # a live driver there: RunDirBusy, before anything is changed
             state = rundir.read_state(run_dir)
+            if not state.storage:  # damaged, empty or missing: refused, never replaced
+                check_study_db(run_dir, space.study.name)
             if storage_url and not state.storage:
                 raise ConfigError(
                     f"--resume --storage: {run_dir} keeps its study in its own study.db; resume "
@@ -229,6 +238,7 @@ def prepare(args: argparse.Namespace) -> Plan:
 
 
 def execute(plan: Plan) -> int:
+    stop_on_signals()  # from here SIGTERM stops like Ctrl-C: marked, KILLED, resume printed
     try:
         return _execute(plan)
     finally:
@@ -261,13 +271,16 @@ def _execute(plan: Plan) -> int:
     try:
         return _with_parent(plan, tracker, study, interrupted)
     except KeyboardInterrupt:  # outside the session (which handles its own)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        end_at_once_on_another(plan.resume_hint())
         try:
             tracker.finish(status="KILLED")
         except Exception as error:
             logger.warning("could not mark the MLflow parent run KILLED (%s)", error)
-        print(f"\ninterrupted (no trial was running). {plan.resume_hint()}", flush=True)
-        return EXIT_INTERRUPTED
+        print(
+            f"\ninterrupted ({signal_name()}; no trial was running). {plan.resume_hint()}",
+            flush=True,
+        )
+        return exit_status()
 
 
 def _with_parent(plan: Plan, tracker: Any, study: Any, interrupted: list[int]) -> int:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import signal
 import socket
 import time
@@ -203,7 +204,7 @@ def test_diverging_reference_stops_before_any_trial(
 
 
 def test_kill_9_resume_two_drivers_duplicates_and_ctrl_c(
-    tmp_path: Path, ray_tmp: str, bank: Path, table: Path
+    tmp_path: Path, ray_tmp: str, bank: Path, table: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     space = write_space(tmp_path, bank, n_trials=4)
     run, store = tmp_path / "run", f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -278,6 +279,37 @@ def test_kill_9_resume_two_drivers_duplicates_and_ctrl_c(
     experiment = rundir.read_state(run).experiment_id or ""
     assert not [r for r in client.search_runs([experiment]) if r.info.status == "RUNNING"]
 
+    # driver D2 resumes; SIGTERM to its whole process group (systemd, Slurm: Ray's own
+    # processes get it too) stops it like Ctrl-C, exit 143
+    d2 = start_driver(
+        args(space, run, store, "--resume", "--n-trials", "40"),
+        tmp_path / "d2.log",
+        env=fault_env("slow@*=1"),
+    )
+    try:
+        wait_for(
+            lambda: " started: " in (tmp_path / "d2.log").read_text(),
+            timeout=120,
+            what="a resumed trial to start",
+            alive=d2,
+        )
+        sent = time.monotonic()
+        os.killpg(d2.pid, signal.SIGTERM)
+        code = d2.wait(timeout=60)
+        sigterm_in = time.monotonic() - sent
+    finally:
+        if d2.poll() is None:
+            os.killpg(d2.pid, signal.SIGKILL)
+            d2.wait()
+        left = kill_processes_naming(ray_tmp)
+    said = (tmp_path / "d2.log").read_text()
+    assert code == 143, said[-3000:]
+    assert "interrupted (SIGTERM)" in said and "Resume with:" in said, said[-3000:]
+    assert sigterm_in < 30 and not left, (sigterm_in, left)
+    print(f"SIGTERM to the driver's process group: exit 143 after {sigterm_in:.1f} s")
+    assert not trials_in(run, TrialState.RUNNING)
+    assert not [r for r in client.search_runs([experiment]) if r.info.status == "RUNNING"]
+
     # the user enqueues a config the study already finished: it must not be trained again;
     # driver E completes the study (extended by one trial for it)
     finished = min(before)
@@ -296,8 +328,48 @@ def test_kill_9_resume_two_drivers_duplicates_and_ctrl_c(
         "stale lock after kill -9",
         "duplicate suggestion after resume",
         "Ctrl-C (40 trials pending)",
+        "SIGTERM to the process group (exit 143)",
     ):
         add_row(table, row_from(fault, outcome))
+    damaged_study_db(space, run, store, table, capsys, before=before)
+
+
+def damaged_study_db(
+    space: Path,
+    run: Path,
+    store: str,
+    table: Path,
+    capsys: pytest.CaptureFixture[str],
+    *,
+    before: dict[int, tuple[float, ...]],
+) -> None:
+    """On a finished run: ``study.db`` damaged four ways, each refused by ``--resume`` in one line
+    naming the last good copy, exit 2, nothing written; the documented ``cp`` restores it."""
+    from test_study_backup import _damage
+
+    from search.run import main
+    from search.study.backup import BACKUP, STUDY_DB
+
+    db, copy = run / STUDY_DB, run / BACKUP
+    assert copy.is_file()  # the driver copied it after every ended trial
+    good = db.read_bytes()
+    for how in ("truncated to half", "garbage in the middle", "empty", "missing"):
+        _damage(db, how)
+        listing = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+        code = main(args(space, run, store, "--resume"))
+        err = capsys.readouterr().err
+        assert code == 2 and len(err.strip().splitlines()) == 1, err[-2000:]
+        assert f"cp {copy} {db}" in err and "Traceback" not in err, err
+        assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == listing  # nothing written
+        db.write_bytes(good)
+        add_row(table, Row(f"study.db {how}, then --resume (exit 2)", 1, 0, 0, 0, 0, 0))
+    shutil.copy(copy, db)  # the documented restore
+    code = main(args(space, run, store, "--resume"))
+    capsys.readouterr()
+    assert code == 0
+    outcome = check_run(run, store, before=before)
+    assert outcome.ok, outcome.problems
+    add_row(table, row_from("study.db restored from its copy, then --resume", outcome))
 
 
 def test_tracking_store_deleted_mid_study_then_sync(

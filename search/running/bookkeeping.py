@@ -11,12 +11,16 @@
   (:meth:`search.running.samplers.StudySearch.fail`), ends the MLflow child run the dead worker left
   RUNNING as FAILED with the same reason and the error text as ``traceback.txt``, and writes the
   trial's record (pending when MLflow could not be written).
+- **After every ended trial** ``study.db`` is copied to ``study.backup.db`` (SQLite's online
+  backup, checked before it replaces the previous copy: :mod:`search.study.backup`), the copy a
+  damaged ``study.db`` is restored from.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +28,7 @@ from ray.tune import Callback
 
 from search.running.progress import trial_error_text
 from search.running.samplers import RECORD, TRIAL_NUMBER, StudySearch
-from search.study import records
+from search.study import backup, records
 from search.study.failures import worker_death_reason
 from search.tracking.spool import RunSpool
 from search.tracking.store import (
@@ -71,6 +75,17 @@ class Bookkeeper(Callback):
                 records.path(self.run_dir, number),
             )
 
+    def on_trial_complete(
+        self, iteration: int, trials: list[Any], trial: Any, **info: Any
+    ) -> None:
+        self._back_up()
+
+    def _back_up(self) -> None:
+        try:
+            backup.back_up(self.run_dir)
+        except (OSError, sqlite3.Error) as error:  # the study goes on; the old copy stays
+            logger.warning("could not copy %s (%s)", self.run_dir / backup.STUDY_DB, error)
+
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         text = trial_error_text(trial)
         reason = worker_death_reason(text)
@@ -107,3 +122,4 @@ class Bookkeeper(Callback):
         records.write(self.run_dir, record)
         if record.pending:
             self.pending.append(number)
+        self._back_up()

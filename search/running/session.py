@@ -2,14 +2,13 @@
 ``--address``), cap ``max_concurrent`` to what the resources run at once, train the references
 (:mod:`search.running.references`), then let Tune run the trials that
 :class:`search.running.samplers.StudySearch` asks Optuna for; Ctrl-C marks the running trials
-interrupted and prints the resume command."""
+interrupted and prints the resume command, and so does SIGTERM (:mod:`search.running.stopping`)."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
 import os
-import signal
 import sys
 from collections.abc import Mapping
 from functools import partial
@@ -18,8 +17,15 @@ from typing import TYPE_CHECKING, Any
 from pptp.errors import ConfigError
 from search.cli.entry import local_ray_environment
 from search.running.ending import study_trials, write_front_csv
-from search.running.plan import EXIT_INTERRUPTED, EXIT_STOPPED
+from search.running.plan import EXIT_STOPPED
 from search.running.references import ReferencesUnavailable, train_references
+from search.running.stopping import (
+    end_at_once_on_another,
+    exit_status,
+    signal_name,
+    stop_on_signals,
+    stop_ray,
+)
 from search.study import rundir
 
 if TYPE_CHECKING:
@@ -78,9 +84,10 @@ def run_session(
         )
         plan.say(f"trials      {remaining} to run ({plan.n_trials} in the study)")
         run_tuner(plan, searcher, ctx, remaining, concurrency, keeper, references.signals)
-    except KeyboardInterrupt:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the clean-up takes seconds: let it end
-        ray.shutdown()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (search.running.stopping)
+        end_at_once_on_another(plan.resume_hint())  # the clean-up takes seconds
+        stop_ray()
+        end_at_once_on_another(plan.resume_hint())  # Ray's shutdown reset SIGTERM to the default
         return on_interrupt(plan, tracker, searcher)
     except ConfigError as error:  # the cluster, its resources, a recipe that cannot train
         ray.shutdown()
@@ -110,6 +117,7 @@ def start_ray(plan: Plan) -> None:
         local_ray_environment()  # never for a cluster the user started: their settings hold
     try:
         ray.init(**_ray_init_args(plan))
+        stop_on_signals()  # ray.init installed its own handler (sys.exit: a C++ abort under Tune)
     except (ConnectionError, TimeoutError) as error:
         if not plan.args.address:
             raise
@@ -185,6 +193,7 @@ def run_tuner(
     from ray.tune.search import ConcurrencyLimiter
 
     from search.running.progress import Progress
+    from search.running.stop_check import PendingStop
     from search.running.trainable import trainable
 
     if plan.verbosity <= 0:  # each trial's end is one progress line; tracebacks go to MLflow
@@ -205,6 +214,7 @@ def run_tuner(
             storage_path=str(plan.run_dir / "ray"),
             verbose=0,
             callbacks=[
+                PendingStop(),
                 keeper,
                 Progress(
                     total=remaining,
@@ -236,7 +246,7 @@ def on_interrupt(plan: Plan, tracker: StudyTracker, searcher: StudySearch | None
     study = optuna.load_study(study_name=plan.space.study.name, storage=plan.storage())
     numbers = rundir.fail_interrupted(study)
     try:
-        tracker.mark_stale_children(f"{INTERRUPTED_REASON} (Ctrl-C)", status="KILLED")
+        tracker.mark_stale_children(f"{INTERRUPTED_REASON} ({signal_name()})", status="KILLED")
     except Exception as error:
         logger.warning("could not mark the interrupted MLflow runs KILLED (%s)", error)
     write_front_csv(plan, study_trials(plan, study))
@@ -257,11 +267,12 @@ def on_interrupt(plan: Plan, tracker: StudyTracker, searcher: StudySearch | None
     for line in report.lines():
         print(line)
     print(
-        f"\ninterrupted: trials {numbers or '[]'} were running and are marked interrupted "
-        f"({rundir.finished_count(study)} of {plan.n_trials} finished). {plan.resume_hint()}",
+        f"\ninterrupted ({signal_name()}): trials {numbers or '[]'} were running and are marked "
+        f"interrupted ({rundir.finished_count(study)} of {plan.n_trials} finished). "
+        f"{plan.resume_hint()}",
         flush=True,
     )
-    return EXIT_INTERRUPTED
+    return exit_status()
 
 
 def fail_parent(tracker: StudyTracker, reason: str) -> None:

@@ -5,6 +5,7 @@ Layout::
     runs/<study>/<YYYYmmdd-HHMMSS>/
         study.db            Optuna's SQLite storage (every finished trial survives kill -9);
                             absent when the study lives in a shared database (--storage)
+        study.backup.db     its last good copy, taken after every ended trial (search.study.backup)
         state.json          study name, space path and hash, tracking URI, MLflow parent run,
                             the Optuna storage URL when it is not study.db
         space.yaml          the resolved space
