@@ -39,7 +39,7 @@ import dataclasses
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 if __package__ in (None, ""):  # `python search/run.py` puts search/ first on sys.path
     sys.path[0] = str(Path(__file__).resolve().parents[1])
@@ -55,18 +55,24 @@ from search.cli.entry import (
     run_command,
     verbosity,
 )
+from search.running.disk_full import describe, disk_full
 from search.running.ending import finish
 from search.running.opening import open_parent_run, open_study, record_run, report_interrupted
-from search.running.plan import Plan, check_local_resources, shared_state
+from search.running.plan import EXIT_STOPPED, Plan, check_local_resources, shared_state
 from search.running.session import run_session
 from search.running.stopping import (
     end_at_once_on_another,
     exit_status,
+    restore,
     signal_name,
     stop_on_signals,
 )
 from search.study import rundir
+from search.study.reconcile import end_interrupted_runs, tell_from_records
 from search.tracking.uris import redact
+
+if TYPE_CHECKING:
+    from search.study.lock import RunLock
 
 quiet_environment()  # before anything imports ray or mlflow
 
@@ -149,7 +155,18 @@ def _sync_run_dir(args: argparse.Namespace) -> str:
 
 
 def prepare(args: argparse.Namespace) -> Plan:
-    """Every check that can fail on bad input; starts nothing (takes the run directory's lock)."""
+    """Every check that can fail on bad input; starts nothing (takes the run directory's lock,
+    and releases it when a check fails: a refused run leaves no ``driver.json`` behind)."""
+    taken: list[RunLock] = []
+    try:
+        return _prepare(args, taken)
+    except BaseException:
+        for lock in taken:
+            lock.release()
+        raise
+
+
+def _prepare(args: argparse.Namespace, taken: list[RunLock]) -> Plan:
     from search.running.cluster import probe_ray_address
     from search.running.steering import localization_enqueue
     from search.space import load_space
@@ -180,6 +197,7 @@ def prepare(args: argparse.Namespace) -> Plan:
         if run_dir is not None:
             lock = RunLock(run_dir)
             lock.acquire()  # a live driver there: RunDirBusy, before anything is changed
+            taken.append(lock)
             state = rundir.read_state(run_dir)
             if not state.storage:  # damaged, empty or missing: refused, never replaced
                 check_study_db(run_dir, space.study.name)
@@ -217,6 +235,7 @@ def prepare(args: argparse.Namespace) -> Plan:
         run_dir = rundir.new_run_dir(space.study.name, args.output)
         lock = RunLock(run_dir)
         lock.acquire()  # a live driver there: RunDirBusy naming it
+        taken.append(lock)
         try:
             rundir.refuse_existing_study(run_dir)
         except ConfigError:
@@ -238,13 +257,20 @@ def prepare(args: argparse.Namespace) -> Plan:
 
 
 def execute(plan: Plan) -> int:
-    stop_on_signals()  # from here SIGTERM stops like Ctrl-C: marked, KILLED, resume printed
+    handlers = stop_on_signals()  # from here SIGTERM stops like Ctrl-C: marked, KILLED, resumable
     try:
         return _execute(plan)
+    except Exception as error:  # a full disk outside the session: one line, not a traceback
+        full = disk_full(error)
+        if full is None:
+            raise
+        print(f"error: {describe(full, plan.run_dir)}. {plan.resume_hint()}", file=sys.stderr)
+        return EXIT_STOPPED
     finally:
         if plan.claim is not None:
             plan.claim.release()
         plan.lock.release()
+        restore(handlers)
 
 
 def _execute(plan: Plan) -> int:
@@ -266,6 +292,9 @@ def _execute(plan: Plan) -> int:
     atomic_write(run_dir / "space.yaml", _yaml(space.resolved()))
 
     study = open_study(plan)
+    told = tell_from_records(study, run_dir, space.study.objectives) if plan.state else []
+    if told:
+        print(f"resume      trials {told} had ended (their records say how): told Optuna")
     interrupted = rundir.fail_interrupted(study)
     tracker = open_parent_run(plan)
     try:
@@ -292,6 +321,10 @@ def _with_parent(plan: Plan, tracker: Any, study: Any, interrupted: list[int]) -
     report = SyncReport(parent_run_id=tracker.parent_run_id)
     if interrupted:
         report_interrupted(tracker, study, interrupted)
+    if plan.state is not None:  # every interrupted trial's runs KILLED, however they ended
+        ended = end_interrupted_runs(tracker, rundir.interrupted_numbers(study))
+        if ended:
+            print(f"resume      {ended} MLflow runs of interrupted trials ended KILLED")
     if plan.state is not None:
         try:
             replay_records(tracker, plan.run_dir, study, report)

@@ -11,6 +11,9 @@
   (:meth:`search.running.samplers.StudySearch.fail`), ends the MLflow child run the dead worker left
   RUNNING as FAILED with the same reason and the error text as ``traceback.txt``, and writes the
   trial's record (pending when MLflow could not be written).
+- **A worker that died with Ray's raylet or GCS** is not the trial's failure: the callback stops
+  the session instead (:func:`search.running.stopping.stop_for_lost_ray`), and the trial is
+  marked interrupted.
 - **After every ended trial** ``study.db`` is copied to ``study.backup.db`` (SQLite's online
   backup, checked before it replaces the previous copy: :mod:`search.study.backup`), the copy a
   damaged ``study.db`` is restored from.
@@ -28,6 +31,7 @@ from ray.tune import Callback
 
 from search.running.progress import trial_error_text
 from search.running.samplers import RECORD, TRIAL_NUMBER, StudySearch
+from search.running.stopping import lost_ray_processes, stop_for_lost_ray
 from search.study import backup, records
 from search.study.failures import worker_death_reason
 from search.tracking.spool import RunSpool
@@ -87,6 +91,9 @@ class Bookkeeper(Callback):
             logger.warning("could not copy %s (%s)", self.run_dir / backup.STUDY_DB, error)
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        lost = lost_ray_processes()
+        if lost:  # the raylet or GCS died: the cluster's fault, the trial is interrupted
+            stop_for_lost_ray(lost)
         text = trial_error_text(trial)
         reason = worker_death_reason(text)
         number = self.searcher.fail(trial.trial_id, reason)

@@ -17,6 +17,15 @@ every step of Tune's loop) raises it again until the stop path has taken it.
 A SIGTERM to the whole process group (systemd's default, Slurm) reaches the Ray this driver
 started too; :func:`stop_ray` then kills what is left of it instead of waiting for its GCS.
 
+**Ray's own processes.** When the raylet or the GCS of the Ray this driver started dies, the
+trials' workers die with it: that is the cluster's fault, not the trials'. :func:`watch_ray` (a
+thread) sees it within a second and interrupts the main thread, and the driver's callback that
+hears of a dead worker asks :func:`lost_ray_processes` before blaming the trial
+(:func:`stop_for_lost_ray`); either way the session stops as on Ctrl-C, with the trials that
+were running marked interrupted (never FAIL), one line naming what died (:func:`ray_lost`), and
+exit status 1. A worker killed alone (the raylet and GCS alive) stays a trial failure. For a
+cluster joined with ``--address`` the driver cannot see the processes; Ray's own errors apply.
+
 While the driver cleans up after the first signal (seconds), :func:`end_at_once_on_another`
 makes a second SIGINT or SIGTERM end the driver at once: the processes of the Ray it started
 are killed (none is left behind), one line says so with the resume command, and it exits with
@@ -26,11 +35,15 @@ is marked interrupted by the next ``--resume``, as after ``kill -9``.
 
 from __future__ import annotations
 
+import _thread
 import logging
 import os
 import signal
 import sys
+import threading
+import time
 from types import FrameType
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -38,18 +51,82 @@ logger = logging.getLogger(__name__)
 _received: list[int] = []
 #: whether the stop path took the first signal (:func:`end_at_once_on_another`)
 _taken: list[bool] = []
+#: the system processes of the local Ray that died, when that is why the driver stops
+_lost: list[str] = []
+#: the processes whose death ends the node (Ray's names for them)
+VITAL = ("gcs_server", "raylet")
 
 
-def stop_on_signals() -> None:
+Handlers = dict[signal.Signals, Any]
+
+
+def stop_on_signals() -> Handlers:
     """SIGTERM and SIGINT raise :class:`KeyboardInterrupt` in the main thread from now on, and
-    are recorded (call it from the main thread, again after ``ray.init``)."""
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, _interrupt)
+    are recorded (call it from the main thread, again after ``ray.init``); returns the handlers
+    it replaced, for :func:`restore`."""
+    return {
+        signum: signal.signal(signum, _interrupt) for signum in (signal.SIGTERM, signal.SIGINT)
+    }
+
+
+def restore(handlers: Handlers) -> None:
+    """Put back the handlers :func:`stop_on_signals` replaced, and forget what was received (a
+    driver run in-process, as the tests do, leaves the process as it found it)."""
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler)
+    _received.clear()
+    _taken.clear()
+    _lost.clear()
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
+    first = not _received
     _received.append(signum)
-    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+    if first:  # the ones after it (Python runs each pending handler in turn) are recorded only:
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")  # no raise mid-clean-up
+
+
+def ray_lost() -> list[str]:
+    """The Ray system processes whose death stopped the driver (empty: it was not that, or a
+    SIGTERM came too: sent to the whole process group, it stopped Ray's processes as well)."""
+    return [] if signal.SIGTERM in _received else list(_lost)
+
+
+def stop_for_lost_ray(lost: list[str]) -> None:
+    """Record that Ray lost ``lost`` and raise :class:`KeyboardInterrupt` (from the main thread:
+    a Tune callback), so the session stops through the stop path."""
+    if not _lost:
+        _lost.extend(lost)
+    raise KeyboardInterrupt(f"Ray lost {', '.join(lost)}")
+
+
+def watch_ray(interval: float = 0.5) -> None:
+    """Start a daemon thread that, when a vital process of the local Ray dies, records it and
+    interrupts the main thread (nothing for a cluster joined with ``--address``)."""
+    if not _local_head():
+        return
+
+    def watch() -> None:
+        while not _received and not _lost and _local_head():  # until Ray is shut down
+            lost = lost_ray_processes()
+            if lost:
+                _lost.extend(lost)
+                if not _received:  # a signal is stopping the driver already otherwise
+                    _thread.interrupt_main()
+                return
+            time.sleep(interval)
+
+    threading.Thread(target=watch, name="pptp-ray-watch", daemon=True).start()
+
+
+def _local_head() -> bool:
+    try:
+        import ray._private.worker as ray_worker
+
+        node = ray_worker._global_node
+        return node is not None and bool(node.head)
+    except Exception:
+        return False
 
 
 def raise_if_pending() -> None:
@@ -61,13 +138,12 @@ def raise_if_pending() -> None:
 
 def exit_status() -> int:
     """128 + the signal that stopped the driver: 143 after SIGTERM, 130 after SIGINT."""
-    signum = _received[0] if _received else signal.SIGINT
-    return 128 + int(signum)
+    return 128 + int(signal.SIGTERM if signal.SIGTERM in _received else signal.SIGINT)
 
 
 def signal_name() -> str:
     """``SIGTERM`` or ``Ctrl-C``: what stopped the driver, for its messages."""
-    return "SIGTERM" if _received and _received[0] == signal.SIGTERM else "Ctrl-C"
+    return "SIGTERM" if signal.SIGTERM in _received else "Ctrl-C"
 
 
 def end_at_once_on_another(resume_hint: str) -> None:
@@ -101,15 +177,15 @@ def stop_ray() -> None:
 
 
 def lost_ray_processes() -> list[str]:
-    """The system processes of the Ray node this driver started that have died (``raylet``,
-    ``gcs_server``, ...); empty when all live, or when the driver joined a cluster."""
+    """The vital processes (:data:`VITAL`) of the Ray node this driver started that have died;
+    empty when they live, or when the driver joined a cluster."""
     try:
         import ray._private.worker as ray_worker
 
         node = ray_worker._global_node
         if node is None or not node.head:
             return []
-        return sorted({kind for kind, _ in node.dead_processes()})
+        return sorted({kind for kind, _ in node.dead_processes() if kind in VITAL})
     except Exception as error:
         logger.debug("could not read the local Ray's processes (%s)", error)
         return []

@@ -222,6 +222,11 @@ def fail_interrupted(study: optuna.Study) -> list[int]:
     return numbers
 
 
+def interrupted_numbers(study: optuna.Study) -> list[int]:
+    """The trials marked interrupted (:func:`fail_interrupted`), by number."""
+    return [t.number for t in study.get_trials(deepcopy=False) if t.user_attrs.get(INTERRUPTED)]
+
+
 def finished_count(study: optuna.Study) -> int:
     """Trials that count toward ``n_trials``: complete, or failed on their own (not interrupted)."""
     return sum(
