@@ -51,7 +51,6 @@ def run_session(
     plan: Plan, tracker: StudyTracker, study: optuna.Study, remaining: int
 ) -> int | None:
     """Ray, references and trials; returns an exit status when the session was interrupted."""
-    import ray
 
     from search.running.bookkeeping import Bookkeeper
     from search.running.samplers import StudySearch
@@ -96,11 +95,11 @@ def run_session(
             return on_interrupt(plan, tracker, None, lost=ray_lost())
         return on_interrupt(plan, tracker, searcher)
     except ConfigError as error:  # the cluster, its resources, a recipe that cannot train
-        ray.shutdown()
+        stop_ray()
         fail_parent(tracker, str(error))
         raise
     except ReferencesUnavailable as error:
-        ray.shutdown()
+        stop_ray()
         fail_parent(tracker, str(error))
         print(f"error: {error}", file=sys.stderr)
         return EXIT_STOPPED
@@ -112,7 +111,7 @@ def run_session(
         stop_ray()
         return on_disk_full(plan, tracker, searcher, full)
     finally:
-        ray.shutdown()
+        stop_ray()
     searcher.fail_awaiting()
     leftover = rundir.fail_interrupted(study)  # Tune ended without telling them: never lost
     if leftover:

@@ -53,6 +53,8 @@ _received: list[int] = []
 _taken: list[bool] = []
 #: the system processes of the local Ray that died, when that is why the driver stops
 _lost: list[str] = []
+#: set when the driver shuts Ray down itself (its processes then end on purpose)
+_shutting_down: list[bool] = []
 #: the processes whose death ends the node (Ray's names for them)
 VITAL = ("gcs_server", "raylet")
 
@@ -77,6 +79,7 @@ def restore(handlers: Handlers) -> None:
     _received.clear()
     _taken.clear()
     _lost.clear()
+    _shutting_down.clear()
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -107,9 +110,9 @@ def watch_ray(interval: float = 0.5) -> None:
         return
 
     def watch() -> None:
-        while not _received and not _lost and _local_head():  # until Ray is shut down
+        while not (_received or _lost or _shutting_down) and _local_head():
             lost = lost_ray_processes()
-            if lost:
+            if lost and not _shutting_down:  # not the driver's own shutdown
                 _lost.extend(lost)
                 if not _received:  # a signal is stopping the driver already otherwise
                     _thread.interrupt_main()
@@ -166,11 +169,13 @@ def end_at_once_on_another(resume_hint: str) -> None:
 
 
 def stop_ray() -> None:
-    """``ray.shutdown()``; when the Ray this driver started has lost its GCS or raylet (a
-    SIGTERM to the whole process group reaches them too), its other processes are killed first,
-    so that nothing waits for a GCS that is gone."""
+    """``ray.shutdown()``, the driver's only way to stop Ray (so :func:`watch_ray` knows it is on
+    purpose); when the Ray this driver started has lost its GCS or raylet (a SIGTERM to the whole
+    process group reaches them too), its other processes are killed first, so that nothing waits
+    for a GCS that is gone."""
     import ray
 
+    _shutting_down.append(True)  # from here a dead raylet or GCS is no news (watch_ray)
     if lost_ray_processes():
         _kill_local_ray()
     ray.shutdown()
