@@ -6,20 +6,26 @@ from __future__ import annotations
 
 import logging
 import shlex
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pptp.fileio import atomic_write
 from search.running.plan import EXIT_STOPPED, EXIT_TRACKING_INCOMPLETE
 from search.study import rundir
 
 if TYPE_CHECKING:
+    import optuna
+
     from search.running.plan import Plan
     from search.study.trials import FinishedTrial
+    from search.sync import SyncReport
+    from search.tracking.study_tracker import StudyTracker
 
 logger = logging.getLogger(__name__)
 
 
-def finish(plan: Plan, tracker: Any, identity: Any, report: Any) -> int:
+def finish(
+    plan: Plan, tracker: StudyTracker, identity: tuple[int, int] | None, report: SyncReport
+) -> int:
     """Front CSV first (whatever MLflow does), then MLflow, then the table and what to do next."""
     import optuna
 
@@ -66,7 +72,7 @@ def finish(plan: Plan, tracker: Any, identity: Any, report: Any) -> int:
     return 0
 
 
-def study_trials(plan: Plan, study: Any) -> list[FinishedTrial]:
+def study_trials(plan: Plan, study: optuna.Study) -> list[FinishedTrial]:
     """The study's finished trials, with the MLflow run ids the run directory's records hold
     (a replayed run has a new id)."""
     from search.study import records
