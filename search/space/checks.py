@@ -23,6 +23,7 @@ from typing import Any
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 
 from pptp.attacks import check_attacks
+from pptp.canary_kinds import CANARY_KINDS
 from pptp.compose import pair
 from pptp.config import TrialConfig
 from pptp.datasets import DATASETS
@@ -46,6 +47,7 @@ def _model_exists(name: Any) -> bool:
 # key -> (predicate, what to list when wrong)
 _NAME_CHECKS: dict[str, tuple[Callable[[Any], bool], Callable[[], str]]] = {
     "data.name": (lambda v: v in DATASETS, lambda: ", ".join(sorted(DATASETS))),
+    "data.canary_kind": (lambda v: v in CANARY_KINDS, lambda: ", ".join(CANARY_KINDS)),
     "model.name": (
         _model_exists,
         lambda: ", ".join(sorted(MODELS)) + f", or {TORCHVISION_PREFIX}<name>",
