@@ -39,7 +39,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 if __package__ in (None, ""):  # `python search/run.py` puts search/ first on sys.path
     sys.path[0] = str(Path(__file__).resolve().parents[1])
@@ -47,6 +47,7 @@ if __package__ in (None, ""):  # `python search/run.py` puts search/ first on sy
 from pptp.data import check_data
 from pptp.errors import ConfigError
 from pptp.fileio import atomic_write
+from pptp.models import check_model
 from search.cli.entry import (
     add_output_flags,
     local_ray_environment,
@@ -62,6 +63,9 @@ from search.study import rundir
 from search.tracking.uris import redact
 
 quiet_environment()  # before anything imports ray or mlflow
+
+if TYPE_CHECKING:
+    from search.space import Space
 
 logger = logging.getLogger("search.run")  # not __main__ under `python search/run.py`
 
@@ -195,6 +199,7 @@ def prepare(args: argparse.Namespace) -> Plan:
             )
     check_tracking(uri)
     check_data(space.base_config().data)
+    check_models(space)
     if args.address is None:
         check_local_resources(space)
     else:
@@ -291,6 +296,22 @@ def _with_parent(plan: Plan, tracker: Any, study: Any, interrupted: list[int]) -
         if stopped is not None:
             return stopped
     return finish(plan, tracker, identity, report)
+
+
+def check_models(space: Space) -> None:
+    """Build each user model the study can train (``model.name`` fixed, or each choice) once for
+    the data: a factory that cannot be imported, returns no module, has bad layer groups or
+    gives the wrong output shape stops here, naming the space file, before anything starts."""
+    from search.space.checks import possible_values
+    from search.space.errors import space_error
+
+    base = space.base_config()
+    for where, name in possible_values("model.name", base.to_flat(), space.params):
+        try:
+            check_model(dataclasses.replace(base.model, name=name), base.data)
+        except ConfigError as error:
+            key = where if error.key in (None, "model.name") else f"fixed.{error.key}"
+            raise space_error(str(space.path), key, str(error)) from None
 
 
 def _yaml(data: Any) -> str:
