@@ -33,12 +33,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import torch
-
 from pptp.config import DEFENSE_KEYS, ModelConfig, TrialConfig
-from pptp.datasets import DATASETS
-from pptp.models import create_model
-from pptp.selection import resolve, selection_of
+
+# planned_groups imports torch and the model zoo where it runs: a trial's kind, label and record
+# are read by every command (pick, compare, report, --help pages) that trains nothing, and torch
+# alone takes 1.5-5 s to import on 2 cores.
 
 Kind = Literal["undefended", "pptp", "baseline", "combined"]
 KINDS: tuple[Kind, ...] = ("undefended", "pptp", "baseline", "combined")
@@ -201,6 +200,9 @@ def planned_groups(cfg: TrialConfig) -> tuple[str, ...]:
     built once per model config on PyTorch's meta device (shapes only, no memory, no weights) and
     the selection resolved on it as training resolves it (:func:`pptp.selection.resolve`). Empty
     when no operator acts."""
+    from pptp.datasets import DATASETS
+    from pptp.selection import resolve, selection_of
+
     if not operator_acts(cfg.protect.operator, cfg.protect.strength):
         return ()
     selection = selection_of(cfg.protect)
@@ -215,6 +217,10 @@ def planned_groups(cfg: TrialConfig) -> tuple[str, ...]:
 
 @functools.lru_cache(maxsize=16)
 def _skeleton(model: ModelConfig, num_classes: int, channels: int, image_size: int) -> Any:
+    import torch
+
+    from pptp.models import create_model
+
     with torch.device("meta"):
         return create_model(
             model.name,

@@ -39,14 +39,13 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 if __package__ in (None, ""):  # `python search/run.py` puts search/ first on sys.path
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from pptp.data import check_data
 from pptp.errors import ConfigError
-from pptp.fileio import atomic_write
+from search.cli import manual
 from search.cli.entry import (
     add_output_flags,
     local_ray_environment,
@@ -54,23 +53,22 @@ from search.cli.entry import (
     run_command,
     verbosity,
 )
-from search.running.ending import finish
-from search.running.opening import open_parent_run, open_study, record_run, report_interrupted
-from search.running.plan import EXIT_INTERRUPTED, Plan, check_local_resources, shared_state
-from search.running.session import run_session
-from search.study import rundir
 from search.tracking.uris import redact
+
+if TYPE_CHECKING:
+    from search.running.plan import Plan
+
+# The stages (search.running, pptp.data) import optuna, torch and ray: 3-7 s on 2 cores that
+# --help and a space refused on its structure do not pay; prepare and execute import them.
 
 quiet_environment()  # before anything imports ray or mlflow
 
 logger = logging.getLogger("search.run")  # not __main__ under `python search/run.py`
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="search/run.py",
-        description="Search PPTP configs for accuracy against membership-inference risk.",
-    )
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The options of ``run`` under its manual page (:mod:`search.cli.manual`)."""
+    p = manual.parser("run", prog)
     p.add_argument(
         "--space",
         help="the space file (YAML), e.g. spaces/quickstart.yaml (with --sync: optional)",
@@ -108,6 +106,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, help="sampler seed (overrides study.seed)")
     p.add_argument("--data-dir", help="where the dataset lives on disk (overrides data.data_dir)")
     add_output_flags(p)
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = build_parser()
     args = p.parse_args(argv)
     if not args.space and not (args.sync and args.output):
         p.error("--space is required (with --sync, --output alone will do)")
@@ -132,6 +135,7 @@ def _sync_run_dir(args: argparse.Namespace) -> str:
     if args.output:
         return str(args.output)
     from search.space import load_space
+    from search.study import rundir
 
     try:
         name = load_space(args.space).study.name
@@ -143,14 +147,19 @@ def _sync_run_dir(args: argparse.Namespace) -> str:
 
 def prepare(args: argparse.Namespace) -> Plan:
     """Every check that can fail on bad input; starts nothing (takes the run directory's lock)."""
-    from search.running.cluster import probe_ray_address
-    from search.running.steering import localization_enqueue
     from search.space import load_space
+
+    space = load_space(args.space)  # first: a bad file is refused before the heavy imports
+
+    from pptp.data import check_data
+    from search.running.cluster import probe_ray_address
+    from search.running.plan import Plan, check_local_resources, shared_state
+    from search.running.steering import localization_enqueue
+    from search.study import rundir
     from search.study.lock import RunLock
     from search.study.shared_study import check_storage, has_study, open_storage
     from search.tracking import check_tracking, resolve_tracking_uri
 
-    space = load_space(args.space)
     if args.seed is not None:
         space = dataclasses.replace(space, study=dataclasses.replace(space.study, seed=args.seed))
     if args.data_dir is not None:
@@ -236,6 +245,11 @@ def execute(plan: Plan) -> int:
 def _execute(plan: Plan) -> int:
     import optuna
 
+    from pptp.fileio import atomic_write
+    from search.running.opening import open_parent_run, open_study
+    from search.running.plan import EXIT_INTERRUPTED
+    from search.study import rundir
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     space, run_dir = plan.space, plan.run_dir
@@ -268,6 +282,10 @@ def _execute(plan: Plan) -> int:
 
 def _with_parent(plan: Plan, tracker: Any, study: Any, interrupted: list[int]) -> int:
     """Everything after the parent run exists: state, resume bookkeeping, the session, the end."""
+    from search.running.ending import finish
+    from search.running.opening import record_run, report_interrupted
+    from search.running.session import run_session
+    from search.study import rundir
     from search.sync import SyncReport, replay_records, store_identity
 
     identity = store_identity(plan.tracking_uri)
