@@ -151,6 +151,7 @@ def prepare(args: argparse.Namespace) -> Plan:
 
     space = load_space(args.space)  # first: a bad file is refused before the heavy imports
 
+    from pptp.bank import check_bank_root
     from pptp.data import check_data
     from search.running.cluster import probe_ray_address
     from search.running.plan import Plan, check_local_resources, shared_state
@@ -164,6 +165,9 @@ def prepare(args: argparse.Namespace) -> Plan:
         space = dataclasses.replace(space, study=dataclasses.replace(space.study, seed=args.seed))
     if args.data_dir is not None:
         space = dataclasses.replace(space, fixed={**space.fixed, "data.data_dir": args.data_dir})
+    if args.output:
+        rundir.check_output(Path(args.output))  # before MLflow or the run directory is created
+    check_bank_root(space.base_config().attack.bank_dir)
     n_trials = args.n_trials if args.n_trials is not None else space.study.n_trials
     if n_trials < 1:
         raise ConfigError(f"--n-trials = {n_trials} must be >= 1")
