@@ -54,6 +54,7 @@ from pptp.config import AttackConfig, DefenseConfig, ProtectConfig, TrialConfig
 from pptp.data import Pool, build_pool, keep_row
 from pptp.device import resolve_device
 from pptp.digests import config_digest
+from pptp.errors import ConfigError
 from pptp.fileio import atomic_write
 from pptp.models import build_model
 from pptp.signals import compute_signals, resolve_queries
@@ -269,6 +270,30 @@ def _recipe_fields(cfg: TrialConfig, *, adaptive: bool) -> dict[str, Any]:
             or (adaptive and k.startswith(("protect.", "defense.")))
         )
     }
+
+
+def check_bank_root(root: str | Path) -> None:
+    """Refuse (:class:`ConfigError`, key ``attack.bank_dir``) a ``root`` the bank must not write
+    into: a file, or an existing folder that is not empty and holds no bank entry (no
+    ``<key>/recipe.json``), such as ``/etc`` or a home folder. A missing or empty folder is a
+    new bank."""
+    path = Path(root)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise ConfigError(
+            f"attack.bank_dir = {root}: is a file, not a folder; give a folder for the "
+            "reference bank (a new one, or an existing bank)",
+            key="attack.bank_dir",
+        )
+    children = list(path.iterdir())
+    if children and not any((child / "recipe.json").is_file() for child in children):
+        raise ConfigError(
+            f"attack.bank_dir = {root}: is a folder that is neither empty nor a reference bank "
+            f"(none of its {len(children)} entries is a <key>/recipe.json); give a new or empty "
+            "folder, or an existing bank",
+            key="attack.bank_dir",
+        )
 
 
 class ReferenceBank:

@@ -44,6 +44,7 @@ from typing import Any
 if __package__ in (None, ""):  # `python search/run.py` puts search/ first on sys.path
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from pptp.bank import check_bank_root
 from pptp.data import check_data
 from pptp.errors import ConfigError
 from pptp.fileio import atomic_write
@@ -155,6 +156,9 @@ def prepare(args: argparse.Namespace) -> Plan:
         space = dataclasses.replace(space, study=dataclasses.replace(space.study, seed=args.seed))
     if args.data_dir is not None:
         space = dataclasses.replace(space, fixed={**space.fixed, "data.data_dir": args.data_dir})
+    if args.output:
+        rundir.check_output(Path(args.output))  # before MLflow or the run directory is created
+    check_bank_root(space.base_config().attack.bank_dir)
     n_trials = args.n_trials if args.n_trials is not None else space.study.n_trials
     if n_trials < 1:
         raise ConfigError(f"--n-trials = {n_trials} must be >= 1")
@@ -194,11 +198,11 @@ def prepare(args: argparse.Namespace) -> Plan:
                 "rename the study (study.name)"
             )
     check_tracking(uri)
-    check_data(space.base_config().data)
-    if args.address is None:
-        check_local_resources(space)
+    if args.address is None:  # resources before data: nothing is downloaded for a machine
+        check_local_resources(space)  # that cannot run the study
     else:
         probe_ray_address(args.address)
+    check_data(space.base_config().data)
     seeded = localization_enqueue(space) if state is None else []
     if run_dir is None:
         run_dir = rundir.new_run_dir(space.study.name, args.output)
@@ -209,6 +213,7 @@ def prepare(args: argparse.Namespace) -> Plan:
         except ConfigError:
             lock.release()
             raise
+    assert lock is not None  # taken above, on both paths
     return Plan(
         args,
         space,

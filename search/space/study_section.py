@@ -34,6 +34,10 @@ from search.space.study import (
 from search.space.trial_keys import choice_value
 from search.space.validation import EmptyIfNone, Int, NoneAsEmptyList, Section, validate
 
+#: a study name is a folder name under runs/: no '/', no '..', no leading '.' or '-'
+STUDY_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+STUDY_NAME_MAX = 64
+
 
 class ResourcesSection(Section):
     model_config = ConfigDict(title="study.resources")
@@ -70,8 +74,11 @@ class StudySection(Section):
     name: Annotated[
         str,
         Field(
-            pattern=r"\S",
-            description="a non-empty string (the MLflow experiment and Optuna study name)",
+            pattern=STUDY_NAME_PATTERN,
+            max_length=STUDY_NAME_MAX,
+            description=f"a plain name of letters, digits, '-', '_' and '.', starting with a "
+            f"letter or digit, at most {STUDY_NAME_MAX} characters (the MLflow experiment, the "
+            "Optuna study and the folder runs/<name>/)",
         ),
     ]
     objectives: Annotated[

@@ -41,6 +41,7 @@ from pptp.config import TrialConfig
 from pptp.errors import ConfigError
 from pptp.fileio import atomic_write
 from search.study.failures import INTERRUPTED_REASON
+from search.study.lock import LOCK_FILE
 
 RUNS = Path("runs")
 INTERRUPTED = "interrupted"
@@ -79,8 +80,28 @@ def new_run_dir(study_name: str, output: str | None) -> Path:
     """``--output`` or ``runs/<study>/<timestamp>``, created; the caller takes its lock, then
     :func:`refuse_existing_study` (so that a live driver there is named, not just refused)."""
     path = Path(output) if output else RUNS / study_name / time.strftime("%Y%m%d-%H%M%S")
+    if output:
+        check_output(path)
     path.mkdir(parents=True, exist_ok=True)
     return path.resolve()
+
+
+def is_run_dir(path: Path) -> bool:
+    """Whether ``path`` is a run directory: it holds a study, or the lock every driver takes in
+    its run directory first (a run stopped before its study was opened)."""
+    return has_study(path) or (path / LOCK_FILE).exists()
+
+
+def check_output(path: Path) -> None:
+    """Refuse ``--output`` when it is a file, or an existing folder that is not empty and not a
+    run directory (``--output /etc``, a home folder): the run writes and replaces files there."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--output {path}: is a file; give a folder for the run directory")
+    if path.is_dir() and any(path.iterdir()) and not is_run_dir(path):
+        raise ConfigError(
+            f"--output {path}: is a folder that is neither empty nor a run directory (no "
+            f"study.db, state.json or {LOCK_FILE}); give a new or empty folder"
+        )
 
 
 def has_study(path: Path) -> bool:
