@@ -51,7 +51,7 @@ import torch
 
 from pptp.chance import chance_level
 from pptp.config import AttackConfig, DefenseConfig, ProtectConfig, TrialConfig
-from pptp.data import Pool, build_pool, keep_row
+from pptp.data import Pool, build_pool
 from pptp.device import resolve_device
 from pptp.digests import config_digest
 from pptp.errors import ConfigError
@@ -186,7 +186,7 @@ def train_entry(
     rcfg = recipe(cfg, adaptive=adaptive)
     pool = build_pool(rcfg.data, device=resolve_device(rcfg.train.device))
     seed = reference_seed(config_digest(_recipe_fields(cfg, adaptive=adaptive)), index)
-    members = np.flatnonzero(keep_row(len(pool.y), rcfg.data.seed, index + 1))
+    members = np.flatnonzero(pool.keep_row(index + 1))
     start = time.perf_counter()
     model = build_model(rcfg.model, pool, seed=seed)
     result = train(
@@ -388,9 +388,7 @@ class ReferenceBank:
             if entry is None:
                 raise FileNotFoundError(f"reference {i} is missing from {folder}; call ensure()")
             ref_logits, keep, meta = entry
-            if pool is not None and not np.array_equal(
-                keep, keep_row(len(pool.y), cfg.data.seed, i + 1)
-            ):
+            if pool is not None and not np.array_equal(keep, pool.keep_row(i + 1)):
                 raise ValueError(f"{folder}: reference {i}'s keep row does not match the pool")
             logits.append(ref_logits)
             keeps.append(keep)

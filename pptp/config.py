@@ -127,6 +127,10 @@ class AttackConfig:
     query_augment: bool | None = None
     bank_dir: str = "bank"
     adaptive: bool = False  # references trained with the trial's own protect/defense config
+    # the one-run epsilon audit on the canaries (pptp.audit): confidence of eps_lb, and its delta
+    # (None: defense.delta, the delta DP-SGD's accountant states its epsilon at)
+    audit_confidence: float = 0.95
+    audit_delta: float | None = None
 
 
 @dataclass(frozen=True)

@@ -223,7 +223,11 @@ def candidates_table(
         )
         values = [
             format_value(m, c.value(m))
-            + (f" ± {format_value(m, c.sd(m))}" if c.n_seeds > 1 and m in c.per_seed else "")
+            + (
+                f" ± {format_value(m, c.sd(m), spread=True)}"
+                if c.n_seeds > 1 and m in c.per_seed
+                else ""
+            )
             for m in metrics
         ]
         rows.append([str(c.number), c.label, *values, note])
