@@ -49,6 +49,8 @@ INTERRUPTED = "interrupted"
 ENQUEUED = "enqueued"
 #: user attribute of a re-enqueued trial: the number of the interrupted trial it replaces
 REQUEUED_FROM = "requeued_from"
+#: user attribute (and trial config key) of a reused proposal: the finished trial it repeats
+DUPLICATE_OF = "duplicate_of"
 
 
 @dataclass(frozen=True)
@@ -222,10 +224,14 @@ def fail_interrupted(study: optuna.Study) -> list[int]:
 
 
 def finished_count(study: optuna.Study) -> int:
-    """Trials that count toward ``n_trials``: complete, or failed on their own (not interrupted)."""
+    """Trials that count toward ``n_trials``: distinct trainings that ended, complete or failed
+    on their own (not interrupted); a reused repeat (user attribute ``duplicate_of``) is not one."""
     return sum(
         1
         for t in study.get_trials(deepcopy=False)
-        if t.state == TrialState.COMPLETE
-        or (t.state == TrialState.FAIL and not t.user_attrs.get(INTERRUPTED))
+        if t.user_attrs.get(DUPLICATE_OF) is None
+        and (
+            t.state == TrialState.COMPLETE
+            or (t.state == TrialState.FAIL and not t.user_attrs.get(INTERRUPTED))
+        )
     )
