@@ -52,9 +52,10 @@ import torch
 
 from pptp.chance import chance_level
 from pptp.config import AttackConfig, DefenseConfig, ProtectConfig, TrialConfig
-from pptp.data import Pool, build_pool, dataset_spec, keep_row
+from pptp.data import Pool, build_pool, dataset_spec
 from pptp.device import resolve_device
 from pptp.digests import config_digest
+from pptp.errors import ConfigError
 from pptp.fileio import atomic_write
 from pptp.imports import is_import_path, key_name, source_fingerprint
 from pptp.models import build_model
@@ -188,7 +189,7 @@ def train_entry(
     rcfg = recipe(cfg, adaptive=adaptive)
     pool = build_pool(rcfg.data, device=resolve_device(rcfg.train.device))
     seed = reference_seed(config_digest(_recipe_fields(cfg, adaptive=adaptive)), index)
-    members = np.flatnonzero(keep_row(len(pool.y), rcfg.data.seed, index + 1))
+    members = np.flatnonzero(pool.keep_row(index + 1))
     start = time.perf_counter()
     model = build_model(rcfg.model, pool, seed=seed)
     result = train(
@@ -293,6 +294,30 @@ def _recipe_fields(cfg: TrialConfig, *, adaptive: bool) -> dict[str, Any]:
     }
 
 
+def check_bank_root(root: str | Path) -> None:
+    """Refuse (:class:`ConfigError`, key ``attack.bank_dir``) a ``root`` the bank must not write
+    into: a file, or an existing folder that is not empty and holds no bank entry (no
+    ``<key>/recipe.json``), such as ``/etc`` or a home folder. A missing or empty folder is a
+    new bank."""
+    path = Path(root)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise ConfigError(
+            f"attack.bank_dir = {root}: is a file, not a folder; give a folder for the "
+            "reference bank (a new one, or an existing bank)",
+            key="attack.bank_dir",
+        )
+    children = list(path.iterdir())
+    if children and not any((child / "recipe.json").is_file() for child in children):
+        raise ConfigError(
+            f"attack.bank_dir = {root}: is a folder that is neither empty nor a reference bank "
+            f"(none of its {len(children)} entries is a <key>/recipe.json); give a new or empty "
+            "folder, or an existing bank",
+            key="attack.bank_dir",
+        )
+
+
 class ReferenceBank:
     """A folder of reference entries. Safe to share between processes (atomic renames).
 
@@ -385,9 +410,7 @@ class ReferenceBank:
             if entry is None:
                 raise FileNotFoundError(f"reference {i} is missing from {folder}; call ensure()")
             ref_logits, keep, meta = entry
-            if pool is not None and not np.array_equal(
-                keep, keep_row(len(pool.y), cfg.data.seed, i + 1)
-            ):
+            if pool is not None and not np.array_equal(keep, pool.keep_row(i + 1)):
                 raise ValueError(f"{folder}: reference {i}'s keep row does not match the pool")
             logits.append(ref_logits)
             keeps.append(keep)

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from pptp.errors import ConfigError
+from pptp.errors import ConfigError, quoted
 
 
 class Params(Mapping[str, Any]):
@@ -183,6 +183,10 @@ class AttackConfig:
     query_augment: bool | None = None
     bank_dir: str = "bank"
     adaptive: bool = False  # references trained with the trial's own protect/defense config
+    # the one-run epsilon audit on the canaries (pptp.audit): confidence of eps_lb, and its delta
+    # (None: defense.delta, the delta DP-SGD's accountant states its epsilon at)
+    audit_confidence: float = 0.95
+    audit_delta: float | None = None
 
 
 @dataclass(frozen=True)
@@ -306,12 +310,12 @@ def coerce(value: Any, hint: Any, *, key: str, source: str = "config") -> Any:
                 return coerce(value, arg, key=key, source=source)
             except ConfigError:
                 continue
-        raise ConfigError(f"{source}: {key} = {value!r} is not {_a(_type_name(hint))}")
+        raise ConfigError(f"{source}: {key} = {quoted(value)} is not {_a(_type_name(hint))}")
     if origin is tuple:
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"{source}: {key} = {value!r} is not a list of strings")
+            raise ConfigError(f"{source}: {key} = {quoted(value)} is not a list of strings")
         return tuple(coerce(v, typing.get_args(hint)[0], key=key, source=source) for v in value)
     if hint is bool:
         if isinstance(value, bool):
@@ -326,12 +330,12 @@ def coerce(value: Any, hint: Any, *, key: str, source: str = "config") -> Any:
             return float(value)
         if isinstance(value, str):
             raise ConfigError(
-                f"{source}: {key} = {value!r} is a string, not a number (YAML 1.1 reads '1e-4' as "
-                "a string: write 1.0e-4)"
+                f"{source}: {key} = {quoted(value)} is a string, not a number (YAML 1.1 reads "
+                "'1e-4' as a string: write 1.0e-4)"
             )
     elif hint is str and isinstance(value, str):
         return value
-    raise ConfigError(f"{source}: {key} = {value!r} is not {_a(_type_name(hint))}")
+    raise ConfigError(f"{source}: {key} = {quoted(value)} is not {_a(_type_name(hint))}")
 
 
 def _a(noun: str) -> str:

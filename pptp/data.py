@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 _KEEP_SALT = 0x6B656570  # "keep" in ASCII: keeps membership draws apart from the pool shuffle
 _CANARY_SALT = 0x63616E79  # "cany": keeps canary draws apart from the pool shuffle and keep rows
+_COIN_SALT = 0x636F696E  # "coin": the canaries' membership coins, apart from every other draw
 
 
 @dataclass(frozen=True, eq=False)
@@ -80,8 +81,13 @@ class Pool:
         return 0 if self.canary is None else int(self.canary.sum())
 
     def keep(self, n_models: int) -> np.ndarray:
-        """Membership ``keep[model, example]`` (n_models, n_pool) bool; row 0 = target."""
-        return keep_matrix(len(self.pool_index), self.seed, n_models)
+        """Membership ``keep[model, example]`` (n_models, n_pool) bool; row 0 = target. The
+        canaries' entries are independent coin flips (:func:`keep_row`)."""
+        return keep_matrix(len(self.pool_index), self.seed, n_models, canary=self.canary)
+
+    def keep_row(self, row: int) -> np.ndarray:
+        """Members of model ``row`` (0 = target): :func:`keep_row` of this pool."""
+        return keep_row(len(self.pool_index), self.seed, row, canary=self.canary)
 
 
 def _scaled(
@@ -266,8 +272,8 @@ def plant_canaries(
     the kind of record membership inference finds first, and auditing a defense on canaries
     shows the leakage that population averages hide. The ``n`` examples are drawn without
     replacement from ``default_rng([seed, _CANARY_SALT])``; each gets a label drawn uniformly
-    from the *other* classes. Every model trains on a random half of the pool (:func:`keep_row`),
-    so each canary is a member of about half of the models, like every other example.
+    from the *other* classes. Each model includes each canary on an independent fair coin
+    (:func:`keep_row`), as the one-run audit needs (:mod:`pptp.audit`).
     """
     rng = np.random.default_rng([seed, _CANARY_SALT])
     canary = np.zeros(len(y), dtype=bool)
@@ -306,12 +312,20 @@ def check_data(cfg: DataConfig) -> None:
 # Membership.
 
 
-def keep_row(n_pool: int, seed: int, row: int) -> np.ndarray:
-    """Members of model ``row``: (n_pool,) bool with exactly ``n_pool // 2`` True.
+def keep_row(n_pool: int, seed: int, row: int, *, canary: np.ndarray | None = None) -> np.ndarray:
+    """Members of model ``row``: (n_pool,) bool.
 
-    Drawn from ``np.random.default_rng([seed, row, _KEEP_SALT])``, so row ``i`` depends only on
-    (n_pool, seed, i): growing a reference bank from 4 to 16 models keeps the first rows. Across
-    rows each example is a member with probability 1/2 (not exactly half of the models).
+    Drawn from ``np.random.default_rng([seed, row, _KEEP_SALT])``: a random ``n_pool // 2`` of the
+    pool, so row ``i`` depends only on (n_pool, seed, i, canary) and growing a reference bank from
+    4 to 16 models keeps the first rows. Across rows each example is a member with probability
+    1/2 (not exactly half of the models).
+
+    ``canary`` (n_pool,) bool: those entries are then replaced by independent fair coins from
+    ``default_rng([seed, row, _COIN_SALT])``. A random half is not independent coins (knowing one
+    canary is in makes the next a little less likely), and the one-run audit's bound
+    (:mod:`pptp.audit`, Steinke et al. 2023) assumes each canary is included independently with
+    probability 1/2; the rest of the pool keeps its exact half, so a row holds ``n_pool // 2``
+    members give or take the canaries' coins.
     """
     check_size("n_pool", n_pool, minimum=0)
     check_size("seed", seed, minimum=0)
@@ -319,10 +333,17 @@ def keep_row(n_pool: int, seed: int, row: int) -> np.ndarray:
     members = np.random.default_rng([seed, row, _KEEP_SALT]).permutation(n_pool)[: n_pool // 2]
     keep = np.zeros(n_pool, dtype=bool)
     keep[members] = True
+    if canary is not None and canary.any():
+        if canary.shape != (n_pool,):
+            raise ValueError(f"canary has shape {canary.shape}; the pool holds {n_pool} examples")
+        coins = np.random.default_rng([seed, row, _COIN_SALT]).random(int(canary.sum()))
+        keep[canary] = coins < 0.5
     return keep
 
 
-def keep_matrix(n_pool: int, seed: int, n_models: int) -> np.ndarray:
+def keep_matrix(
+    n_pool: int, seed: int, n_models: int, *, canary: np.ndarray | None = None
+) -> np.ndarray:
     """``keep[model, example]`` (n_models, n_pool) bool: rows :func:`keep_row` 0..n_models-1."""
     check_size("n_models", n_models, minimum=1)
-    return np.stack([keep_row(n_pool, seed, row) for row in range(n_models)])
+    return np.stack([keep_row(n_pool, seed, row, canary=canary) for row in range(n_models)])

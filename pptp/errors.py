@@ -6,6 +6,24 @@
 
 from __future__ import annotations
 
+#: the longest excerpt of a value an error message quotes
+VALUE_EXCERPT = 160
+
+
+def excerpt(text: str, limit: int = VALUE_EXCERPT) -> str:
+    """``text`` when at most ``limit`` characters, else its start and end around
+    ``… (N characters cut) …`` (a value read from a file may be megabytes long)."""
+    if len(text) <= limit:
+        return text
+    tail = limit // 5
+    head = limit - tail
+    return f"{text[:head]} … ({len(text) - limit} characters cut) … {text[-tail:]}"
+
+
+def quoted(value: object) -> str:
+    """``repr(value)``, at most :data:`VALUE_EXCERPT` characters: how a message quotes a value."""
+    return excerpt(repr(value))
+
 
 class ConfigError(ValueError):
     """A name, value or file the user gave is wrong; the message says what to do.

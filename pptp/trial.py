@@ -29,11 +29,12 @@ import numpy as np
 from torch import nn
 
 from pptp.attacks import ATTACKS, AttackInput, attack_names, check_attacks
+from pptp.audit import CanaryAudit, audit_canaries
 from pptp.bank import ReferenceBank, ReferenceSignals, recipe_key
 from pptp.canaries import CANARY_TPR_METRICS, canary_metrics, split_scores
 from pptp.chance import require_above_chance
 from pptp.config import DataConfig, TrialConfig
-from pptp.data import Pool, build_pool, dataset_spec, keep_row
+from pptp.data import Pool, build_pool, dataset_spec
 from pptp.device import resolve_device
 from pptp.errors import ConfigError
 from pptp.metrics import TPR_METRICS, AttackMetrics, resolvable
@@ -88,6 +89,7 @@ class TrialResult:
     queries: tuple[str, ...] = ()
     canaries: dict[str, AttackMetrics] = field(default_factory=dict)  # per attack, on canaries
     n_canaries: int = 0
+    audit: CanaryAudit | None = None  # the one-run epsilon audit on the canaries (pptp.audit)
     model: nn.Module | None = field(default=None, repr=False, compare=False)  # keep_model=True
 
     def worst_case(self, metric: str) -> WorstCase:
@@ -125,7 +127,9 @@ class TrialResult:
 
         Canaries (``data.canaries``): the attack metrics above are computed on the population (the
         pool without its canaries), and :func:`pptp.canaries.canary_metrics` adds ``canary_auc``,
-        ``canary_tpr@1%fpr``, ``canary_tpr@5%fpr``, ``canary_fpr_resolution``, ``canary_count``.
+        ``canary_tpr@1%fpr``, ``canary_tpr@5%fpr``, ``canary_fpr_resolution``, ``canary_count``,
+        and the one-run audit (:mod:`pptp.audit`) ``eps_lb``: a lower bound on epsilon at
+        ``attack.audit_confidence`` (0 when nothing was detected).
         """
         out: dict[str, float] = {
             "test_acc": self.test_acc,
@@ -150,6 +154,8 @@ class TrialResult:
             else:
                 out.update({f"fpr_resolution/{name}": r for name, r in resolutions.items()})
         out.update(canary_metrics(self.canaries, self.n_canaries))
+        if self.audit is not None:
+            out["eps_lb"] = self.audit.eps_lb
         if self.epsilon is not None:
             out["epsilon"] = self.epsilon
         for stage, seconds in self.timings.items():
@@ -159,8 +165,11 @@ class TrialResult:
     def tags(self) -> dict[str, str]:
         """Text facts for trackers: ``queries`` (comma separated) and, per worst-case metric,
         the attack and direction that gave it: ``attack_worst`` (AUC), ``attack_worst/<metric>``
-        (TPRs); values like ``rmia_online``, ``lira_offline (inverted)`` or ``unresolved``."""
+        (TPRs); values like ``rmia_online``, ``lira_offline (inverted)`` or ``unresolved``; with
+        canaries ``eps_lb`` says how the audit got its bound (:meth:`CanaryAudit.describe`)."""
         out = {"queries": ",".join(self.queries)}
+        if self.audit is not None:
+            out["eps_lb"] = self.audit.describe()
         if self.attacks:
             for metric in WORST_CASE_METRICS:
                 key = "attack_worst" if metric == "auc" else f"attack_worst/{metric}"
@@ -234,12 +243,22 @@ def run_trial(
     )
     with _timed(timings, "attack"):
         results, canaries = split_scores(scores, pool.keep(1)[0], pool.canary)
+        audit = None
+        if pool.canary is not None:
+            audit = audit_canaries(
+                scores,
+                pool.keep(1)[0],
+                pool.canary,
+                confidence=cfg.attack.audit_confidence,
+                delta=audit_delta(cfg),
+            )
     extras = dict(trained.extras)
     epsilon = extras.pop("epsilon", None)
     logger.info(
-        "trial done: test_acc %.4f, %s; queries %s; %s",
+        "trial done: test_acc %.4f, %s%s; queries %s; %s",
         trained.test_acc,
         ", ".join(f"{k} auc {m.auc:.3f}" for k, m in results.items()),
+        "" if audit is None else f"; {audit.describe()}",
         ",".join(queries),
         ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()),
     )
@@ -257,6 +276,7 @@ def run_trial(
         queries=queries,
         canaries=canaries,
         n_canaries=pool.n_canaries,
+        audit=audit,
         model=model.cpu() if keep_model else None,
     )
 
@@ -379,11 +399,17 @@ def _shipped_references(
         )
     keep = shipped.keep[:n_refs]
     for i in range(n_refs):
-        if not np.array_equal(keep[i], keep_row(len(pool.y), ref_cfg.data.seed, i + 1)):
+        if not np.array_equal(keep[i], pool.keep_row(i + 1)):
             raise ConfigError(f"reference {i}'s keep row does not match this trial's pool")
     return ReferenceSignals(
         shipped.logits[:n_refs], keep, shipped.test_acc[:n_refs], shipped.queries, shipped.entry
     )
+
+
+def audit_delta(cfg: TrialConfig) -> float:
+    """The delta of the canary audit: ``attack.audit_delta``, else ``defense.delta`` (the delta
+    DP-SGD's accountant states its epsilon at, so the two epsilons compare)."""
+    return cfg.defense.delta if cfg.attack.audit_delta is None else cfg.attack.audit_delta
 
 
 def references_needed(cfg: TrialConfig) -> int:

@@ -40,6 +40,7 @@ if __package__ in (None, ""):  # `python search/pick.py` puts search/ first on s
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from pptp.errors import ConfigError
+from search.cli import manual
 from search.cli.entry import quiet_environment, run_command
 from search.picking.audit import (
     TABLE_METRICS,
@@ -81,12 +82,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger("search.pick")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="search/pick.py",
-        description="Choose a Pareto config by a stated rule, re-audit it, export it and "
-        "register its model.",
-    )
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The options of ``pick`` under its manual page (:mod:`search.cli.manual`)."""
+    p = manual.parser("pick", prog)
     p.add_argument("--run", required=True, help="run directory of search/run.py")
     p.add_argument(
         "--rule", default="knee", help=f"how to choose: {', '.join(RULES)} (default knee)"
@@ -134,7 +132,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="MLflow serialization of the model (default pt2: torch.export, no unpickling)",
     )
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the study's)")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 @dataclasses.dataclass

@@ -44,10 +44,8 @@ from typing import TYPE_CHECKING, Any
 if __package__ in (None, ""):  # `python search/run.py` puts search/ first on sys.path
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from pptp.data import check_data
 from pptp.errors import ConfigError
-from pptp.fileio import atomic_write
-from pptp.models import check_model
+from search.cli import manual
 from search.cli.entry import (
     add_output_flags,
     local_ray_environment,
@@ -55,26 +53,23 @@ from search.cli.entry import (
     run_command,
     verbosity,
 )
-from search.running.ending import finish
-from search.running.opening import open_parent_run, open_study, record_run, report_interrupted
-from search.running.plan import EXIT_INTERRUPTED, Plan, check_local_resources, shared_state
-from search.running.session import run_session
-from search.study import rundir
 from search.tracking.uris import redact
 
-quiet_environment()  # before anything imports ray or mlflow
-
 if TYPE_CHECKING:
+    from search.running.plan import Plan
     from search.space import Space
+
+# The stages (search.running, pptp.data) import optuna, torch and ray: 3-7 s on 2 cores that
+# --help and a space refused on its structure do not pay; prepare and execute import them.
+
+quiet_environment()  # before anything imports ray or mlflow
 
 logger = logging.getLogger("search.run")  # not __main__ under `python search/run.py`
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="search/run.py",
-        description="Search PPTP configs for accuracy against membership-inference risk.",
-    )
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The options of ``run`` under its manual page (:mod:`search.cli.manual`)."""
+    p = manual.parser("run", prog)
     p.add_argument(
         "--space",
         help="the space file (YAML), e.g. spaces/quickstart.yaml (with --sync: optional)",
@@ -112,6 +107,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, help="sampler seed (overrides study.seed)")
     p.add_argument("--data-dir", help="where the dataset lives on disk (overrides data.data_dir)")
     add_output_flags(p)
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = build_parser()
     args = p.parse_args(argv)
     if not args.space and not (args.sync and args.output):
         p.error("--space is required (with --sync, --output alone will do)")
@@ -136,6 +136,7 @@ def _sync_run_dir(args: argparse.Namespace) -> str:
     if args.output:
         return str(args.output)
     from search.space import load_space
+    from search.study import rundir
 
     try:
         name = load_space(args.space).study.name
@@ -147,18 +148,27 @@ def _sync_run_dir(args: argparse.Namespace) -> str:
 
 def prepare(args: argparse.Namespace) -> Plan:
     """Every check that can fail on bad input; starts nothing (takes the run directory's lock)."""
-    from search.running.cluster import probe_ray_address
-    from search.running.steering import localization_enqueue
     from search.space import load_space
+
+    space = load_space(args.space)  # first: a bad file is refused before the heavy imports
+
+    from pptp.bank import check_bank_root
+    from pptp.data import check_data
+    from search.running.cluster import probe_ray_address
+    from search.running.plan import Plan, check_local_resources, shared_state
+    from search.running.steering import localization_enqueue
+    from search.study import rundir
     from search.study.lock import RunLock
     from search.study.shared_study import check_storage, has_study, open_storage
     from search.tracking import check_tracking, resolve_tracking_uri
 
-    space = load_space(args.space)
     if args.seed is not None:
         space = dataclasses.replace(space, study=dataclasses.replace(space.study, seed=args.seed))
     if args.data_dir is not None:
         space = dataclasses.replace(space, fixed={**space.fixed, "data.data_dir": args.data_dir})
+    if args.output:
+        rundir.check_output(Path(args.output))  # before MLflow or the run directory is created
+    check_bank_root(space.base_config().attack.bank_dir)
     n_trials = args.n_trials if args.n_trials is not None else space.study.n_trials
     if n_trials < 1:
         raise ConfigError(f"--n-trials = {n_trials} must be >= 1")
@@ -198,12 +208,12 @@ def prepare(args: argparse.Namespace) -> Plan:
                 "rename the study (study.name)"
             )
     check_tracking(uri)
-    check_data(space.base_config().data)
-    check_models(space)
-    if args.address is None:
-        check_local_resources(space)
+    if args.address is None:  # resources before data: nothing is downloaded for a machine
+        check_local_resources(space)  # that cannot run the study
     else:
         probe_ray_address(args.address)
+    check_data(space.base_config().data)
+    check_models(space)
     seeded = localization_enqueue(space) if state is None else []
     if run_dir is None:
         run_dir = rundir.new_run_dir(space.study.name, args.output)
@@ -214,6 +224,7 @@ def prepare(args: argparse.Namespace) -> Plan:
         except ConfigError:
             lock.release()
             raise
+    assert lock is not None  # taken above, on both paths
     return Plan(
         args,
         space,
@@ -239,6 +250,11 @@ def execute(plan: Plan) -> int:
 
 def _execute(plan: Plan) -> int:
     import optuna
+
+    from pptp.fileio import atomic_write
+    from search.running.opening import open_parent_run, open_study
+    from search.running.plan import EXIT_INTERRUPTED
+    from search.study import rundir
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -272,6 +288,10 @@ def _execute(plan: Plan) -> int:
 
 def _with_parent(plan: Plan, tracker: Any, study: Any, interrupted: list[int]) -> int:
     """Everything after the parent run exists: state, resume bookkeeping, the session, the end."""
+    from search.running.ending import finish
+    from search.running.opening import record_run, report_interrupted
+    from search.running.session import run_session
+    from search.study import rundir
     from search.sync import SyncReport, replay_records, store_identity
 
     identity = store_identity(plan.tracking_uri)
@@ -302,6 +322,7 @@ def check_models(space: Space) -> None:
     """Build each user model the study can train (``model.name`` fixed, or each choice) once for
     the data: a factory that cannot be imported, returns no module, has bad layer groups or
     gives the wrong output shape stops here, naming the space file, before anything starts."""
+    from pptp.models import check_model
     from search.space.checks import possible_values
     from search.space.errors import space_error
 

@@ -12,9 +12,16 @@ import numpy as np
 import pytest
 
 import pptp.bank
-from pptp.bank import ReferenceBank, _code_only, fingerprinted_files, recipe_key
+from pptp.bank import (
+    ReferenceBank,
+    _code_only,
+    check_bank_root,
+    fingerprinted_files,
+    recipe_key,
+)
 from pptp.config import TrialConfig
 from pptp.data import build_pool, keep_row
+from pptp.errors import ConfigError
 
 TINY = TrialConfig.from_flat(
     {
@@ -233,3 +240,19 @@ def test_foreign_pickle_is_never_unpickled(tmp_path: Path) -> None:
 def test_load_refuses_missing_references(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="reference 0 is missing"):
         ReferenceBank(tmp_path).load(TINY, 1)
+
+
+def test_bank_root_refuses_a_folder_that_is_not_a_bank(tmp_path: Path) -> None:
+    check_bank_root(tmp_path / "new")  # a new bank
+    (tmp_path / "empty").mkdir()
+    check_bank_root(tmp_path / "empty")
+    (tmp_path / "bank" / "abc123").mkdir(parents=True)
+    (tmp_path / "bank" / "abc123" / "recipe.json").write_text("{}")
+    check_bank_root(tmp_path / "bank")  # an existing bank
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "notes.txt").write_text("mine")
+    (tmp_path / "file").write_text("x")
+    for bad, says in (("home", "neither empty nor a reference bank"), ("file", "is a file")):
+        with pytest.raises(ConfigError, match=says) as info:
+            check_bank_root(tmp_path / bad)
+        assert info.value.key == "attack.bank_dir"

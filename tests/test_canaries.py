@@ -85,6 +85,9 @@ def test_a_trial_with_canaries_reports_both(tmp_path: Path) -> None:
     # the population metrics leave the canaries out: 240 population examples, ~120 non-members
     assert 1 / 140 < metrics["fpr_resolution"] < 1 / 100
     assert 1 / 45 < metrics["canary_fpr_resolution"] < 1 / 15
+    # the one-run audit: a bound (0 when nothing is detected) and how it was made
+    assert metrics["eps_lb"] >= 0.0 and result.audit is not None and result.audit.m == 60
+    assert result.tags()["eps_lb"].startswith("eps_lb ")
 
 
 def test_a_space_may_optimise_a_canary_metric_only_with_canaries(tmp_path: Path) -> None:

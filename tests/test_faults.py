@@ -410,3 +410,46 @@ def test_a_reference_at_chance_stops_the_study_as_bad_input(tmp_path: Path, tabl
     failure = reference_failure(raised.value)
     assert isinstance(failure, ReferencesFailed) and "ModelAtChance" in str(failure)
     add_row(table, Row("reference model at chance (exit 2)", 1, 0, 0, 0, 0, 0))
+
+
+def test_hostile_space_files_and_folders_are_refused_at_once_and_write_nothing(
+    tmp_path: Path, bank: Path, table: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """In-process ``search/run.py``: a billion-laughs file, a 10,000-deep nesting, a 50 MB file,
+    a study name that is a path, ``--output`` and ``attack.bank_dir`` naming a folder of the
+    user's own. Each is one line, exit 2, in well under a second of the driver's own time, and
+    nothing is written (no run directory, no MLflow store, nothing in the user's folder)."""
+    from test_space_errors import billion_laughs
+
+    from search.run import main
+
+    mine = tmp_path / "home"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    good = write_space(tmp_path, bank, n_trials=2).read_text()
+    cases = {
+        "billion laughs": (billion_laughs(), (), "more than 100000 values"),
+        "deep nesting": ("study: {name: t, x: " + "[" * 10_000 + "]" * 10_000 + "}\n", (),
+                         "nested deeper than 64"),
+        "50 MB space file": ("study: {name: t}\n#" + "x" * 50_000_000 + "\n", (),
+                             "too large for a space file"),
+        "study.name ../../x": (good.replace("name: faults", "name: ../../x"), (),
+                               "study.name: needs a plain name"),
+        "--output a folder of the user's": (good, ("--output", str(mine)),
+                                            "neither empty nor a run directory"),
+        "attack.bank_dir a folder of the user's": (good.replace(str(bank), str(mine)), (),
+                                                   "neither empty nor a reference bank"),
+    }  # fmt: skip
+    for fault, (text, extra, says) in cases.items():
+        space, run, store = tmp_path / "hostile.yaml", tmp_path / "run", tmp_path / "store"
+        space.write_text(text)
+        start = time.monotonic()
+        code = main([*args(space, run, f"sqlite:///{store / 'mlflow.db'}"), *extra])
+        took = time.monotonic() - start
+        err = capsys.readouterr().err
+        assert code == 2, (fault, err[-2000:])
+        assert says in err and len(err.strip().splitlines()) == 1 and len(err) < 600, err[:600]
+        assert took < 1.0, (fault, took)
+        assert not run.exists() and not store.exists()
+        assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+        add_row(table, Row(f"hostile input: {fault} (exit 2)", 1, 0, 0, 0, 0, 0))

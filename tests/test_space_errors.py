@@ -282,7 +282,7 @@ def test_dotted() -> None:
         ("study: {name: t, constraints: [{metric: test_acc, max: 1e1}]}\n",
          "study.constraints[0].max = '1e1' is a string, not a number"),
         ("study: {name: t, enqueue: [{1: 2}]}\n", "study.enqueue[0]: key 1 is not a string"),
-        ("study: {n_trials: 3}\n", "study.name: missing; give a non-empty string"),
+        ("study: {n_trials: 3}\n", "study.name: missing; give a plain name of letters"),
     ],
 )
 def test_validation_messages(text: str, message: str, tmp_path: Path) -> None:
@@ -301,3 +301,72 @@ def test_values_that_convert_and_values_that_do_not(tmp_path: Path) -> None:
             load_space(write(tmp_path, f"study: {{name: t, n_trials: {bad}}}\n"))
     empty = load_space(write(tmp_path, "study: {name: t, resources: , constraints: , enqueue: }\n"))
     assert empty.study.resources.cpus == 1.0 and empty.study.constraints == ()
+
+
+# ------------------------------------------------------------------------------ hostile files
+
+
+def billion_laughs(levels: int = 9) -> str:
+    """A space file under 1 KB whose aliases expand to 9**(levels + 1) strings in
+    ``study.name`` (and ``show`` of it in a message: gigabytes)."""
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for i in range(1, levels):
+        name, prev = chr(ord("a") + i), chr(ord("a") + i - 1)
+        lines.append(f"{name}: &{name} [" + ",".join([f"*{prev}"] * 9) + "]")
+    anchors = "".join(f"    {line}\n" for line in lines)
+    return f"study:\n  sampler_options:\n{anchors}  name: *{chr(ord('a') + levels - 1)}\n"
+
+
+HOSTILE: dict[str, tuple[str, str]] = {
+    "billion laughs": (billion_laughs(), "more than 100000 values once its aliases"),
+    "10,000-deep nesting": (
+        "study: {name: t, sampler_options: {x: " + "[" * 10_000 + "]" * 10_000 + "}}\n",
+        "nested deeper than 64 levels",
+    ),
+    "100,000-deep block nesting": ("study: {name: t}\nfixed:\n  " + "- " * 100_000 + "x\n",
+                                   "nested deeper than 64 levels"),
+    "an alias inside itself": (
+        "study: {name: t, sampler_options: &a {x: *a}}\n",
+        "an alias refers to the list or mapping that holds it",
+    ),
+    "a file over the size limit": (
+        "study: {name: t}\n#" + "x" * 300_000 + "\n",
+        "too large for a space file (at most 262144)",
+    ),
+    "name with a path": ("study: {name: ../../x}\n", "study.name: needs a plain name"),
+    "absolute name": ("study: {name: /tmp/x}\n", "study.name: needs a plain name"),
+    "name with a space": ("study: {name: my study}\n", "study.name: needs a plain name"),
+    "name too long": ("study: {name: " + "a" * 5000 + "}\n", "at most 64 characters"),
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE, ids=str)
+def test_hostile_files_are_refused_at_once_in_a_short_line(case: str, tmp_path: Path) -> None:
+    import time
+
+    text, expected = HOSTILE[case]
+    path = write(tmp_path, text)
+    start = time.perf_counter()
+    with pytest.raises(SpaceError) as info:
+        load_space(path)
+    assert time.perf_counter() - start < 1.0
+    message = str(info.value)
+    assert expected in message and message.startswith(str(path)), message[:500]
+    assert "\n" not in message and len(message) < 400 + len(str(path))
+
+
+def test_a_long_value_is_quoted_as_a_short_excerpt(tmp_path: Path) -> None:
+    values = ", ".join(["lol"] * 20_000)  # 100 KB, under the file's limits
+    path = write(tmp_path, f"study: {{name: t, n_trials: [{values}]}}\n")
+    with pytest.raises(SpaceError) as info:
+        load_space(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: study.n_trials") and "characters cut" in message
+    assert len(message) < 300 + len(str(path))
+
+
+def test_plain_names_and_yaml_anchors_still_load(tmp_path: Path) -> None:
+    for name in ("fashion-mnist_v2.1", "A", "x" * 64):
+        assert load_space(write(tmp_path, f"study: {{name: {name}}}\n")).study.name == name
+    text = "study: {name: t, seed: &s 3, n_trials: *s}\n"
+    assert load_space(write(tmp_path, text)).study.n_trials == 3

@@ -50,7 +50,7 @@ def _hover(trial: FinishedTrial, metrics: Sequence[str]) -> str:
     for metric in metrics:
         text = format_value(metric, trial.value(metric))
         if n_seeds > 1:
-            text += f" ± {format_value(metric, trial.sd(metric))}"
+            text += f" ± {format_value(metric, trial.sd(metric), spread=True)}"
         lines.append(f"{metric}: {text}")
     lines.append(f"seeds: {n_seeds}" + (" (no spread)" if n_seeds == 1 else ""))
     if trial.pareto:

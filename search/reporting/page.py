@@ -149,7 +149,7 @@ def render(inputs: ReportInputs, *, generated: str | None = None) -> str:
         for metric in metrics:
             text = format_value(metric, t.value(metric))
             if t.n_seeds > 1 and t.complete:
-                text += f" ± {format_value(metric, t.sd(metric))}"
+                text += f" ± {format_value(metric, t.sd(metric), spread=True)}"
             cells.append(text)
         cells += ["yes" if t.pareto else "", t.n_seeds, t.state, t.run_id or "-"]
         table_rows.append(cells)

@@ -6,20 +6,26 @@ from __future__ import annotations
 
 import logging
 import shlex
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pptp.fileio import atomic_write
 from search.running.plan import EXIT_STOPPED, EXIT_TRACKING_INCOMPLETE
 from search.study import rundir
 
 if TYPE_CHECKING:
+    import optuna
+
     from search.running.plan import Plan
     from search.study.trials import FinishedTrial
+    from search.sync import SyncReport
+    from search.tracking.study_tracker import StudyTracker
 
 logger = logging.getLogger(__name__)
 
 
-def finish(plan: Plan, tracker: Any, identity: Any, report: Any) -> int:
+def finish(
+    plan: Plan, tracker: StudyTracker, identity: tuple[int, int] | None, report: SyncReport
+) -> int:
     """Front CSV first (whatever MLflow does), then MLflow, then the table and what to do next."""
     import optuna
 
@@ -51,6 +57,8 @@ def finish(plan: Plan, tracker: Any, identity: Any, report: Any) -> int:
         f"{sum(not t.complete for t in trials)} failed):"
     )
     print(format_front(trials, space.study.objectives))
+    for line in budget_lines(plan, study):
+        print(line)
     for line in report.lines():
         print(line)
     print(publish(plan, mlflow=not store_replaced(plan.tracking_uri, identity)))
@@ -66,7 +74,18 @@ def finish(plan: Plan, tracker: Any, identity: Any, report: Any) -> int:
     return 0
 
 
-def study_trials(plan: Plan, study: Any) -> list[FinishedTrial]:
+def budget_lines(plan: Plan, study: optuna.Study) -> list[str]:
+    """Where the study's trainings went: per family, and the share of repeated proposals
+    (:mod:`search.running.budget`)."""
+    from search.running.budget import family_line, kind_of, repeat_line
+
+    trials = study.get_trials(deepcopy=False)
+    lines = [family_line(trials, kind_of(plan.space))]
+    repeats = repeat_line(trials)
+    return lines + ([repeats] if repeats else [])
+
+
+def study_trials(plan: Plan, study: optuna.Study) -> list[FinishedTrial]:
     """The study's finished trials, with the MLflow run ids the run directory's records hold
     (a replayed run has a new id)."""
     from search.study import records

@@ -7,17 +7,20 @@ a killed driver left running as interrupted)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pptp.errors import ConfigError
 from search.study import rundir
 from search.tracking.uris import redact
 
 if TYPE_CHECKING:
+    import optuna
+
     from search.running.plan import Plan
+    from search.tracking.study_tracker import StudyTracker
 
 
-def open_study(plan: Plan) -> Any:
+def open_study(plan: Plan) -> optuna.Study:
     """The ``optuna.Study``: created (with the space's enqueued and localisation-seeded first
     trials) or loaded on resume; with a shared database, the driver's claim is held from here
     (``plan.claim``) so that a live driver's trials stay live."""
@@ -52,7 +55,7 @@ def open_study(plan: Plan) -> Any:
     return study
 
 
-def open_parent_run(plan: Plan) -> Any:
+def open_parent_run(plan: Plan) -> StudyTracker:
     """The :class:`search.tracking.StudyTracker` with the study's parent run started (resumed
     on ``--resume``); a store that answered the probe and then fails is
     :class:`search.tracking.TrackingUnavailable`."""
@@ -77,7 +80,7 @@ def open_parent_run(plan: Plan) -> Any:
     return tracker
 
 
-def record_run(plan: Plan, tracker: Any, study: Any) -> None:
+def record_run(plan: Plan, tracker: StudyTracker, study: optuna.Study) -> None:
     """Write ``state.json`` (and, with a shared database, the study's run attribute that lets
     another machine resume it); tag the parent run with the localisation that steered it."""
     space = plan.space
@@ -113,7 +116,7 @@ def record_run(plan: Plan, tracker: Any, study: Any) -> None:
         print(f"localization {where}: {len(plan.seeded)} first trials protect its riskiest groups")
 
 
-def report_interrupted(tracker: Any, study: Any, interrupted: list[int]) -> None:
+def report_interrupted(tracker: StudyTracker, study: optuna.Study, interrupted: list[int]) -> None:
     """On resume: the MLflow runs of the ``interrupted`` trials (a killed driver left them
     running) end KILLED, and the line says which enqueued ones run again."""
     stale = tracker.mark_stale_children("interrupted: the driver stopped", status="KILLED")

@@ -7,35 +7,44 @@ import dataclasses
 import os
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pptp.errors import ConfigError
 from search.study import rundir
 from search.tracking.uris import redact
+
+if TYPE_CHECKING:
+    import argparse
+
+    import optuna
+
+    from search.space import Space
+    from search.study.lock import RunLock
+    from search.study.shared_study import DriverClaim
 
 EXIT_STOPPED, EXIT_TRACKING_INCOMPLETE, EXIT_INTERRUPTED = 1, 3, 130
 
 
 @dataclasses.dataclass
 class Plan:
-    args: Any  # argparse.Namespace of search/run.py
-    space: Any  # search.space.Space
+    args: argparse.Namespace  # search/run.py's options
+    space: Space
     run_dir: Path
     tracking_uri: str
     n_trials: int
-    state: Any  # search.study.rundir.RunState | None (None for a new run)
+    state: rundir.RunState | None  # None for a new run
     seeded: list[dict[str, Any]]  # first trials from study.localization (running/steering.py)
-    lock: Any  # search.study.lock.RunLock, held
+    lock: RunLock  # held
     verbosity: int = 0
     storage_url: str | None = None  # --storage (or the run's): the study in a shared database
-    claim: Any = None  # search.study.shared_study.DriverClaim, held while the driver runs
+    claim: DriverClaim | None = None  # held while the driver runs (shared database)
 
     def say(self, line: str) -> None:
         """A progress line (not with --quiet)."""
         if self.verbosity >= 0:
             print(line, flush=True)
 
-    def storage(self) -> Any:
+    def storage(self) -> optuna.storages.RDBStorage:
         """The study's Optuna storage: the shared database, or the run directory's study.db."""
         return rundir.storage(self.run_dir, uri=self.storage_url)
 
@@ -56,7 +65,7 @@ class Plan:
         )
 
 
-def shared_state(storage_url: str | None, space: Any) -> Any:
+def shared_state(storage_url: str | None, space: Space) -> rundir.RunState:
     """The run state a study in a shared database records (:mod:`search.study.shared_study`), for a
     driver that resumes it from a new run directory (another machine)."""
     import optuna
@@ -90,7 +99,7 @@ def shared_state(storage_url: str | None, space: Any) -> Any:
     )
 
 
-def check_local_resources(space: Any) -> None:
+def check_local_resources(space: Space) -> None:
     """:class:`~pptp.errors.ConfigError` when one trial asks for more CPUs or GPUs than this
     machine has (a local Ray could never schedule it)."""
     import torch

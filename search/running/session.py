@@ -23,16 +23,28 @@ from search.running.references import ReferencesUnavailable, train_references
 from search.study import rundir
 
 if TYPE_CHECKING:
+    import optuna
+    import ray
+
+    from pptp.config import TrialConfig
+    from search.running.bookkeeping import Bookkeeper
     from search.running.plan import Plan
+    from search.running.samplers import StudySearch
+    from search.running.trainable import TrialContext
+    from search.space import Space
+    from search.tracking.study_tracker import StudyTracker
 
 logger = logging.getLogger(__name__)
 
 
-def run_session(plan: Plan, tracker: Any, study: Any, remaining: int) -> int | None:
+def run_session(
+    plan: Plan, tracker: StudyTracker, study: optuna.Study, remaining: int
+) -> int | None:
     """Ray, references and trials; returns an exit status when the session was interrupted."""
     import ray
 
     from search.running.bookkeeping import Bookkeeper
+    from search.running.budget import shares_for
     from search.running.samplers import StudySearch
     from search.space import build_sampler
 
@@ -58,6 +70,9 @@ def run_session(plan: Plan, tracker: Any, study: Any, remaining: int) -> int | N
             storage=plan.storage(),
             constraints=space.study.constraints,
             wanted=ctx.wanted,
+            budget=remaining,
+            shares=shares_for(space),
+            seed=sampler_study.seed,
         )
         keeper = Bookkeeper(
             run_dir=plan.run_dir,
@@ -146,7 +161,9 @@ def concurrency_limit(plan: Plan) -> int:
     return cap
 
 
-def trial_context(plan: Plan, tracker: Any, references: Any) -> Any:
+def trial_context(
+    plan: Plan, tracker: StudyTracker, references: TrialConfig | None
+) -> TrialContext:
     from search.running.trainable import TrialContext
 
     return TrialContext(
@@ -161,12 +178,12 @@ def trial_context(plan: Plan, tracker: Any, references: Any) -> Any:
 
 def run_tuner(
     plan: Plan,
-    searcher: Any,
-    ctx: Any,
+    searcher: StudySearch,
+    ctx: TrialContext,
     remaining: int,
     concurrency: int,
-    keeper: Any,
-    reference_signals: Any = None,
+    keeper: Bookkeeper,
+    reference_signals: ray.ObjectRef | None = None,
 ) -> None:
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
@@ -184,7 +201,9 @@ def run_tuner(
         ),
         tune_config=tune.TuneConfig(
             search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrency),
-            num_samples=remaining,
+            # the searcher ends the study after ``remaining`` distinct trainings: a repeated
+            # proposal is reused and not counted (search.running.budget)
+            num_samples=-1,
             reuse_actors=True,  # a trial process imports torch and mlflow once, not per trial
         ),
         run_config=tune.RunConfig(
@@ -206,14 +225,14 @@ def run_tuner(
     tuner.fit()
 
 
-def _describe(space: Any, number: int, sampled: Mapping[str, Any]) -> str:
+def _describe(space: Space, number: int, sampled: Mapping[str, Any]) -> str:
     """A trial's progress name: the run name it gets in MLflow (:mod:`search.study.naming`)."""
     from search.study.naming import planned_name
 
     return planned_name(number, space.trial_config(sampled), space)
 
 
-def on_interrupt(plan: Plan, tracker: Any, searcher: Any) -> int:
+def on_interrupt(plan: Plan, tracker: StudyTracker, searcher: StudySearch | None) -> int:
     import optuna
 
     from search.study.failures import INTERRUPTED_REASON
@@ -251,7 +270,7 @@ def on_interrupt(plan: Plan, tracker: Any, searcher: Any) -> int:
     return EXIT_INTERRUPTED
 
 
-def fail_parent(tracker: Any, reason: str) -> None:
+def fail_parent(tracker: StudyTracker, reason: str) -> None:
     from search.tracking import TAG_FAIL_REASON
 
     try:

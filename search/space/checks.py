@@ -144,18 +144,6 @@ def check_resolution(study: StudySpec, base: TrialConfig, *, source: str) -> Non
             raise space_error(source, f"study.constraints[{i}].metric", unresolved[c.metric])
 
 
-BASELINE_PROTECT = {"protect.operator": "none", "protect.strength": 0.0}
-"""What a baseline trial's protect section becomes when ``study.combine`` is false."""
-
-NO_PROTECTION = {
-    **BASELINE_PROTECT,
-    "protect.split": None,
-    "protect.groups": None,
-    "protect.patterns": None,
-}
-"""What the protect section of a trial whose operator does not act becomes: no selection."""
-
-
 def _acts(operator: Any, strength: Any) -> bool:
     """:func:`pptp.treatment.operator_acts`, for values that may still be distributions (a
     searched strength counts as acting)."""

@@ -1,7 +1,9 @@
 """The one error a space file raises, and the one shape of its message: ``<file>: <key>: <what>``.
 
 ``<key>`` is dotted from the top of the file (``study.resources.cpus``, ``params.train.lr.low``,
-``study.constraints[0].max``), so the user can find the line without a traceback.
+``study.constraints[0].max``), so the user can find the line without a traceback. A value a
+message quotes is cut to ``VALUE_EXCERPT`` characters (:func:`pptp.errors.excerpt`), and a whole
+message to :data:`MAX_MESSAGE`, so a file cannot make the driver print megabytes of one line.
 """
 
 from __future__ import annotations
@@ -9,11 +11,19 @@ from __future__ import annotations
 from typing import Any
 
 from pptp.config import coerce
-from pptp.errors import ConfigError
+from pptp.errors import ConfigError, excerpt
+
+#: the longest message a space error prints (its start names the file and key; lists of the
+#: known names a key accepts fit)
+MAX_MESSAGE = 2000
 
 
 class SpaceError(ConfigError):
-    """A space file is wrong. The message starts with the file path, then the key."""
+    """A space file is wrong. The message starts with the file path, then the key; it is at
+    most :data:`MAX_MESSAGE` characters (plus the note of what was cut)."""
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(excerpt(message, MAX_MESSAGE), key=key)
 
 
 def space_error(source: str, key: str, message: str) -> SpaceError:

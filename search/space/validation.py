@@ -19,12 +19,13 @@ Field(description="a non-empty string (...)")`` gives ``study.name: needs a non-
 from __future__ import annotations
 
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 from pydantic.fields import FieldInfo
 
+from pptp.errors import VALUE_EXCERPT, excerpt
 from search.space.errors import SpaceError, coerce_value, show, space_error
 
 
@@ -89,7 +90,9 @@ def _translate(error: Any, model: type[BaseModel], *, key: str, source: str) -> 
     value = error.get("input")
     ctx = error.get("ctx") or {}
     if loc and loc[-1] == "[key]":  # a mapping key that is not a string
-        return space_error(source, dotted(key, loc[:-2]), f"key {value!r} is not a string")
+        return space_error(
+            source, dotted(key, loc[:-2]), f"key {_quoted(value, repr)} is not a string"
+        )
     where = dotted(key, loc)
     owner, field = _locate(model, loc)
     noun = owner.model_config.get("title") or "it"
@@ -108,7 +111,7 @@ def _translate(error: Any, model: type[BaseModel], *, key: str, source: str) -> 
     if kind in ("value_error", "assertion_error") and "error" in ctx:
         return space_error(source, where, str(ctx["error"]))
     if described:
-        return space_error(source, where, f"needs {described}, got {show(value)}")
+        return space_error(source, where, f"needs {described}, got {_quoted(value)}")
     if kind in _NUMBER_ERRORS:
         expected = _NUMBER_ERRORS[kind]
         if isinstance(value, str) and _reads_as_number(value):
@@ -117,17 +120,22 @@ def _translate(error: Any, model: type[BaseModel], *, key: str, source: str) -> 
     if kind in _BOUND_WORDS:
         limit = ctx.get(_BOUND_KEYS[kind])
         return space_error(
-            source, where, f"must be {_BOUND_WORDS[kind]} {show(limit)}, got {show(value)}"
+            source, where, f"must be {_BOUND_WORDS[kind]} {show(limit)}, got {_quoted(value)}"
         )
     messages = {
-        "bool_type": f"{value!r} is not true or false",
-        "string_type": f"{value!r} is not a string",
-        "finite_number": f"{value!r} is not a finite number",
-        "model_type": f"needs a mapping, got {show(value)}",
-        "dict_type": f"needs a mapping, got {show(value)}",
-        "list_type": f"needs a list, got {show(value)}",
+        "bool_type": f"{_quoted(value, repr)} is not true or false",
+        "string_type": f"{_quoted(value, repr)} is not a string",
+        "finite_number": f"{_quoted(value, repr)} is not a finite number",
+        "model_type": f"needs a mapping, got {_quoted(value)}",
+        "dict_type": f"needs a mapping, got {_quoted(value)}",
+        "list_type": f"needs a list, got {_quoted(value)}",
     }
     return space_error(source, where, messages.get(kind, str(error["msg"])))
+
+
+def _quoted(value: Any, spell: Callable[[Any], str] = show) -> str:
+    """``value`` spelled for a message, at most :data:`VALUE_EXCERPT` characters."""
+    return excerpt(spell(value), VALUE_EXCERPT)
 
 
 def _locate(

@@ -42,6 +42,7 @@ from pptp.config import TrialConfig
 from pptp.errors import ConfigError
 from pptp.fileio import atomic_write
 from search.study.failures import INTERRUPTED_REASON
+from search.study.lock import LOCK_FILE
 
 RUNS = Path("runs")
 INTERRUPTED = "interrupted"
@@ -49,6 +50,8 @@ INTERRUPTED = "interrupted"
 ENQUEUED = "enqueued"
 #: user attribute of a re-enqueued trial: the number of the interrupted trial it replaces
 REQUEUED_FROM = "requeued_from"
+#: user attribute (and trial config key) of a reused proposal: the finished trial it repeats
+DUPLICATE_OF = "duplicate_of"
 
 
 @dataclass(frozen=True)
@@ -84,8 +87,28 @@ def new_run_dir(study_name: str, output: str | None) -> Path:
     """``--output`` or ``runs/<study>/<timestamp>``, created; the caller takes its lock, then
     :func:`refuse_existing_study` (so that a live driver there is named, not just refused)."""
     path = Path(output) if output else RUNS / study_name / time.strftime("%Y%m%d-%H%M%S")
+    if output:
+        check_output(path)
     path.mkdir(parents=True, exist_ok=True)
     return path.resolve()
+
+
+def is_run_dir(path: Path) -> bool:
+    """Whether ``path`` is a run directory: it holds a study, or the lock every driver takes in
+    its run directory first (a run stopped before its study was opened)."""
+    return has_study(path) or (path / LOCK_FILE).exists()
+
+
+def check_output(path: Path) -> None:
+    """Refuse ``--output`` when it is a file, or an existing folder that is not empty and not a
+    run directory (``--output /etc``, a home folder): the run writes and replaces files there."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--output {path}: is a file; give a folder for the run directory")
+    if path.is_dir() and any(path.iterdir()) and not is_run_dir(path):
+        raise ConfigError(
+            f"--output {path}: is a folder that is neither empty nor a run directory (no "
+            f"study.db, state.json or {LOCK_FILE}); give a new or empty folder"
+        )
 
 
 def has_study(path: Path) -> bool:
@@ -208,10 +231,14 @@ def fail_interrupted(study: optuna.Study) -> list[int]:
 
 
 def finished_count(study: optuna.Study) -> int:
-    """Trials that count toward ``n_trials``: complete, or failed on their own (not interrupted)."""
+    """Trials that count toward ``n_trials``: distinct trainings that ended, complete or failed
+    on their own (not interrupted); a reused repeat (user attribute ``duplicate_of``) is not one."""
     return sum(
         1
         for t in study.get_trials(deepcopy=False)
-        if t.state == TrialState.COMPLETE
-        or (t.state == TrialState.FAIL and not t.user_attrs.get(INTERRUPTED))
+        if t.user_attrs.get(DUPLICATE_OF) is None
+        and (
+            t.state == TrialState.COMPLETE
+            or (t.state == TrialState.FAIL and not t.user_attrs.get(INTERRUPTED))
+        )
     )
