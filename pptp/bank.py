@@ -87,6 +87,7 @@ _NOT_TRAINING = (
     "localize",
     "metric_catalogue",
     "metrics",
+    "production",
     "tables",
     "treatment",
     "trial",
