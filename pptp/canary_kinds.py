@@ -24,21 +24,23 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pptp.datasets import DatasetSpec
 from pptp.registry import Registry
 
 
 @dataclass(frozen=True)
 class Planting:
     """What a kind is given: the pool's normalised images ``x`` (n_pool, C, H, W), labels ``y``
-    (n_pool,) int64, the ``chosen`` canaries' indices (n,), the generator to draw from and the
-    dataset's spec (classes, normalisation)."""
+    (n_pool,) int64, the ``chosen`` canaries' indices (n,), the generator to draw from, the number
+    of classes, and the normalisation the pool used (``mean``, ``std``: (1, C, 1, 1), images
+    scaled to [0, 1] before it)."""
 
     x: torch.Tensor
     y: np.ndarray
     chosen: np.ndarray
     rng: np.random.Generator
-    spec: DatasetSpec
+    num_classes: int
+    mean: torch.Tensor
+    std: torch.Tensor
 
 
 #: a kind returns the pool's images and labels with its canaries planted (``x`` may be the same
@@ -51,8 +53,8 @@ CANARY_KINDS: Registry[CanaryKind] = Registry("canary kind")
 @CANARY_KINDS.register("mislabeled")
 def mislabeled(p: Planting) -> tuple[torch.Tensor, np.ndarray]:
     labels = p.y.copy()
-    shift = p.rng.integers(1, p.spec.num_classes, size=len(p.chosen))  # 1..C-1: never the same
-    labels[p.chosen] = (labels[p.chosen] + shift) % p.spec.num_classes
+    shift = p.rng.integers(1, p.num_classes, size=len(p.chosen))  # 1..C-1: never the same
+    labels[p.chosen] = (labels[p.chosen] + shift) % p.num_classes
     return p.x, labels
 
 
@@ -62,27 +64,36 @@ def ood(p: Planting) -> tuple[torch.Tensor, np.ndarray]:
     noise = torch.from_numpy(
         p.rng.random((len(p.chosen), channels, height, width), dtype=np.float32)
     ).to(p.x.device)
-    mean = torch.tensor(p.spec.mean, dtype=torch.float32, device=p.x.device).view(1, -1, 1, 1)
-    std = torch.tensor(p.spec.std, dtype=torch.float32, device=p.x.device).view(1, -1, 1, 1)
     x = p.x.clone()
-    x[torch.from_numpy(p.chosen).to(p.x.device)] = (noise - mean) / std
+    x[torch.from_numpy(p.chosen).to(p.x.device)] = (noise - p.mean) / p.std
     labels = p.y.copy()
-    labels[p.chosen] = p.rng.integers(0, p.spec.num_classes, size=len(p.chosen))
+    labels[p.chosen] = p.rng.integers(0, p.num_classes, size=len(p.chosen))
     return x, labels
 
 
 def plant(
-    kind: str, x: torch.Tensor, y: np.ndarray, n: int, seed: int, salt: int, spec: DatasetSpec
+    kind: str,
+    x: torch.Tensor,
+    y: np.ndarray,
+    n: int,
+    seed: int,
+    salt: int,
+    num_classes: int,
+    normalisation: tuple[torch.Tensor, torch.Tensor],
 ) -> tuple[np.ndarray, torch.Tensor, np.ndarray]:
     """Plant ``n`` canaries of ``kind``: ``(canary (n_pool,) bool, x, labels (n_pool,) int64)``.
 
     The ``n`` examples are drawn without replacement from ``default_rng([seed, salt])``; the kind
-    draws what it needs from the same generator afterwards.
+    draws what it needs from the same generator afterwards. ``normalisation``: the pool's
+    ``(mean, std)``, each (1, C, 1, 1).
     """
     make = CANARY_KINDS[kind]
     rng = np.random.default_rng([seed, salt])
     chosen = rng.choice(len(y), size=n, replace=False)
     canary = np.zeros(len(y), dtype=bool)
     canary[chosen] = True
-    planted_x, labels = make(Planting(x, np.asarray(y, dtype=np.int64), chosen, rng, spec))
+    mean, std = normalisation
+    planted_x, labels = make(
+        Planting(x, np.asarray(y, dtype=np.int64), chosen, rng, num_classes, mean, std)
+    )
     return canary, planted_x, labels

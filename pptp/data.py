@@ -31,6 +31,7 @@ from pptp.canary_kinds import plant
 from pptp.config import DataConfig
 from pptp.datasets import DATASETS, DatasetSpec, load_raw
 from pptp.errors import ConfigError, check_size
+from pptp.own_data import is_own_data, load_source
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ class Pool:
     canary: np.ndarray | None = None
     canary_true_y: np.ndarray | None = None
     canary_kind: str = "mislabeled"
+    table: bool = False  # x holds feature vectors (n, F, 1, 1): no crops (pptp.own_data)
 
     @property
     def n_canaries(self) -> int:
@@ -91,24 +93,75 @@ class Pool:
         return keep_row(len(self.pool_index), self.seed, row, canary=self.canary)
 
 
-def _prepare(
+def _scaled(
     x_raw: torch.Tensor,
     index: np.ndarray,
     spec: DatasetSpec,
     image_size: int | None,
     device: torch.device,
 ) -> torch.Tensor:
-    """Select, move, scale to [0, 1], resize (bilinear) and normalise: (len(index), C, S, S)."""
+    """Select, move, scale to [0, 1] (uint8) and resize (bilinear): (len(index), C, S, S)."""
     x = x_raw[torch.from_numpy(index)].to(device)
     x = x.to(torch.float32) / 255.0 if x.dtype == torch.uint8 else x.to(torch.float32)
-    if image_size is not None and image_size != spec.image_size and len(x):
+    if image_size is not None and image_size != spec.image_size and len(x) and not spec.table:
         shrink = image_size < spec.image_size
         x = F.interpolate(
             x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=shrink
         )
-    mean = torch.tensor(spec.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    std = torch.tensor(spec.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    return ((x - mean) / std).contiguous()
+    return x
+
+
+def _statistics(spec: DatasetSpec, pool_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std ``(1, C, 1, 1)``: the spec's, or (a user's data, whose spec has
+    none) the pool's own (for a table: per feature); a constant channel gets std 1."""
+    device = pool_x.device
+    if spec.mean:
+        mean = torch.tensor(spec.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        std = torch.tensor(spec.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        return mean, std
+    mean = pool_x.mean(dim=(0, 2, 3), keepdim=True)
+    std = pool_x.std(dim=(0, 2, 3), keepdim=True)
+    return mean, torch.where(std > 1e-8, std, torch.ones_like(std))
+
+
+def dataset_spec(data: DataConfig) -> DatasetSpec:
+    """The dataset ``data`` names: a built-in's registered spec (nothing loaded), or a user's
+    data (:mod:`pptp.own_data`), read (cached) to learn its classes, shape and fingerprint."""
+    return raw_data(data)[0] if is_own_data(data.name) else DATASETS[data.name]
+
+
+def raw_data(data: DataConfig) -> tuple[DatasetSpec, torch.Tensor, torch.Tensor]:
+    """``(spec, x, y)`` of the dataset ``data`` names, x (n, C, H, W) on the CPU (cached)."""
+    if not is_own_data(data.name):
+        spec = DATASETS[data.name]
+        x, y = load_raw(data.name, data_dir=data.data_dir, download=data.download)
+        return spec, x, y
+    check_size("image_size", data.image_size, minimum=1)
+    root = str(Path(data.data_dir).expanduser().absolute())
+    source = load_source(data.name, root, data.image_size, data.label)
+    spec = DatasetSpec(
+        name=data.name,
+        load=_not_a_loader,
+        num_classes=len(source.classes),
+        channels=int(source.x.shape[1]),
+        image_size=int(source.x.shape[2]),
+        mean=(),
+        std=(),
+        flip=False,  # a user's images: whether a mirror keeps the label is not known
+        layout=source.where,
+        source=source.where,
+        n_examples=len(source.y),
+        n_test=source.n_test,
+        table=source.table,
+        fingerprint=source.fingerprint,
+    )
+    return spec, source.x, source.y
+
+
+def _not_a_loader(
+    spec: DatasetSpec, root: Path, download: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    raise AssertionError("a user's data is read by pptp.own_data.load_source")
 
 
 def make_pool(
@@ -124,49 +177,63 @@ def make_pool(
     device: str | torch.device = "cpu",
     canaries: int = 0,
     canary_kind: str = "mislabeled",
+    label: str = "label",
 ) -> Pool:
     """Shuffle the pooled dataset with ``numpy.random.default_rng(seed)`` and cut it.
 
     The first ``test_size`` shuffled examples are the test set, the next ``val_size`` the
-    validation set, the next ``pool_size`` (all the rest when None) the pool. ``image_size``
-    resizes every image to ``image_size x image_size`` (bilinear; e.g. digits 8x8 -> 32x32 for
-    CNNs) before normalising. ``canaries`` turns that many pool examples into canaries of
-    ``canary_kind`` (:func:`pptp.canary_kinds.plant`). The result is a pure function of (dataset,
-    seed, sizes, image_size, canaries, canary_kind); ``device`` only says where the tensors live.
+    validation set, the next ``pool_size`` (all the rest when None) the pool. A dataset with its
+    own test split (a user's ``test/`` folder or ``x_test``, ``DatasetSpec.n_test``) keeps that
+    split as the test set and shuffles only the rest (``test_size`` is not used).
+    ``image_size`` resizes every image to ``image_size x image_size`` (bilinear; e.g. digits
+    8x8 -> 32x32 for CNNs) before normalising: with the spec's per-channel statistics, or for a
+    user's data with the pool's own (per feature for a table). ``canaries`` turns that many
+    pool examples into canaries of ``canary_kind`` (:func:`pptp.canary_kinds.plant`). The result
+    is a pure function of (dataset, seed, sizes, image_size, canaries, canary_kind); ``device``
+    only says where the tensors live.
     """
-    spec = DATASETS[name]
     check_size("seed", seed, minimum=0)
     check_size("test_size", test_size, minimum=0)
     check_size("val_size", val_size, minimum=0)
     check_size("pool_size", pool_size, minimum=2)
     check_size("image_size", image_size, minimum=1)
     check_size("canaries", canaries, minimum=0)
-
-    x_raw, y_raw = load_raw(name, data_dir=data_dir, download=download)
-    n = len(y_raw)
+    data = DataConfig(
+        name=name, image_size=image_size, data_dir=str(data_dir), download=download, label=label
+    )
+    spec, x_raw, y_raw = raw_data(data)
+    n = len(y_raw) - spec.n_test
+    if spec.n_test:
+        test_size = 0
     rest = n - test_size - val_size
     wanted = rest if pool_size is None else pool_size
     if rest < 2 or wanted > rest:
         raise ConfigError(
             f"test_size {test_size} + val_size {val_size} + pool_size "
             f"{'all (at least 2)' if pool_size is None else pool_size} exceeds the {n} examples "
-            f"of {name!r} (train and test pooled); make the sizes smaller"
+            f"of {name!r} ({'its training split' if spec.n_test else 'train and test pooled'})"
+            "; make the sizes smaller"
         )
 
     order = np.random.default_rng(seed).permutation(n)
-    test_index = order[:test_size]
+    test_index = order[:test_size] if not spec.n_test else np.arange(n, n + spec.n_test)
     val_index = order[test_size : test_size + val_size]
     pool_index = order[test_size + val_size : test_size + val_size + wanted]
 
     dev = torch.device(device)
+    scaled = {
+        part: _scaled(x_raw, index, spec, image_size, dev)
+        for part, index in (("pool", pool_index), ("test", test_index), ("val", val_index))
+    }
+    mean, std = _statistics(spec, scaled["pool"])
 
-    def cut(index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        x = _prepare(x_raw, index, spec, image_size, dev)
+    def cut(part: str, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        x = ((scaled[part] - mean) / std).contiguous()
         return x, y_raw[torch.from_numpy(index)].to(dev)
 
-    x, y = cut(pool_index)
-    x_test, y_test = cut(test_index)
-    x_val, y_val = cut(val_index)
+    x, y = cut("pool", pool_index)
+    x_test, y_test = cut("test", test_index)
+    x_val, y_val = cut("val", val_index)
     canary = canary_true_y = None
     if canaries:
         if canaries > len(pool_index):
@@ -174,7 +241,9 @@ def make_pool(
                 f"data.canaries = {canaries} exceeds the pool's {len(pool_index)} examples"
             )
         true_y = y.cpu().numpy()
-        canary, x, planted = plant(canary_kind, x, true_y, canaries, seed, _CANARY_SALT, spec)
+        canary, x, planted = plant(
+            canary_kind, x, true_y, canaries, seed, _CANARY_SALT, spec.num_classes, (mean, std)
+        )
         canary_true_y = true_y[canary]
         y = torch.from_numpy(planted).to(dev)
     logger.info(
@@ -198,6 +267,7 @@ def make_pool(
         canary=canary,
         canary_true_y=canary_true_y,
         canary_kind=canary_kind,
+        table=spec.table,
     )
 
 
@@ -215,13 +285,14 @@ def build_pool(cfg: DataConfig, *, device: torch.device | str = "cpu") -> Pool:
         device=device,
         canaries=cfg.canaries,
         canary_kind=cfg.canary_kind,
+        label=cfg.label,
     )
 
 
 def check_data(cfg: DataConfig) -> None:
     """Load the raw dataset once (it is cached): a missing dataset stops here, clearly, before
     anything trains (:class:`~pptp.errors.DataUnavailableError` names the folder and layout)."""
-    load_raw(cfg.name, data_dir=cfg.data_dir, download=cfg.download)
+    raw_data(cfg)
 
 
 # ---------------------------------------------------------------------------------------------

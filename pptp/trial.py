@@ -34,8 +34,7 @@ from pptp.bank import ReferenceBank, ReferenceSignals, recipe_key
 from pptp.canaries import CANARY_TPR_METRICS, canary_metrics, split_scores
 from pptp.chance import require_above_chance
 from pptp.config import DataConfig, TrialConfig
-from pptp.data import Pool, build_pool
-from pptp.datasets import DATASETS
+from pptp.data import Pool, build_pool, dataset_spec
 from pptp.device import resolve_device
 from pptp.errors import ConfigError
 from pptp.metrics import TPR_METRICS, AttackMetrics, resolvable
@@ -436,10 +435,11 @@ def expected_non_members(data: DataConfig) -> int:
     (``DatasetSpec.n_examples``, train and test pooled) left after the test and validation sets;
     the target trains on ``n_pool // 2`` of them (:func:`pptp.data.keep_row`).
     """
-    spec = DATASETS[data.name]
+    spec = dataset_spec(data)
     n_pool = data.pool_size
     if n_pool is None:
-        n_pool = spec.n_examples - data.test_size - data.val_size
+        test = spec.n_test or data.test_size  # a dataset's own test split replaces test_size
+        n_pool = spec.n_examples - test - data.val_size
     if n_pool < 2:
         raise ConfigError(
             f"data: a pool of {n_pool} examples ({data.name!r}, {spec.n_examples} examples, "

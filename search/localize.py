@@ -30,6 +30,7 @@ if __package__ in (None, ""):  # `python search/localize.py` puts search/ first 
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from pptp.errors import ConfigError
+from search.cli import manual
 from search.cli.entry import add_output_flags, quiet_environment, run_command, verbosity
 
 quiet_environment()  # before anything imports ray or mlflow
@@ -41,12 +42,9 @@ EXPERIMENT_SUFFIX = "-localize"
 FILES = ("localization.json", "localization.csv", "localization.png")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="search/localize.py",
-        description="Measure per-layer-group privacy risk and generalization of a space's model "
-        "(trains two models per seed).",
-    )
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The options of ``localize`` under its manual page (:mod:`search.cli.manual`)."""
+    p = manual.parser("localize", prog)
     p.add_argument(
         "--space",
         required=True,
@@ -71,7 +69,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="examples scored per set (D1, D2, held-out; default 2000)",
     )
     add_output_flags(p)
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

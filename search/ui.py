@@ -43,6 +43,7 @@ if __package__ in (None, ""):  # `python search/ui.py` puts search/ first on sys
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from pptp.errors import ConfigError
+from search.cli import manual
 from search.cli.entry import quiet_environment, run_command
 from search.tracking.links import Links, console_command, server_base
 from search.tracking.saved_views import SHARED_VIEW_TAG, TRIALS_VIEW
@@ -261,15 +262,8 @@ def sigterm_as_interrupt() -> Iterator[None]:
 # ---------------------------------------------------------------------------------------------
 # the command
 
-DESCRIPTION = """\
-Start the MLflow UI on 127.0.0.1 over the store a study wrote to, wait until it answers,
-and print the address of the study's runs table (trials with their objectives as columns),
-of its Pareto trials and of its report. Ctrl-C stops the server. With a tracking server
-(http://...) nothing is started: the addresses are printed."""
-
-
-def build_parser(prog: str = "pptp-search ui") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    p = manual.parser("ui", prog)
     p.add_argument(
         "--run", help="a run directory of a study (its state.json names the store and the study)"
     )

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pptp.errors import ConfigError
+from pptp.treatment import KINDS
 from search.study.trials import FinishedTrial
 
 if TYPE_CHECKING:
@@ -131,6 +132,10 @@ class Comparison:
     noise: dict[str, Noise | None] = dataclasses.field(default_factory=dict)
     missing: tuple[str, ...] = ()
 
+    def counts(self) -> dict[str, int]:
+        """Trainings compared per kind (``pptp``, ``baseline``, ``undefended``, ``combined``)."""
+        return {k: sum(p.kind == k for p in self.points) for k in dict.fromkeys(KINDS)}
+
     def family(self, name: str) -> list[FinishedTrial]:
         """The points of a front's family: PPTP or baseline trials, plus the undefended."""
         kind = "pptp" if name == "pptp" else "baseline"
@@ -210,7 +215,10 @@ def compare(
     undefended model takes the pooled noise of every trial with seeds.
     """
     metrics = [a.metric for a in axes]
-    usable = [p for p in points if all(math.isfinite(p.mean(m)) for m in metrics)]
+    # a repeated proposal reused a trial's results: the same training, counted once
+    usable = [
+        p for p in points if not p.repeat and all(math.isfinite(p.mean(m)) for m in metrics)
+    ]
     if not usable:
         raise ConfigError("no completed trial has both objectives; nothing to compare")
     means = np.array([[p.mean(m) for m in metrics] for p in usable])

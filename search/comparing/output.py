@@ -53,11 +53,17 @@ def hypervolume_lines(result: Comparison, reference: str) -> list[str]:
     noise the intervals come from."""
     lines = [
         f"Hypervolume (reference point: {reference}; 95% interval from each family's pooled "
-        f"seed noise, {result.n_bootstrap} parametric resamples):",
+        f"seed noise, {result.n_bootstrap} parametric resamples; trials: distinct trainings of "
+        f"the family, the undefended model's {result.counts()['undefended']} on both fronts):",
         "",
     ]
-    for name, volume in (("PPTP front", result.pptp), ("baselines' front", result.baselines)):
-        lines.append(f"- {name}: {volume if volume is not None else 'no trial'}")
+    counts = result.counts()
+    for name, volume, kind in (
+        ("PPTP front", result.pptp, "pptp"),
+        ("baselines' front", result.baselines, "baseline"),
+    ):
+        shown = volume if volume is not None else "no trial"
+        lines.append(f"- {name}: {shown} ({counts[kind]} trials)")
     if result.difference is not None:
         lines.append(
             f"- PPTP minus baselines: {result.difference} (PPTP larger in "

@@ -57,6 +57,8 @@ def finish(
         f"{sum(not t.complete for t in trials)} failed):"
     )
     print(format_front(trials, space.study.objectives))
+    for line in budget_lines(plan, study):
+        print(line)
     for line in report.lines():
         print(line)
     print(publish(plan, mlflow=not store_replaced(plan.tracking_uri, identity)))
@@ -70,6 +72,17 @@ def finish(
         )
         return EXIT_TRACKING_INCOMPLETE
     return 0
+
+
+def budget_lines(plan: Plan, study: optuna.Study) -> list[str]:
+    """Where the study's trainings went: per family, and the share of repeated proposals
+    (:mod:`search.running.budget`)."""
+    from search.running.budget import family_line, kind_of, repeat_line
+
+    trials = study.get_trials(deepcopy=False)
+    lines = [family_line(trials, kind_of(plan.space))]
+    repeats = repeat_line(trials)
+    return lines + ([repeats] if repeats else [])
 
 
 def study_trials(plan: Plan, study: optuna.Study) -> list[FinishedTrial]:

@@ -133,6 +133,10 @@ class Progress(Callback):
         self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
     ) -> None:
         number = trial.config.get(TRIAL_NUMBER, "?")
+        twin = trial.config.get(DUPLICATE_OF)
+        if twin is not None and not result.get("failed"):  # not a training: not counted
+            self._say(f"trial {number} reused the results of finished trial {twin}")
+            return
         count = self._count()
         if result.get("failed"):
             self._say(f"trial {number} FAILED {count}: {result.get('fail_reason')}")

@@ -17,7 +17,12 @@ failed, and does not tell the trial its Optuna number. :class:`StudySearch` adds
 - a config the study already finished is not trained again: :meth:`StudySearch.suggest` marks it
   :data:`DUPLICATE_OF` the finished trial and hands the trial that trial's results
   (:data:`REUSE`), as Optuna users do for duplicate suggestions; the duplicate is a COMPLETE trial
-  with the same values and the user attribute ``duplicate_of``;
+  with the same values and the user attribute ``duplicate_of``. It does not use up a training:
+  the searcher stops proposing (Tune's ``Searcher.FINISHED``) once ``budget`` distinct trainings
+  were proposed, and it steers a sampler that keeps repeating toward random points
+  (:mod:`search.running.budget`);
+- with ``shares`` (``study.budget``), a proposal is pinned to a family that is behind its share
+  (:class:`search.running.budget.FamilyShares`);
 - a few result fields (MLflow run id, protected groups, headline metrics, the objectives' and
   constraints' spread over seeds ``<metric>_sd`` and their ``per_seed`` values) are stored as user
   attributes, so the Pareto table can be built from the Optuna storage alone.
@@ -32,11 +37,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from pptp.metric_catalogue import recorded_keys
 from pptp.treatment import FLAT_ATTRS, TREATMENT_ATTR
+from search.running.budget import STEERED, FamilyShares, RepeatCounter, random_point
 from search.space import Constraint
+from search.study.rundir import DUPLICATE_OF as DUPLICATE_OF
 
 logger = logging.getLogger(__name__)
 
@@ -49,14 +58,13 @@ RECORDED = (
     *FLAT_ATTRS,
     "seconds",
     "repeats",
-    "duplicate_of",
+    DUPLICATE_OF,
 )
 #: recorded fields that are mappings: a trial reports them as JSON text (Tune flattens nested
 #: result dicts), stored on the Optuna trial as the mapping
 JSON_ATTRS = (TREATMENT_ATTR,)
 TRIAL_NUMBER = "trial_number"
-#: config key: the number of the finished trial whose config this trial repeats
-DUPLICATE_OF = "duplicate_of"
+#: config key DUPLICATE_OF (search.study.rundir): the finished trial a reused proposal repeats
 #: config key: that trial's results (JSON), which the duplicate reports instead of training
 REUSE = "reuse"
 #: result key: the trial's MLflow run as JSON (search.study.records), kept by the driver
@@ -69,16 +77,26 @@ GENERIC_CRASH = "the trial's process crashed (killed for memory, or an error out
 class StudySearch(OptunaSearch):
     """``OptunaSearch`` plus constraints, failure reasons, duplicates and trial numbers (see
     module doc). ``wanted``: metrics besides the objectives whose values (and spread) are kept
-    as user attributes (the constraints' metrics: a duplicate needs them)."""
+    as user attributes (the constraints' metrics: a duplicate needs them). ``budget``: distinct
+    trainings to propose (None: no limit, Tune's ``num_samples`` decides); ``shares``: the
+    space's ``study.budget``; ``seed``: the random points' seed."""
 
     def __init__(
         self,
         *args: Any,
         constraints: Sequence[Constraint] = (),
         wanted: Sequence[str] = (),
+        budget: int | None = None,
+        shares: FamilyShares | None = None,
+        seed: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self._budget = budget
+        self._shares = shares
+        self._point_seed = seed
+        self._trainings = 0  # distinct trainings proposed by this searcher
+        self._repeats = RepeatCounter()
         self._constraints = tuple(constraints)
         self._told: set[str] = set()  # Tune trial ids already told to Optuna
         self._awaiting: set[str] = set()  # errored Tune trials waiting for their reason
@@ -98,21 +116,58 @@ class StudySearch(OptunaSearch):
         return trials.get(trial_id)
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if trial_id not in self._ot_trials:
+            if self._budget is not None and self._trainings >= self._budget:
+                return Searcher.FINISHED  # type: ignore[return-value]  # Ray's documented end
+            if self._repeats.exhausted:
+                logger.warning(
+                    "%d proposals in a row repeated finished configs, random points included: "
+                    "the space has no unseen config left to find; the study ends here",
+                    self._repeats.in_a_row,
+                )
+                return Searcher.FINISHED  # type: ignore[return-value]
+            self._steer()
         params = super().suggest(trial_id)
         ot_trial = self._optuna_trial(trial_id)
         if params is None or ot_trial is None:
             return params
         out = {**params, TRIAL_NUMBER: ot_trial.number}
         twin = finished_twin(ot_trial)
-        if twin is not None:
+        self._repeats.saw(repeat=twin is not None)
+        if twin is None:
+            self._trainings += 1
+        else:
             logger.info(
                 "trial %d repeats the config of finished trial %d: its results are reused",
                 ot_trial.number,
                 twin.number,
             )
             out[DUPLICATE_OF] = twin.number
+            ot_trial.set_user_attr(DUPLICATE_OF, twin.number)  # not a training, from now on
             out[REUSE] = json.dumps(self._reused(twin))
         return out
+
+    def _steer(self) -> None:
+        """Enqueue the next proposal's pinned keys: its family when one is behind its share, a
+        random point after repeats (:mod:`search.running.budget`). Nothing while first trials
+        the space enqueued are still waiting: they run first."""
+        study = self._ot_study
+        assert study is not None  # set up before the first suggest (OptunaSearch)
+        trials = study.get_trials(deepcopy=False)
+        if any(t.state == TrialState.WAITING for t in trials):
+            return
+        pinned = self._shares.pin(trials) if self._shares is not None else None
+        params: dict[str, Any] = {}
+        why = []
+        if self._repeats.steer and isinstance(self._space, dict):
+            params = random_point(self._space, self._point_seed + len(trials))
+            why.append(f"random point after {self._repeats.in_a_row} repeats in a row")
+        if pinned is not None:
+            family, keys = pinned
+            params.update(keys)
+            why.append(f"budget: {family} behind its share")
+        if params:
+            study.enqueue_trial(params, user_attrs={STEERED: "; ".join(why)})
 
     def _reused(self, twin: optuna.trial.FrozenTrial) -> dict[str, Any]:
         """What a duplicate of ``twin`` reports: its objective values and recorded attributes."""
@@ -179,8 +234,6 @@ class StudySearch(OptunaSearch):
 
 def finished_twin(ot_trial: optuna.Trial) -> optuna.trial.FrozenTrial | None:
     """The first COMPLETE trial of ``ot_trial``'s study with exactly its parameters, if any."""
-    from optuna.trial import TrialState
-
     params = ot_trial.params
     for t in ot_trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         if t.number != ot_trial.number and t.params == params:

@@ -44,6 +44,7 @@ def run_session(
     import ray
 
     from search.running.bookkeeping import Bookkeeper
+    from search.running.budget import shares_for
     from search.running.samplers import StudySearch
     from search.space import build_sampler
 
@@ -69,6 +70,9 @@ def run_session(
             storage=plan.storage(),
             constraints=space.study.constraints,
             wanted=ctx.wanted,
+            budget=remaining,
+            shares=shares_for(space),
+            seed=sampler_study.seed,
         )
         keeper = Bookkeeper(
             run_dir=plan.run_dir,
@@ -197,7 +201,9 @@ def run_tuner(
         ),
         tune_config=tune.TuneConfig(
             search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrency),
-            num_samples=remaining,
+            # the searcher ends the study after ``remaining`` distinct trainings: a repeated
+            # proposal is reused and not counted (search.running.budget)
+            num_samples=-1,
             reuse_actors=True,  # a trial process imports torch and mlflow once, not per trial
         ),
         run_config=tune.RunConfig(

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pptp.attacks import attack_names
 from pptp.config import TrialConfig
 from pptp.metric_catalogue import catalogue, lookup, metric_names
+from pptp.treatment import Kind
 
 Direction = Literal["maximize", "minimize"]
 
@@ -103,6 +104,10 @@ class Resources:
 
 DEFAULT_OBJECTIVES = (Objective("test_acc", "maximize"), Objective("attack_auc", "minimize"))
 
+FAMILY_KINDS: dict[str, Kind] = {"pptp": "pptp", "baselines": "baseline"}
+"""The families ``study.budget`` may name -> the treatment kind whose trainings count toward it
+(:mod:`pptp.treatment`)."""
+
 
 @dataclass(frozen=True)
 class StudySpec:
@@ -120,6 +125,9 @@ class StudySpec:
     whose defense is not ``none`` trains with ``protect.operator: none`` (what a sampler proposed
     for the protect keys is ignored, and recorded as such), so PPTP and the baselines meet on one
     front with no mixed points (:meth:`search.space.Space.trial_config`).
+    ``budget``: shares of the study's trainings per family (:data:`FAMILY_KINDS`), e.g.
+    ``{"pptp": 0.5, "baselines": 0.5}``; empty: the sampler alone decides
+    (:mod:`search.running.budget` enforces it).
     """
 
     name: str
@@ -135,6 +143,7 @@ class StudySpec:
     localization: dict[str, Any] | None = None
     repeats: int = 1
     combine: bool = True
+    budget: dict[str, float] = field(default_factory=dict)
 
     @property
     def metrics(self) -> list[str]:
@@ -176,6 +185,8 @@ class StudySpec:
         }
         if self.localization is not None:
             out["localization"] = self.localization
+        if self.budget:
+            out["budget"] = dict(self.budget)
         return out
 
 

@@ -25,6 +25,7 @@ from search.space.sampler_registry import SAMPLERS, build_sampler, check_sampler
 from search.space.study import (
     DEFAULT_OBJECTIVES,
     DIRECTION_ALIASES,
+    FAMILY_KINDS,
     Constraint,
     Objective,
     Resources,
@@ -108,6 +109,11 @@ class StudySection(Section):
     ] = None
     repeats: Annotated[Int, Field(ge=1)] = 1
     combine: bool = True
+    budget: Annotated[
+        dict[str, float],
+        EmptyIfNone,
+        Field(description="a mapping family -> share, like {pptp: 0.5, baselines: 0.5}"),
+    ] = Field(default_factory=dict)
 
 
 def parse_study(
@@ -143,11 +149,58 @@ def parse_study(
         localization=dict(section.localization) if section.localization is not None else None,
         repeats=section.repeats,
         combine=section.combine,
+        budget=_budget(section, fixed, params, source=source),
     )
     # options coerced to the sampler's types; building the sampler once checks the values
     study = dataclasses.replace(study, sampler_options=check_sampler_options(study, source=source))
     build_sampler(study, source=source)
     return study
+
+
+def _budget(
+    section: StudySection,
+    fixed: Mapping[str, Any],
+    params: Mapping[str, BaseDistribution],
+    *,
+    source: str,
+) -> dict[str, float]:
+    """``study.budget`` checked: known families, shares in (0, 1] summing to at most 1, and a
+    space where a proposal can be pinned to either family (``study.combine: false``,
+    ``defense.name`` searched over ``none`` and a baseline, an operator to protect with)."""
+    shares = dict(section.budget)
+    if not shares:
+        return shares
+    for family, share in shares.items():
+        key = f"study.budget.{family}"
+        if family not in FAMILY_KINDS:
+            raise space_error(source, key, f"unknown family; known: {', '.join(FAMILY_KINDS)}")
+        if not 0 < share <= 1:
+            raise space_error(source, key, f"a share must be in (0, 1], got {share:g}")
+    if sum(shares.values()) > 1 + 1e-9:
+        raise space_error(
+            source, "study.budget", f"shares sum to {sum(shares.values()):g}; at most 1"
+        )
+    if section.combine:
+        raise space_error(
+            source,
+            "study.budget",
+            "needs study.combine: false (each trial PPTP or one baseline) to count families",
+        )
+    defense = params.get("defense.name")
+    choices = defense.choices if isinstance(defense, CategoricalDistribution) else ()
+    if "none" not in choices or len(choices) < 2:
+        raise space_error(
+            source,
+            "study.budget",
+            "needs params.defense.name searched over none and at least one baseline defense",
+        )
+    if "protect.operator" not in params and fixed.get("protect.operator", "none") == "none":
+        raise space_error(
+            source,
+            "study.budget",
+            "gives PPTP a share but no operator is searched or fixed (protect.operator)",
+        )
+    return shares
 
 
 def check_metric(metric: str, metrics: set[str], *, key: str, source: str) -> None:

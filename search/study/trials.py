@@ -78,6 +78,11 @@ class FinishedTrial:
         return str(value) if value else None
 
     @property
+    def repeat(self) -> bool:
+        """Whether it reused a finished trial's results (a repeated proposal, not a training)."""
+        return self.attrs.get("duplicate_of") is not None
+
+    @property
     def fail_reason(self) -> str:
         return str(self.attrs.get("fail_reason") or "no reason recorded")
 

@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from search.tracking.store import TAG_PARETO, metric_key
+from search.tracking.names import TAG_PARETO, metric_key
 
 #: experiment-tag prefix of the MLflow UI's saved views (MLflow 3.x UI)
 SHARED_VIEW_TAG = "mlflow.sharedViewState."
