@@ -35,7 +35,12 @@ if TYPE_CHECKING:  # the real imports, for type checkers
         set_tags,
     )
     from search.tracking.study_tracker import StudyTracker
-    from search.tracking.trial_tracker import FAIL_REASON_CHARS, TrialTracker, write_trial_artifacts
+    from search.tracking.trial_tracker import (
+        FAIL_REASON_CHARS,
+        TrialTracker,
+        write_exposure,
+        write_trial_artifacts,
+    )
     from search.tracking.uris import (
         REPO_ROOT,
         TrackingUnavailable,
@@ -72,6 +77,7 @@ _WHERE = {
     "plot_front": "search.tracking.plots",
     "resolve_tracking_uri": "search.tracking.uris",
     "set_tags": "search.tracking.store",
+    "write_exposure": "search.tracking.trial_tracker",
     "write_trial_artifacts": "search.tracking.trial_tracker",
 }
 
@@ -108,5 +114,6 @@ __all__ = [
     "plot_front",
     "resolve_tracking_uri",
     "set_tags",
+    "write_exposure",
     "write_trial_artifacts",
 ]
