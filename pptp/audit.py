@@ -174,6 +174,23 @@ def audit_canaries(
     return CanaryAudit(bound, confidence, delta, m, rules, best)
 
 
+def contradicts(eps_lb: float, epsilon: float | None) -> bool:
+    """Whether an audit's bound contradicts a claimed epsilon (at the same delta): ``eps_lb >
+    epsilon``. A claim of infinity (DP-SGD without noise, honestly accounted) claims nothing."""
+    return epsilon is not None and math.isfinite(epsilon) and eps_lb > epsilon
+
+
+def claim_check(audit: CanaryAudit, epsilon: float) -> str:
+    """One line on a claimed epsilon against the audit's bound, for the output and a tag:
+    ``contradicted: ...`` when :func:`contradicts`, else ``consistent: ...``."""
+    bound = f"eps_lb {format_eps_lb(audit.eps_lb)}"
+    claim = f"claimed epsilon {epsilon:.2f}"
+    where = f"({audit.confidence:.0%} confidence, delta {audit.delta:g})"
+    if contradicts(audit.eps_lb, epsilon):
+        return f"contradicted: the audit contradicts the claimed epsilon: {bound} > {claim} {where}"
+    return f"consistent: {bound} <= {claim} {where}"
+
+
 def format_eps_lb(value: float) -> str:
     """An ``eps_lb`` as the output reads it: ``1.23``, or :data:`NONE_DETECTED` for 0."""
     if not math.isfinite(value):

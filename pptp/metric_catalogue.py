@@ -240,6 +240,12 @@ for _metric in (
         "shown beside eps_lb, which may not exceed it",
         digits=2, recorded=True, shown=True, when="dpsgd",
     ),
+    Metric(
+        "dp_contradicted", "audit contradicts epsilon", "eps contradicted", None,
+        "1 when the canary audit's eps_lb exceeds DP-SGD's claimed epsilon (a broken DP "
+        "claim: the MLflow tag dp_claim says by how much), else 0; needs canaries",
+        digits=0, recorded=True, when="dpsgd",
+    ),
     Metric("train_acc", "train accuracy", "train acc", "maximize", "accuracy on the members"),
     Metric(
         "generalization_gap", "generalization gap", "gap", "minimize",

@@ -51,6 +51,7 @@ from search.picking.audit import (
 )
 from search.picking.export import export_header, picked_space, write_export
 from search.picking.model_registry import (
+    CARD_FILE,
     DEFAULT_ALIAS,
     check_registry_names,
     register,
@@ -335,7 +336,7 @@ def _execute(plan: Plan) -> int:
     from search.tracking.links import console_command, ui_hint
 
     print("\nwhere things went:")
-    print(f"  config      {path}  (TrialConfig.from_flat(yaml.safe_load(...)['fixed']))")
+    print(f"  config      {path}  (a one-trial space of the picked config)")
     print(f"  report      {console_command()} report --run {run.run_dir}  (shows the pick)")
     if registered is not None:
         print(
@@ -358,6 +359,14 @@ def _execute(plan: Plan) -> int:
             f"  load        {load}mlflow.pytorch.load_model({registered.uri!r})  "
             "# float32 (N, C, H, W) normalised like the pool -> logits"
         )
+        print(f"  model card  {CARD_FILE} in MLflow run {registered.run_id}")
+    print("\nnext:")
+    if registered is None:
+        print(
+            f"  python search/pick.py --run {run.run_dir} --adaptive --register NAME  "
+            "# ship it: train on the full data, register with its audit and model card"
+        )
+    print(f"  python search/run.py --space {path}  # run the picked config again as a study")
     return 0
 
 

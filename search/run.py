@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     import optuna
 
     from search.running.plan import Plan
+    from search.space import Space
     from search.tracking.study_tracker import StudyTracker
 
 # The stages (search.running, pptp.data) import optuna, torch and ray: 3-7 s on 2 cores that
@@ -216,6 +217,7 @@ def prepare(args: argparse.Namespace) -> Plan:
     else:
         probe_ray_address(args.address)
     check_data(space.base_config().data)
+    check_models(space)
     seeded = localization_enqueue(space) if state is None else []
     if run_dir is None:
         run_dir = rundir.new_run_dir(space.study.name, args.output)
@@ -333,6 +335,23 @@ def _with_parent(
         if stopped is not None:
             return stopped
     return finish(plan, tracker, identity, report)
+
+
+def check_models(space: Space) -> None:
+    """Build each user model the study can train (``model.name`` fixed, or each choice) once for
+    the data: a factory that cannot be imported, returns no module, has bad layer groups or
+    gives the wrong output shape stops here, naming the space file, before anything starts."""
+    from pptp.models import check_model
+    from search.space.checks import possible_values
+    from search.space.errors import space_error
+
+    base = space.base_config()
+    for where, name in possible_values("model.name", base.to_flat(), space.params):
+        try:
+            check_model(dataclasses.replace(base.model, name=name), base.data)
+        except ConfigError as error:
+            key = where if error.key in (None, "model.name") else f"fixed.{error.key}"
+            raise space_error(str(space.path), key, str(error)) from None
 
 
 def _yaml(data: Any) -> str:

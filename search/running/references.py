@@ -160,6 +160,16 @@ def reference_failure(error: Exception) -> Exception:
         "the base recipe's reference models cannot be trained: "
         f"{reason}. Every trial is scored against them, so no trial was started"
     )
+    if isinstance(cause, ConfigError) and str(cause).startswith(
+        ("unknown model", "unknown dataset")
+    ):
+        return ReferencesFailed(
+            f"{what}. A model or dataset registered in the driver's process only (pptp.models."
+            "MODELS from a wrapper script) is unknown to the Ray workers, which import pptp "
+            "afresh: name your model by import path instead (model.name: package.module:factory "
+            "or path/to/file.py:factory; data.name likewise for a loader), and the search ships "
+            "it to every worker"
+        )
     if isinstance(cause, ConfigError | TrainingDiverged | ModelAtChance):
         return ReferencesFailed(
             f"{what}; fix the recipe in the space's fixed section (train.lr, train.epochs, "

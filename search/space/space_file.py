@@ -120,7 +120,7 @@ class Space:
         changed = {
             k: v
             for k, v in self.base_config().to_flat().items()
-            if k not in self.params and v != defaults[k]
+            if k not in self.params and v != defaults.get(k)
         }
         lines.append(f"fixed, differing from defaults ({len(changed)}):")
         lines += [f"  {k:<{width}}  {show(v)}" for k, v in changed.items()]
