@@ -77,9 +77,10 @@ class DataConfig:
     image_size: int | None = None  # resize, e.g. digits 8x8 -> 32x32
     data_dir: str = "data"
     download: bool = False
-    # mislabeled pool examples audited on their own (pptp.data.plant_canaries; Aerni et al. 2024);
+    # pool examples made canaries and audited on their own (pptp.canary_kinds; Aerni et al. 2024);
     # they change every model's training data, so the reference bank keys them
     canaries: int = 0
+    canary_kind: str = "mislabeled"  # mislabeled | ood (noise images with random labels)
     label: str = "label"  # the label column of a table (data.name: table)
 
 

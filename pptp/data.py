@@ -9,8 +9,8 @@ sliced and augmented on the device by :mod:`pptp.batches`):
    and validation are disjoint from all of them. Images are scaled to [0, 1], optionally
    resized, and normalised per channel; the tensors live on the training device
    (docs/design.md#performance).
-   :func:`plant_canaries` mislabels some pool examples; :func:`build_pool` builds the pool a
-   data config names.
+   Some pool examples may become canaries (:mod:`pptp.canary_kinds`: mislabeled, or
+   out-of-distribution); :func:`build_pool` builds the pool a data config names.
 2. :func:`keep_row` / :func:`keep_matrix` give the membership matrix ``keep[model, example]``
    (row 0 the target, rows 1.. reference models; LiRA, Carlini et al. 2022, "Membership Inference
    Attacks From First Principles"): each row is a random half of the pool, and row ``i`` does not
@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pptp.canary_kinds import plant
 from pptp.config import DataConfig
 from pptp.datasets import DATASETS, DatasetSpec, load_raw
 from pptp.errors import ConfigError, check_size
@@ -55,8 +56,9 @@ class Pool:
     (:func:`~pptp.datasets.load_raw`): provenance.
 
     ``canary`` (n_pool,) bool marks the planted canaries (None when none were planted): pool
-    examples whose label was replaced by another class (:func:`plant_canaries`); ``y`` holds the
-    planted labels, ``canary_true_y`` the original ones of the canaries, in pool order.
+    examples changed as ``canary_kind`` says (:mod:`pptp.canary_kinds`); ``x`` and ``y`` hold the
+    planted images and labels, ``canary_true_y`` the original labels of the examples the canaries
+    replaced, in pool order.
     """
 
     dataset: str
@@ -74,6 +76,7 @@ class Pool:
     val_index: np.ndarray
     canary: np.ndarray | None = None
     canary_true_y: np.ndarray | None = None
+    canary_kind: str = "mislabeled"
     table: bool = False  # x holds feature vectors (n, F, 1, 1): no crops (pptp.own_data)
 
     @property
@@ -173,6 +176,7 @@ def make_pool(
     download: bool = False,
     device: str | torch.device = "cpu",
     canaries: int = 0,
+    canary_kind: str = "mislabeled",
     label: str = "label",
 ) -> Pool:
     """Shuffle the pooled dataset with ``numpy.random.default_rng(seed)`` and cut it.
@@ -183,9 +187,10 @@ def make_pool(
     split as the test set and shuffles only the rest (``test_size`` is not used).
     ``image_size`` resizes every image to ``image_size x image_size`` (bilinear; e.g. digits
     8x8 -> 32x32 for CNNs) before normalising: with the spec's per-channel statistics, or for a
-    user's data with the pool's own (per feature for a table). ``canaries`` mislabels that many
-    pool examples (:func:`plant_canaries`). The result is a pure function of (dataset, seed,
-    sizes, image_size, canaries); ``device`` only says where the tensors live.
+    user's data with the pool's own (per feature for a table). ``canaries`` turns that many
+    pool examples into canaries of ``canary_kind`` (:func:`pptp.canary_kinds.plant`). The result
+    is a pure function of (dataset, seed, sizes, image_size, canaries, canary_kind); ``device``
+    only says where the tensors live.
     """
     check_size("seed", seed, minimum=0)
     check_size("test_size", test_size, minimum=0)
@@ -235,8 +240,11 @@ def make_pool(
             raise ConfigError(
                 f"data.canaries = {canaries} exceeds the pool's {len(pool_index)} examples"
             )
-        canary, planted = plant_canaries(y.cpu().numpy(), canaries, seed, spec.num_classes)
-        canary_true_y = y.cpu().numpy()[canary]
+        true_y = y.cpu().numpy()
+        canary, x, planted = plant(
+            canary_kind, x, true_y, canaries, seed, _CANARY_SALT, spec.num_classes, (mean, std)
+        )
+        canary_true_y = true_y[canary]
         y = torch.from_numpy(planted).to(dev)
     logger.info(
         "pool %s seed=%d: pool %d, val %d, test %d, images %s on %s",
@@ -258,31 +266,9 @@ def make_pool(
         val_index=val_index,
         canary=canary,
         canary_true_y=canary_true_y,
+        canary_kind=canary_kind,
         table=spec.table,
     )
-
-
-def plant_canaries(
-    y: np.ndarray, n: int, seed: int, num_classes: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Mislabel ``n`` examples: ``(canary (len(y),) bool, labels (len(y),) int64)``.
-
-    Canaries after Aerni et al. 2024 ("Evaluations of Machine Learning Privacy Defenses are
-    Misleading", CCS 2024): a mislabeled example can only be fitted by memorising it, so it is
-    the kind of record membership inference finds first, and auditing a defense on canaries
-    shows the leakage that population averages hide. The ``n`` examples are drawn without
-    replacement from ``default_rng([seed, _CANARY_SALT])``; each gets a label drawn uniformly
-    from the *other* classes. Each model includes each canary on an independent fair coin
-    (:func:`keep_row`), as the one-run audit needs (:mod:`pptp.audit`).
-    """
-    rng = np.random.default_rng([seed, _CANARY_SALT])
-    canary = np.zeros(len(y), dtype=bool)
-    chosen = rng.choice(len(y), size=n, replace=False)
-    canary[chosen] = True
-    labels = np.asarray(y, dtype=np.int64).copy()
-    shift = rng.integers(1, num_classes, size=n)  # 1..C-1: never the original class
-    labels[chosen] = (labels[chosen] + shift) % num_classes
-    return canary, labels
 
 
 def build_pool(cfg: DataConfig, *, device: torch.device | str = "cpu") -> Pool:
@@ -298,6 +284,7 @@ def build_pool(cfg: DataConfig, *, device: torch.device | str = "cpu") -> Pool:
         download=cfg.download,
         device=device,
         canaries=cfg.canaries,
+        canary_kind=cfg.canary_kind,
         label=cfg.label,
     )
 

@@ -277,8 +277,10 @@ def _execute(plan: Plan) -> int:
         screening={m: c.value(m) for m in {*TABLE_METRICS, *c.values}},
     )
     bank = Path(cfg_run.attack.bank_dir)
-    print(f"\nbank        {bank}", flush=True)
-    if (plan.seeds or args.adaptive or args.register) and not bank.is_dir():
+    trains = bool(plan.seeds or args.adaptive or args.register)
+    if trains:  # only then are reference models read (or trained)
+        print(f"\nreferences  the screening references, from the bank in {bank}", flush=True)
+    if trains and not bank.is_dir():
         print(
             f"note        {bank} does not exist: the screening references will be trained "
             "again. The space's paths are relative to where search/run.py ran; run pick.py "

@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -56,8 +57,11 @@ from search.cli.entry import (
 from search.tracking.uris import redact
 
 if TYPE_CHECKING:
+    import optuna
+
     from search.running.plan import Plan
     from search.space import Space
+    from search.tracking.study_tracker import StudyTracker
 
 # The stages (search.running, pptp.data) import optuna, torch and ray: 3-7 s on 2 cores that
 # --help and a space refused on its structure do not pay; prepare and execute import them.
@@ -246,12 +250,20 @@ def execute(plan: Plan) -> int:
         if plan.claim is not None:
             plan.claim.release()
         plan.lock.release()
+        if plan.discard:  # a failed start leaves no run directory behind
+            shutil.rmtree(plan.run_dir, ignore_errors=True)
+            print(
+                f"nothing kept: no trial had started, so {plan.run_dir} was removed and its MLflow "
+                "parent run deleted; fix the cause and run the same command again",
+                file=sys.stderr,
+            )
 
 
 def _execute(plan: Plan) -> int:
     import optuna
 
     from pptp.fileio import atomic_write
+    from search.running.ending import discard_start, never_started
     from search.running.opening import open_parent_run, open_study
     from search.running.plan import EXIT_INTERRUPTED
     from search.study import rundir
@@ -276,6 +288,11 @@ def _execute(plan: Plan) -> int:
     tracker = open_parent_run(plan)
     try:
         return _with_parent(plan, tracker, study, interrupted)
+    except ConfigError:  # the references or the cluster refused the study
+        if never_started(plan, study):
+            discard_start(plan, tracker)
+            plan.discard = True
+        raise
     except KeyboardInterrupt:  # outside the session (which handles its own)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
@@ -286,7 +303,9 @@ def _execute(plan: Plan) -> int:
         return EXIT_INTERRUPTED
 
 
-def _with_parent(plan: Plan, tracker: Any, study: Any, interrupted: list[int]) -> int:
+def _with_parent(
+    plan: Plan, tracker: StudyTracker, study: optuna.Study, interrupted: list[int]
+) -> int:
     """Everything after the parent run exists: state, resume bookkeeping, the session, the end."""
     from search.running.ending import finish
     from search.running.opening import record_run, report_interrupted

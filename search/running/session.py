@@ -16,12 +16,28 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import optuna
+import ray
+from ray import tune
+from ray.tune.search import ConcurrencyLimiter
+
 from pptp.errors import ConfigError
 from search.cli.entry import local_ray_environment
+from search.running.bookkeeping import Bookkeeper
+from search.running.budget import shares_for
+from search.running.cluster import RayUnreachable, concurrency_cap
 from search.running.ending import study_trials, write_front_csv
 from search.running.plan import EXIT_INTERRUPTED, EXIT_STOPPED
+from search.running.progress import Progress
 from search.running.references import ReferencesUnavailable, train_references
+from search.running.samplers import StudySearch
+from search.running.trainable import TrialContext, trainable
+from search.space import build_sampler
 from search.study import rundir
+from search.study.failures import INTERRUPTED_REASON
+from search.study.naming import planned_name
+from search.sync import finish_tracking
+from search.tracking import TAG_FAIL_REASON
 
 if TYPE_CHECKING:
     import optuna
@@ -42,13 +58,6 @@ def run_session(
     plan: Plan, tracker: StudyTracker, study: optuna.Study, remaining: int
 ) -> int | None:
     """Ray, references and trials; returns an exit status when the session was interrupted."""
-    import ray
-
-    from search.running.bookkeeping import Bookkeeper
-    from search.running.budget import shares_for
-    from search.running.samplers import StudySearch
-    from search.space import build_sampler
-
     space = plan.space
     searcher: StudySearch | None = None
     try:
@@ -107,10 +116,6 @@ def run_session(
 
 def start_ray(plan: Plan) -> None:
     """``ray.init``; a cluster that answered the probe but cannot be joined is bad input."""
-    import ray
-
-    from search.running.cluster import RayUnreachable
-
     if _local_ray(plan):
         local_ray_environment()  # never for a cluster the user started: their settings hold
     try:
@@ -161,10 +166,6 @@ def _runtime_env(plan: Plan) -> dict[str, Any]:
 
 def concurrency_limit(plan: Plan) -> int:
     """``study.max_concurrent`` capped to what the cluster's resources run at once."""
-    import ray
-
-    from search.running.cluster import concurrency_cap
-
     res, total = plan.space.study.resources, ray.cluster_resources()
     for name, need in (("CPU", res.cpus), ("GPU", res.gpus)):
         if need > total.get(name, 0):
@@ -183,8 +184,6 @@ def concurrency_limit(plan: Plan) -> int:
 def trial_context(
     plan: Plan, tracker: StudyTracker, references: TrialConfig | None
 ) -> TrialContext:
-    from search.running.trainable import TrialContext
-
     return TrialContext(
         space=plan.space,
         tracking_uri=plan.tracking_uri,
@@ -204,12 +203,6 @@ def run_tuner(
     keeper: Bookkeeper,
     reference_signals: ray.ObjectRef | None = None,
 ) -> None:
-    from ray import tune
-    from ray.tune.search import ConcurrencyLimiter
-
-    from search.running.progress import Progress
-    from search.running.trainable import trainable
-
     if plan.verbosity <= 0:  # each trial's end is one progress line; tracebacks go to MLflow
         logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
     res = plan.space.study.resources
@@ -246,16 +239,10 @@ def run_tuner(
 
 def _describe(space: Space, number: int, sampled: Mapping[str, Any]) -> str:
     """A trial's progress name: the run name it gets in MLflow (:mod:`search.study.naming`)."""
-    from search.study.naming import planned_name
-
     return planned_name(number, space.trial_config(sampled), space)
 
 
 def on_interrupt(plan: Plan, tracker: StudyTracker, searcher: StudySearch | None) -> int:
-    import optuna
-
-    from search.study.failures import INTERRUPTED_REASON
-
     if searcher is not None:
         searcher.fail_awaiting()
     study = optuna.load_study(study_name=plan.space.study.name, storage=plan.storage())
@@ -265,8 +252,6 @@ def on_interrupt(plan: Plan, tracker: StudyTracker, searcher: StudySearch | None
     except Exception as error:
         logger.warning("could not mark the interrupted MLflow runs KILLED (%s)", error)
     write_front_csv(plan, study_trials(plan, study))
-    from search.sync import finish_tracking
-
     report = finish_tracking(
         tracker,
         plan.run_dir,
@@ -290,8 +275,6 @@ def on_interrupt(plan: Plan, tracker: StudyTracker, searcher: StudySearch | None
 
 
 def fail_parent(tracker: StudyTracker, reason: str) -> None:
-    from search.tracking import TAG_FAIL_REASON
-
     try:
         tracker.client.set_tag(tracker.parent_run_id, TAG_FAIL_REASON, reason[:500])
         tracker.finish(status="FAILED")

@@ -23,6 +23,7 @@ from typing import Any
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 
 from pptp.attacks import check_attacks
+from pptp.canary_kinds import CANARY_KINDS
 from pptp.compose import pair
 from pptp.config import TrialConfig
 from pptp.datasets import DATASETS
@@ -67,6 +68,7 @@ _NAME_CHECKS: dict[str, tuple[Callable[[Any], bool], Callable[[], str]]] = {
             + " (with data.data_dir), or a loader package.module:function / file.py:function"
         ),
     ),
+    "data.canary_kind": (lambda v: v in CANARY_KINDS, lambda: ", ".join(CANARY_KINDS)),
     "model.name": (
         _model_exists,
         lambda: (

@@ -9,6 +9,7 @@ Layout::
                             the Optuna storage URL when it is not study.db
         space.yaml          the resolved space
         pareto_front.csv    the front, rewritten at the end of every session
+        report.html         the study's report page (search.reporting; REPORT_FILE)
         trials/             every ended trial's record, MLflow run included (search.study.records)
         driver.lock/.json   the one driver's lock and who holds it (search.study.lock)
         ray/                Ray Tune's own experiment folder
@@ -45,6 +46,9 @@ from search.study.failures import INTERRUPTED_REASON
 from search.study.lock import LOCK_FILE
 
 RUNS = Path("runs")
+#: the report page in a run directory (search/report.py writes it)
+REPORT_FILE = "report.html"
+
 INTERRUPTED = "interrupted"
 #: user attribute of trials the driver enqueued (space's study.enqueue, a localisation's picks)
 ENQUEUED = "enqueued"
