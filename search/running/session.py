@@ -32,7 +32,9 @@ from search.running.progress import Progress
 from search.running.references import ReferencesUnavailable, train_references
 from search.running.samplers import StudySearch
 from search.running.trainable import TrialContext, trainable
+from search.running.user_code import code_names, runtime_env
 from search.space import build_sampler
+from search.space.checks import possible_values
 from search.study import rundir
 from search.study.failures import INTERRUPTED_REASON
 from search.study.naming import planned_name
@@ -151,9 +153,6 @@ def _ray_init_args(plan: Plan) -> dict[str, Any]:
 def _runtime_env(plan: Plan) -> dict[str, Any]:
     """``{"runtime_env": ...}`` shipping the user's model and loader code to every node
     (:mod:`search.running.user_code`), said in one line; empty when the space names none."""
-    from search.running.user_code import code_names, runtime_env
-    from search.space.checks import possible_values
-
     base = plan.space.base_config()
     choices = [v for _, v in possible_values("model.name", base.to_flat(), plan.space.params)]
     env = runtime_env(code_names(base, choices))
