@@ -177,3 +177,22 @@ def test_bank_key_follows_the_model_file_and_the_images(model_file: Path, tmp_pa
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(folder / "a" / "0.png")
     third, _ = recipe_key(cfg, adaptive=False)
     assert third not in (first, second)
+
+
+def test_a_node_without_the_file_imports_the_shipped_copy(
+    model_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ray's runtime_env puts a shipped file on the worker's path under its stem; a worker on a
+    node without the driver's path imports that copy, with the same fingerprint."""
+    from pptp.imports import source_fingerprint
+
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (shipped / "mynet.py").write_text(model_file.read_text())
+    driver_fingerprint = source_fingerprint(f"{model_file}:build", key="model.name")
+    monkeypatch.syspath_prepend(str(shipped))
+    monkeypatch.delitem(sys.modules, "mynet", raising=False)
+    elsewhere = f"{tmp_path}/on-the-driver-only/mynet.py:build"
+    model = model_from_config(ModelConfig(name=elsewhere), FACTS)
+    assert model(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
+    assert source_fingerprint(elsewhere, key="model.name") == driver_fingerprint
