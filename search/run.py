@@ -164,7 +164,7 @@ def prepare(args: argparse.Namespace) -> Plan:
     from search.study import rundir
     from search.study.lock import RunLock
     from search.study.shared_study import check_storage, has_study, open_storage
-    from search.tracking import check_tracking, resolve_tracking_uri
+    from search.tracking.uris import check_tracking, resolve_tracking_uri
 
     if args.seed is not None:
         space = dataclasses.replace(space, study=dataclasses.replace(space.study, seed=args.seed))

@@ -39,7 +39,7 @@ from search.study import rundir
 from search.study.failures import INTERRUPTED_REASON
 from search.study.naming import planned_name
 from search.sync import finish_tracking
-from search.tracking import TAG_FAIL_REASON
+from search.tracking.names import TAG_FAIL_REASON
 
 if TYPE_CHECKING:
     import optuna
