@@ -26,6 +26,7 @@ from pptp.attacks import check_attacks
 from pptp.canary_kinds import CANARY_KINDS
 from pptp.compose import pair
 from pptp.config import TrialConfig
+from pptp.data import dataset_spec
 from pptp.datasets import DATASETS
 from pptp.defenses import DEFENSES
 from pptp.errors import ConfigError
@@ -144,7 +145,17 @@ def per_example_mechanisms(
 def check_resolution(study: StudySpec, base: TrialConfig, *, source: str) -> None:
     """A TPR at an FPR below 1 / (non-members) is never resolved (always NaN,
     docs/design.md#metrics-and-fpr-resolution):
-    an objective or constraint on one is an error naming the key and what would resolve it."""
+    an objective or constraint on one is an error naming the key and what would resolve it.
+
+    A user's data must be read to know its size: where it cannot be (a report or compare run
+    from another folder or machine than the study), the check is skipped; search/run.py reads
+    the data before anything starts (:func:`pptp.data.check_data`) and stops there if it must."""
+    if is_own_data(base.data.name):
+        try:
+            dataset_spec(base.data)
+        except ConfigError as err:
+            logger.info("%s: data not read here, resolution not checked (%s)", source, err)
+            return
     try:
         unresolved = unresolvable_metrics(
             base, [*study.metrics, *(c.metric for c in study.constraints)]
