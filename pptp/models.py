@@ -226,13 +226,13 @@ def model_from_config(cfg: ModelConfig, facts: DataFacts) -> nn.Module:
     return model
 
 
-def check_model(cfg: ModelConfig, data: DataConfig) -> None:
+def check_model(cfg: ModelConfig, data: DataConfig) -> nn.Module | None:
     """Build a user's model (or one with ``init``) on the CPU for ``data``'s facts: a bad factory,
     groups, output shape or checkpoint stops the command (:class:`ConfigError`) before training."""
-    if is_import_path(cfg.name) or cfg.init is not None:
-        model = model_from_config(cfg, dataset_spec(data).facts(data.image_size))
-        if cfg.init is not None:
-            load_init(model, cfg.init)
+    if not is_import_path(cfg.name) and cfg.init is None:
+        return None
+    model = model_from_config(cfg, dataset_spec(data).facts(data.image_size))
+    return model if cfg.init is None else load_init(model, cfg.init)
 
 
 # --------------------------------------------------------------------------------------------

@@ -114,18 +114,31 @@ def check_names(base: TrialConfig, params: Mapping[str, BaseDistribution], *, so
         check_attacks(base.attack)  # attack.attacks: null -> the default set for K
     except ConfigError as error:
         raise space_error(source, f"fixed.{error.key or 'attack.attacks'}", str(error)) from None
+    # a user's model has no model.norm: search/run.py looks for BatchNorm in the built model
     own = all(is_import_path(v) for _, v in possible_values("model.name", flat, params))
     if not own and "batch" in {v for _, v in possible_values("model.norm", flat, params)}:
-        for key, registry in _MECHANISMS.items():
-            for where, v in possible_values(key, flat, params):
-                if registry[v].needs.per_example_grads:
-                    raise space_error(
-                        source,
-                        where,
-                        f"{v} needs per-example gradients, which "
-                        "BatchNorm (model.norm: batch, the default) makes "
-                        "ill-defined; fix model.norm: group",
-                    )
+        for where, v in per_example_mechanisms(base, params):
+            raise space_error(
+                source,
+                where,
+                f"{v} needs per-example gradients, which "
+                "BatchNorm (model.norm: batch, the default) makes "
+                "ill-defined; fix model.norm: group",
+            )
+
+
+def per_example_mechanisms(
+    base: TrialConfig, params: Mapping[str, BaseDistribution]
+) -> list[tuple[str, str]]:
+    """``(where, name)`` of each operator or defense the study can run that needs per-example
+    gradients (``noise``, ``dpsgd``)."""
+    flat = base.to_flat()
+    return [
+        (where, v)
+        for key, registry in _MECHANISMS.items()
+        for where, v in possible_values(key, flat, params)
+        if registry[v].needs.per_example_grads
+    ]
 
 
 def check_resolution(study: StudySpec, base: TrialConfig, *, source: str) -> None:
