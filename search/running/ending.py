@@ -52,9 +52,12 @@ def finish(
             n_trials=plan.n_trials,
             report=report,
         )
+    stopped = sum(t.pruned for t in trials)
     print(
         f"\nPareto front ({sum(t.pareto for t in trials)} of {len(trials)} finished trials, "
-        f"{sum(not t.complete for t in trials)} failed):"
+        f"{sum(not t.complete and not t.pruned for t in trials)} failed"
+        + (f", {stopped} stopped early" if stopped else "")
+        + "):"
     )
     print(format_front(trials, space.study.objectives))
     for line in budget_lines(plan, study):
@@ -78,11 +81,13 @@ def budget_lines(plan: Plan, study: optuna.Study) -> list[str]:
     """Where the study's trainings went: per family, and the share of repeated proposals
     (:mod:`search.running.budget`)."""
     from search.running.budget import family_line, kind_of, repeat_line
+    from search.running.scheduler import stopped_line
 
     trials = study.get_trials(deepcopy=False)
     lines = [family_line(trials, kind_of(plan.space))]
     repeats = repeat_line(trials)
-    return lines + ([repeats] if repeats else [])
+    stopped = stopped_line(trials, plan.space.base_config().train.epochs)
+    return lines + [line for line in (repeats, stopped) if line]
 
 
 def study_trials(plan: Plan, study: optuna.Study) -> list[FinishedTrial]:
