@@ -164,14 +164,14 @@ params:
 def test_a_fidelity_study_prunes_at_rungs_and_resumes_with_them(
     tmp_path: Path, ray_tmp: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    def run(n_trials: int, *extra: str) -> int:
-        text = FIDELITY_STUDY.format(n_trials=n_trials, bank=tmp_path / "bank")
-        space = write(tmp_path, text, "fid.yaml")
+    space = write(tmp_path, FIDELITY_STUDY.format(n_trials=5, bank=tmp_path / "bank"), "f.yaml")
+
+    def run(*extra: str) -> int:
         store = f"sqlite:///{tmp_path / 'mlflow.db'}"
         return main(["--space", str(space), "--output", str(tmp_path / "run"),
                      "--tracking-uri", store, *extra])  # fmt: skip
 
-    assert run(5) == 0
+    assert run() == 0
     out = capsys.readouterr().out
     study = optuna.load_study(study_name="tinyfid", storage=rundir.storage(tmp_path / "run"))
     states = [t.state.name for t in study.trials]
@@ -194,6 +194,6 @@ def test_a_fidelity_study_prunes_at_rungs_and_resumes_with_them(
     report = (tmp_path / "run" / "report.html").read_text()
     assert "stopped early by the multi-fidelity scheduler" in report
     # resume: the new scheduler ranks against the rungs recorded before
-    assert run(6, "--resume") == 0
+    assert run("--resume", "--n-trials", "6") == 0
     study = optuna.load_study(study_name="tinyfid", storage=rundir.storage(tmp_path / "run"))
     assert rundir.finished_count(study) == 6
