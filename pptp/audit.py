@@ -32,14 +32,14 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import optimize, special, stats
 
+from pptp.metric_catalogue import NONE_DETECTED
+
 #: confidence of the bound when the config says nothing (``attack.audit_confidence``)
 DEFAULT_CONFIDENCE = 0.95
 
 #: guesses ``r`` as fractions of the canaries; half guessed in (highest scores), half out
 GUESS_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 
-#: how a bound of 0 reads: the audit found nothing, which does not make the model private
-NONE_DETECTED = "none detected"
 
 
 def p_value(m: int, r: int, v: int, eps: float, delta: float) -> float:
@@ -172,6 +172,23 @@ def audit_canaries(
                 if eps > bound:
                     bound, best = eps, Guess(attack, inverted, k, correct)
     return CanaryAudit(bound, confidence, delta, m, rules, best)
+
+
+def contradicts(eps_lb: float, epsilon: float | None) -> bool:
+    """Whether an audit's bound contradicts a claimed epsilon (at the same delta): ``eps_lb >
+    epsilon``. A claim of infinity (DP-SGD without noise, honestly accounted) claims nothing."""
+    return epsilon is not None and math.isfinite(epsilon) and eps_lb > epsilon
+
+
+def claim_check(audit: CanaryAudit, epsilon: float) -> str:
+    """One line on a claimed epsilon against the audit's bound, for the output and a tag:
+    ``contradicted: ...`` when :func:`contradicts`, else ``consistent: ...``."""
+    bound = f"eps_lb {format_eps_lb(audit.eps_lb)}"
+    claim = f"claimed epsilon {epsilon:.2f}"
+    where = f"({audit.confidence:.0%} confidence, delta {audit.delta:g})"
+    if contradicts(audit.eps_lb, epsilon):
+        return f"contradicted: the audit contradicts the claimed epsilon: {bound} > {claim} {where}"
+    return f"consistent: {bound} <= {claim} {where}"
 
 
 def format_eps_lb(value: float) -> str:

@@ -18,7 +18,8 @@ reference without the rungs a study asks for (trained before, or for other rungs
 missing for that study and is trained again with them: an entry's rung signals are never
 guessed, and the final ``logits`` stay the same array every study reads.
 
-The key hashes (:func:`recipe_key`): the recipe's config keys; the resolved queries
+The key hashes (:func:`recipe_key`): the recipe's config keys; a user's model file and data
+(:func:`user_fingerprints`); the resolved queries
 (:func:`pptp.signals.resolve_queries`, e.g. ``["clean"]``); :data:`BANK_FORMAT`, the version of
 this layout; and :func:`code_fingerprint`, a hash of the code that determines how a reference is
 trained and queried. A change to training therefore never silently reuses references trained by
@@ -58,12 +59,14 @@ import torch
 
 from pptp.chance import chance_level
 from pptp.config import AttackConfig, DefenseConfig, ProtectConfig, TrialConfig
-from pptp.data import Pool, build_pool
+from pptp.data import Pool, build_pool, dataset_spec
 from pptp.device import resolve_device
 from pptp.digests import config_digest
 from pptp.errors import ConfigError
 from pptp.fileio import atomic_write
+from pptp.imports import is_import_path, key_name, source_fingerprint
 from pptp.models import build_model
+from pptp.own_data import is_own_data
 from pptp.signals import compute_signals, resolve_queries
 from pptp.train import TrainResult, training
 
@@ -92,6 +95,7 @@ _NOT_TRAINING = (
     "localize",
     "metric_catalogue",
     "metrics",
+    "production",
     "tables",
     "treatment",
     "trial",
@@ -292,13 +296,32 @@ def recipe_key(
     determining = _recipe_fields(cfg, adaptive=adaptive)
     determining["bank.format"] = BANK_FORMAT
     determining["bank.code"] = code_fingerprint()
+    determining.update(user_fingerprints(cfg))
     determining["attack.queries"] = list(resolve_queries(cfg) if queries is None else queries)
     return config_digest(determining), determining
 
 
+def user_fingerprints(cfg: TrialConfig) -> dict[str, str]:
+    """What a user brings, hashed: ``data.fingerprint`` (a user's files or a loader's arrays,
+    :mod:`pptp.own_data`) and ``model.fingerprint`` (the source file of a user's model factory,
+    :func:`pptp.imports.source_fingerprint`); empty for pptp's own datasets and models, whose
+    code :func:`code_fingerprint` covers. A changed model file or re-exported data makes a new
+    bank entry, never a reuse of stale references."""
+    out = {}
+    if is_own_data(cfg.data.name):
+        out["data.fingerprint"] = dataset_spec(cfg.data).fingerprint
+    if is_import_path(cfg.model.name):
+        out["model.fingerprint"] = source_fingerprint(cfg.model.name, key="model.name")
+    return out
+
+
 def _recipe_fields(cfg: TrialConfig, *, adaptive: bool) -> dict[str, Any]:
-    """The config keys that determine how a reference trains (the seed depends on these only)."""
+    """The config keys that determine how a reference trains (the seed depends on these only).
+    A user's file is keyed by its name, not its folder (:func:`pptp.imports.key_name`), so a
+    project that moves keeps its bank."""
     flat = recipe(cfg, adaptive=adaptive).to_flat()
+    for name in ("data.name", "model.name"):
+        flat[name] = key_name(flat[name])
     return {
         k: v
         for k, v in flat.items()

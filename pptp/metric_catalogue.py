@@ -19,7 +19,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
-from pptp.audit import NONE_DETECTED
 from pptp.errors import ConfigError
 from pptp.tables import MISSING
 
@@ -30,6 +29,9 @@ Condition = Literal["always", "canaries", "dpsgd"]
 ATTACK = "{attack}"
 """The placeholder of a per-attack family: ``auc/{attack}`` -> ``auc/lira_online``."""
 
+
+#: how a bound of 0 reads: the audit found nothing, which does not make the model private
+NONE_DETECTED = "none detected"
 
 @dataclass(frozen=True)
 class Metric:
@@ -239,6 +241,12 @@ for _metric in (
         "DP-SGD's epsilon from Opacus' accountant (an upper bound, at the space's delta); "
         "shown beside eps_lb, which may not exceed it",
         digits=2, recorded=True, shown=True, when="dpsgd",
+    ),
+    Metric(
+        "dp_contradicted", "audit contradicts epsilon", "eps contradicted", None,
+        "1 when the canary audit's eps_lb exceeds DP-SGD's claimed epsilon (a broken DP "
+        "claim: the MLflow tag dp_claim says by how much), else 0; needs canaries",
+        digits=0, recorded=True, when="dpsgd",
     ),
     Metric("train_acc", "train accuracy", "train acc", "maximize", "accuracy on the members"),
     Metric(

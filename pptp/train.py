@@ -282,6 +282,7 @@ class _Data:
     x_val: torch.Tensor | None
     y_val: torch.Tensor | None
     flip: bool
+    crops: bool = True  # a table's (n, F, 1, 1) vectors are never cropped
 
     @classmethod
     def of(
@@ -300,6 +301,7 @@ class _Data:
             x_val=pool.x_val.to(device) if validation else None,
             y_val=pool.y_val.to(device) if validation else None,
             flip=pool.flip,
+            crops=not pool.table,
         )
 
 
@@ -383,7 +385,8 @@ class _Loop:
         for idx in order:
             x, y = data.x[idx], data.y[idx]
             if ctx.cfg.augment:
-                x = augment(x, generator=self.aug_gen, crop_pad=ctx.cfg.crop_pad, flip=data.flip)
+                pad = ctx.cfg.crop_pad if data.crops else 0
+                x = augment(x, generator=self.aug_gen, crop_pad=pad, flip=data.flip)
             for g in self.base.param_groups:
                 g["lr"] = lr_of(g)
             lr = float(self.base.param_groups[0]["lr"])

@@ -29,13 +29,12 @@ import numpy as np
 from torch import nn
 
 from pptp.attacks import ATTACKS, AttackInput, attack_names, check_attacks
-from pptp.audit import CanaryAudit, audit_canaries
+from pptp.audit import CanaryAudit, audit_canaries, claim_check, contradicts
 from pptp.bank import ReferenceBank, ReferenceSignals, recipe_key
 from pptp.canaries import CANARY_TPR_METRICS, canary_metrics, split_scores
 from pptp.chance import require_above_chance
 from pptp.config import DataConfig, TrialConfig
-from pptp.data import Pool, build_pool
-from pptp.datasets import DATASETS
+from pptp.data import Pool, build_pool, dataset_spec
 from pptp.device import resolve_device
 from pptp.errors import ConfigError
 from pptp.metrics import TPR_METRICS, AttackMetrics, resolvable
@@ -130,7 +129,9 @@ class TrialResult:
         pool without its canaries), and :func:`pptp.canaries.canary_metrics` adds ``canary_auc``,
         ``canary_tpr@1%fpr``, ``canary_tpr@5%fpr``, ``canary_fpr_resolution``, ``canary_count``,
         and the one-run audit (:mod:`pptp.audit`) ``eps_lb``: a lower bound on epsilon at
-        ``attack.audit_confidence`` (0 when nothing was detected).
+        ``attack.audit_confidence`` (0 when nothing was detected); for DP-SGD
+        ``dp_contradicted`` is 1 when ``eps_lb`` exceeds the accountant's ``epsilon`` (the claim
+        is broken), else 0.
         """
         out: dict[str, float] = {
             "test_acc": self.test_acc,
@@ -157,6 +158,8 @@ class TrialResult:
         out.update(canary_metrics(self.canaries, self.n_canaries))
         if self.audit is not None:
             out["eps_lb"] = self.audit.eps_lb
+            if self.epsilon is not None:
+                out["dp_contradicted"] = float(contradicts(self.audit.eps_lb, self.epsilon))
         if self.epsilon is not None:
             out["epsilon"] = self.epsilon
         for stage, seconds in self.timings.items():
@@ -167,10 +170,14 @@ class TrialResult:
         """Text facts for trackers: ``queries`` (comma separated) and, per worst-case metric,
         the attack and direction that gave it: ``attack_worst`` (AUC), ``attack_worst/<metric>``
         (TPRs); values like ``rmia_online``, ``lira_offline (inverted)`` or ``unresolved``; with
-        canaries ``eps_lb`` says how the audit got its bound (:meth:`CanaryAudit.describe`)."""
+        canaries ``eps_lb`` says how the audit got its bound (:meth:`CanaryAudit.describe`), and
+        for DP-SGD ``dp_claim`` whether it contradicts the accountant's epsilon
+        (:func:`pptp.audit.claim_check`: ``contradicted: ...`` or ``consistent: ...``)."""
         out = {"queries": ",".join(self.queries)}
         if self.audit is not None:
             out["eps_lb"] = self.audit.describe()
+            if self.epsilon is not None:
+                out["dp_claim"] = claim_check(self.audit, self.epsilon)
         if self.attacks:
             for metric in WORST_CASE_METRICS:
                 key = "attack_worst" if metric == "auc" else f"attack_worst/{metric}"
@@ -283,6 +290,8 @@ def measure_target(
             )
     extras = dict(trained.extras)
     epsilon = extras.pop("epsilon", None)
+    if audit is not None and epsilon is not None and contradicts(audit.eps_lb, epsilon):
+        logger.warning("DP-SGD %s", claim_check(audit, epsilon))
     logger.info(
         "trial done: test_acc %.4f, %s%s; queries %s; %s",
         trained.test_acc,
@@ -454,10 +463,11 @@ def expected_non_members(data: DataConfig) -> int:
     (``DatasetSpec.n_examples``, train and test pooled) left after the test and validation sets;
     the target trains on ``n_pool // 2`` of them (:func:`pptp.data.keep_row`).
     """
-    spec = DATASETS[data.name]
+    spec = dataset_spec(data)
     n_pool = data.pool_size
     if n_pool is None:
-        n_pool = spec.n_examples - data.test_size - data.val_size
+        test = spec.n_test or data.test_size  # a dataset's own test split replaces test_size
+        n_pool = spec.n_examples - test - data.val_size
     if n_pool < 2:
         raise ConfigError(
             f"data: a pool of {n_pool} examples ({data.name!r}, {spec.n_examples} examples, "

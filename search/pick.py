@@ -40,6 +40,7 @@ if __package__ in (None, ""):  # `python search/pick.py` puts search/ first on s
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from pptp.errors import ConfigError
+from search.cli import manual
 from search.cli.entry import quiet_environment, run_command
 from search.picking.audit import (
     TABLE_METRICS,
@@ -50,6 +51,7 @@ from search.picking.audit import (
 )
 from search.picking.export import export_header, picked_space, write_export
 from search.picking.model_registry import (
+    CARD_FILE,
     DEFAULT_ALIAS,
     check_registry_names,
     register,
@@ -81,12 +83,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger("search.pick")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="search/pick.py",
-        description="Choose a Pareto config by a stated rule, re-audit it, export it and "
-        "register its model.",
-    )
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The options of ``pick`` under its manual page (:mod:`search.cli.manual`)."""
+    p = manual.parser("pick", prog)
     p.add_argument("--run", required=True, help="run directory of search/run.py")
     p.add_argument(
         "--rule", default="knee", help=f"how to choose: {', '.join(RULES)} (default knee)"
@@ -134,7 +133,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="MLflow serialization of the model (default pt2: torch.export, no unpickling)",
     )
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the study's)")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 @dataclasses.dataclass
@@ -274,8 +277,10 @@ def _execute(plan: Plan) -> int:
         screening={m: c.value(m) for m in {*TABLE_METRICS, *c.values}},
     )
     bank = Path(cfg_run.attack.bank_dir)
-    print(f"\nbank        {bank}", flush=True)
-    if (plan.seeds or args.adaptive or args.register) and not bank.is_dir():
+    trains = bool(plan.seeds or args.adaptive or args.register)
+    if trains:  # only then are reference models read (or trained)
+        print(f"\nreferences  the screening references, from the bank in {bank}", flush=True)
+    if trains and not bank.is_dir():
         print(
             f"note        {bank} does not exist: the screening references will be trained "
             "again. The space's paths are relative to where search/run.py ran; run pick.py "
@@ -331,7 +336,7 @@ def _execute(plan: Plan) -> int:
     from search.tracking.links import console_command, ui_hint
 
     print("\nwhere things went:")
-    print(f"  config      {path}  (TrialConfig.from_flat(yaml.safe_load(...)['fixed']))")
+    print(f"  config      {path}  (a one-trial space of the picked config)")
     print(f"  report      {console_command()} report --run {run.run_dir}  (shows the pick)")
     if registered is not None:
         print(
@@ -354,6 +359,14 @@ def _execute(plan: Plan) -> int:
             f"  load        {load}mlflow.pytorch.load_model({registered.uri!r})  "
             "# float32 (N, C, H, W) normalised like the pool -> logits"
         )
+        print(f"  model card  {CARD_FILE} in MLflow run {registered.run_id}")
+    print("\nnext:")
+    if registered is None:
+        print(
+            f"  python search/pick.py --run {run.run_dir} --adaptive --register NAME  "
+            "# ship it: train on the full data, register with its audit and model card"
+        )
+    print(f"  python search/run.py --space {path}  # run the picked config again as a study")
     return 0
 
 

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 if __package__ in (None, ""):  # `python search/sync.py` puts search/ first on sys.path
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from search.cli import manual
 from search.cli.entry import add_output_flags, quiet_environment, run_command
 
 quiet_environment()
@@ -295,17 +296,19 @@ def sync_run(run_dir: Path, uri: str | None = None) -> SyncReport:
 # the command
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="search/sync.py",
-        description="Replay into MLflow what a search's run directory holds and MLflow lacks.",
-    )
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The options of ``sync`` under its manual page (:mod:`search.cli.manual`)."""
+    p = manual.parser("sync", prog)
     p.add_argument("--run", required=True, help="the run directory (runs/<study>/<timestamp>)")
     p.add_argument(
         "--tracking-uri", help="the MLflow store to fill (default: the one the study used)"
     )
     add_output_flags(p)
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 @dataclasses.dataclass

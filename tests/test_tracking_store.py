@@ -110,3 +110,13 @@ def test_git_commit(tmp_path: Path) -> None:
     assert git_commit(tmp_path) == head
     (tmp_path / "f.txt").write_text("b")
     assert git_commit(tmp_path) == f"{head}-dirty"
+
+
+def test_key_length_agrees_with_mlflow() -> None:
+    """search.tracking.names keeps MLflow's key limit without importing MLflow."""
+    from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH
+
+    from search.tracking.names import MAX_KEY_LENGTH
+
+    assert MAX_KEY_LENGTH == MAX_ENTITY_KEY_LENGTH
+    assert len(metric_key("m" * 400)) == MAX_ENTITY_KEY_LENGTH

@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,6 +19,9 @@ from pptp.errors import ConfigError
 from search.study.trials import FinishedTrial, finished
 
 if TYPE_CHECKING:
+    import optuna
+    from mlflow.tracking import MlflowClient
+
     from pptp.localize import LocalizationResult
     from search.space import Objective
     from search.study.reader import StudyRun
@@ -56,7 +59,7 @@ class ReportInputs:
     picked: str | None = None
     picked_trial: int | None = None
     missing: tuple[str, ...] = ()
-    study: Any = field(default=None, compare=False, repr=False)  # optuna.Study for plot_slice
+    study: optuna.Study | None = field(default=None, compare=False, repr=False)  # plot_slice
 
     def name(self, number: int) -> str:
         """Trial ``number``'s name (``t07 noise s=0.46 block3-head``), or ``trial 7``."""
@@ -94,7 +97,9 @@ def read_picked(run_dir: Path) -> tuple[str | None, int | None]:
     return text, trial
 
 
-def fetch_roc(client: Any, trials: Sequence[FinishedTrial]) -> tuple[list[RocCurve], list[str]]:
+def fetch_roc(
+    client: MlflowClient, trials: Sequence[FinishedTrial]
+) -> tuple[list[RocCurve], list[str]]:
     """The ``roc.npz`` curves of the front's trials and of the undefended trials.
 
     Returns the curves and a note per trial whose file could not be read. ``roc.npz`` holds
@@ -146,7 +151,9 @@ def first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
 
 
-def gather(run: StudyRun, *, client: Any | None, unreachable: str | None = None) -> ReportInputs:
+def gather(
+    run: StudyRun, *, client: MlflowClient | None, unreachable: str | None = None
+) -> ReportInputs:
     """Read what the page shows from the run directory and, when ``client`` (an
     :class:`mlflow.MlflowClient`) is given, the ROC arrays from MLflow. ``unreachable``: why
     there is no client (shown on the page)."""

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pptp.fileio import atomic_write
 from pptp.metric_catalogue import format_value
 from search.reporting.figures import (
     front_figure,
@@ -23,7 +24,6 @@ from search.reporting.inputs import ReportInputs
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
-REPORT_FILE = "report.html"
 FRONT_DIV = "front"  # the first plotly figure on the page
 
 
@@ -178,8 +178,6 @@ def render(inputs: ReportInputs, *, generated: str | None = None) -> str:
 
 def write_report(inputs: ReportInputs, path: Path) -> Path:
     """Render the page to ``path`` atomically."""
-    from pptp.fileio import atomic_write
-
     written = atomic_write(path, render(inputs))
     written.chmod(0o644)  # a page to share, like any file a browser saves
     return written

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
 
@@ -37,6 +38,9 @@ from search.tracking.store import (
     metric_key,
 )
 
+if TYPE_CHECKING:
+    from search.tracking.study_tracker import StudyTracker
+
 logger = logging.getLogger(__name__)
 
 
@@ -46,7 +50,12 @@ class Bookkeeper(Callback):
     config of a trial from its sampled parameters (a dead trial's record carries it)."""
 
     def __init__(
-        self, *, run_dir: Path, searcher: StudySearch, tracker: Any, flat_config: Any
+        self,
+        *,
+        run_dir: Path,
+        searcher: StudySearch,
+        tracker: StudyTracker,
+        flat_config: Callable[[dict[str, Any]], dict[str, Any]],
     ) -> None:
         self.run_dir = Path(run_dir)
         self.searcher = searcher

@@ -15,12 +15,29 @@ from collections.abc import Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+import optuna
+import ray
+from ray import tune
+from ray.tune.search import ConcurrencyLimiter
+
 from pptp.errors import ConfigError
 from search.cli.entry import local_ray_environment
+from search.running.bookkeeping import Bookkeeper
+from search.running.budget import shares_for
+from search.running.cluster import RayUnreachable, concurrency_cap
 from search.running.ending import study_trials, write_front_csv
 from search.running.plan import EXIT_INTERRUPTED, EXIT_STOPPED
+from search.running.progress import Progress
 from search.running.references import ReferencesUnavailable, train_references
+from search.running.samplers import StudySearch
+from search.running.scheduler import MultiObjectiveASHA, rung_history
+from search.running.trainable import TrialContext, trainable
+from search.space import build_sampler
 from search.study import rundir
+from search.study.failures import INTERRUPTED_REASON
+from search.study.naming import planned_name
+from search.sync import finish_tracking
+from search.tracking import TAG_FAIL_REASON
 
 if TYPE_CHECKING:
     import optuna
@@ -30,7 +47,6 @@ if TYPE_CHECKING:
     from search.running.bookkeeping import Bookkeeper
     from search.running.plan import Plan
     from search.running.samplers import StudySearch
-    from search.running.scheduler import MultiObjectiveASHA
     from search.running.trainable import TrialContext
     from search.space import Space
     from search.tracking.study_tracker import StudyTracker
@@ -42,13 +58,6 @@ def run_session(
     plan: Plan, tracker: StudyTracker, study: optuna.Study, remaining: int
 ) -> int | None:
     """Ray, references and trials; returns an exit status when the session was interrupted."""
-    import ray
-
-    from search.running.bookkeeping import Bookkeeper
-    from search.running.budget import shares_for
-    from search.running.samplers import StudySearch
-    from search.space import build_sampler
-
     space = plan.space
     searcher: StudySearch | None = None
     try:
@@ -110,10 +119,6 @@ def run_session(
 
 def start_ray(plan: Plan) -> None:
     """``ray.init``; a cluster that answered the probe but cannot be joined is bad input."""
-    import ray
-
-    from search.running.cluster import RayUnreachable
-
     if _local_ray(plan):
         local_ray_environment()  # never for a cluster the user started: their settings hold
     try:
@@ -146,10 +151,6 @@ def _ray_init_args(plan: Plan) -> dict[str, Any]:
 
 def concurrency_limit(plan: Plan) -> int:
     """``study.max_concurrent`` capped to what the cluster's resources run at once."""
-    import ray
-
-    from search.running.cluster import concurrency_cap
-
     res, total = plan.space.study.resources, ray.cluster_resources()
     for name, need in (("CPU", res.cpus), ("GPU", res.gpus)):
         if need > total.get(name, 0):
@@ -168,8 +169,6 @@ def concurrency_limit(plan: Plan) -> int:
 def trial_context(
     plan: Plan, tracker: StudyTracker, references: TrialConfig | None
 ) -> TrialContext:
-    from search.running.trainable import TrialContext
-
     return TrialContext(
         space=plan.space,
         tracking_uri=plan.tracking_uri,
@@ -183,8 +182,6 @@ def trial_context(
 def fidelity_scheduler(plan: Plan, study: optuna.Study) -> MultiObjectiveASHA | None:
     """The MO-ASHA scheduler of ``study.fidelity`` (None without it), holding the rung results
     the study recorded before (a resumed study keeps its rungs)."""
-    from search.running.scheduler import MultiObjectiveASHA, rung_history
-
     spec = plan.space.study
     if spec.fidelity is None:
         return None
@@ -210,12 +207,6 @@ def run_tuner(
     reference_signals: ray.ObjectRef | None = None,
     scheduler: MultiObjectiveASHA | None = None,
 ) -> None:
-    from ray import tune
-    from ray.tune.search import ConcurrencyLimiter
-
-    from search.running.progress import Progress
-    from search.running.trainable import trainable
-
     if plan.verbosity <= 0:  # each trial's end is one progress line; tracebacks go to MLflow
         logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
     res = plan.space.study.resources
@@ -253,16 +244,10 @@ def run_tuner(
 
 def _describe(space: Space, number: int, sampled: Mapping[str, Any]) -> str:
     """A trial's progress name: the run name it gets in MLflow (:mod:`search.study.naming`)."""
-    from search.study.naming import planned_name
-
     return planned_name(number, space.trial_config(sampled), space)
 
 
 def on_interrupt(plan: Plan, tracker: StudyTracker, searcher: StudySearch | None) -> int:
-    import optuna
-
-    from search.study.failures import INTERRUPTED_REASON
-
     if searcher is not None:
         searcher.fail_awaiting()
     study = optuna.load_study(study_name=plan.space.study.name, storage=plan.storage())
@@ -272,8 +257,6 @@ def on_interrupt(plan: Plan, tracker: StudyTracker, searcher: StudySearch | None
     except Exception as error:
         logger.warning("could not mark the interrupted MLflow runs KILLED (%s)", error)
     write_front_csv(plan, study_trials(plan, study))
-    from search.sync import finish_tracking
-
     report = finish_tracking(
         tracker,
         plan.run_dir,
@@ -297,8 +280,6 @@ def on_interrupt(plan: Plan, tracker: StudyTracker, searcher: StudySearch | None
 
 
 def fail_parent(tracker: StudyTracker, reason: str) -> None:
-    from search.tracking import TAG_FAIL_REASON
-
     try:
         tracker.client.set_tag(tracker.parent_run_id, TAG_FAIL_REASON, reason[:500])
         tracker.finish(status="FAILED")

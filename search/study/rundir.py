@@ -9,6 +9,7 @@ Layout::
                             the Optuna storage URL when it is not study.db
         space.yaml          the resolved space
         pareto_front.csv    the front, rewritten at the end of every session
+        report.html         the study's report page (search.reporting; REPORT_FILE)
         trials/             every ended trial's record, MLflow run included (search.study.records)
         driver.lock/.json   the one driver's lock and who holds it (search.study.lock)
         ray/                Ray Tune's own experiment folder
@@ -37,6 +38,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from pptp import imports
 from pptp.config import TrialConfig
 from pptp.errors import ConfigError
 from pptp.fileio import atomic_write
@@ -44,6 +46,9 @@ from search.study.failures import INTERRUPTED_REASON
 from search.study.lock import LOCK_FILE
 
 RUNS = Path("runs")
+#: the report page in a run directory (search/report.py writes it)
+REPORT_FILE = "report.html"
+
 INTERRUPTED = "interrupted"
 #: user attribute of trials the driver enqueued (space's study.enqueue, a localisation's picks)
 ENQUEUED = "enqueued"
@@ -68,12 +73,18 @@ class RunState:
 def absolute_paths(cfg: TrialConfig, *, cwd: str | Path | None = None) -> dict[str, str]:
     """``data.data_dir`` and ``attack.bank_dir`` made absolute (against ``cwd``, default the
     current directory): Ray runs trials in other working directories, and ``search/pick.py``
-    may run from another one than the search did."""
+    may run from another one than the search did. A user's model or loader named by a relative
+    file path (``model.name: models/mynet.py:build``) is made absolute too (returned only then,
+    so a searched ``model.name`` is not overridden)."""
     root = Path(cwd) if cwd is not None else Path.cwd()
-    return {
+    out = {
         "data.data_dir": str((root / cfg.data.data_dir).resolve()),
         "attack.bank_dir": str((root / cfg.attack.bank_dir).resolve()),
     }
+    for key, name in (("model.name", cfg.model.name), ("data.name", cfg.data.name)):
+        if imports.absolute(name, root) != name:
+            out[key] = imports.absolute(name, root)
+    return out
 
 
 def new_run_dir(study_name: str, output: str | None) -> Path:
