@@ -64,7 +64,7 @@ from pptp.device import resolve_device
 from pptp.digests import config_digest
 from pptp.errors import ConfigError
 from pptp.fileio import atomic_write
-from pptp.imports import is_import_path, key_name, source_fingerprint
+from pptp.imports import file_fingerprint, is_import_path, key_name, source_fingerprint
 from pptp.models import build_model
 from pptp.own_data import is_own_data
 from pptp.signals import compute_signals, resolve_queries
@@ -303,8 +303,9 @@ def recipe_key(
 
 def user_fingerprints(cfg: TrialConfig) -> dict[str, str]:
     """What a user brings, hashed: ``data.fingerprint`` (a user's files or a loader's arrays,
-    :mod:`pptp.own_data`) and ``model.fingerprint`` (the source file of a user's model factory,
-    :func:`pptp.imports.source_fingerprint`); empty for pptp's own datasets and models, whose
+    :mod:`pptp.own_data`), ``model.fingerprint`` (the source file of a user's model factory,
+    :func:`pptp.imports.source_fingerprint`) and ``model.init_fingerprint`` (the ``model.init``
+    checkpoint's bytes); empty for pptp's own datasets and models, whose
     code :func:`code_fingerprint` covers. A changed model file or re-exported data makes a new
     bank entry, never a reuse of stale references."""
     out = {}
@@ -312,6 +313,8 @@ def user_fingerprints(cfg: TrialConfig) -> dict[str, str]:
         out["data.fingerprint"] = dataset_spec(cfg.data).fingerprint
     if is_import_path(cfg.model.name):
         out["model.fingerprint"] = source_fingerprint(cfg.model.name, key="model.name")
+    if cfg.model.init is not None:
+        out["model.init_fingerprint"] = file_fingerprint(Path(cfg.model.init).expanduser())
     return out
 
 
@@ -322,6 +325,8 @@ def _recipe_fields(cfg: TrialConfig, *, adaptive: bool) -> dict[str, Any]:
     flat = recipe(cfg, adaptive=adaptive).to_flat()
     for name in ("data.name", "model.name"):
         flat[name] = key_name(flat[name])
+    if flat.get("model.init"):  # the checkpoint by its name; its content is fingerprinted
+        flat["model.init"] = Path(flat["model.init"]).name
     return {
         k: v
         for k, v in flat.items()

@@ -112,7 +112,7 @@ def prepare(args: argparse.Namespace) -> Plan:
     """Every check that can fail on bad input; trains nothing."""
     from pptp.localize import check_localizable
     from search.space import load_space
-    from search.tracking import check_tracking, resolve_tracking_uri
+    from search.tracking.uris import check_tracking, resolve_tracking_uri
 
     space = load_space(args.space)
     seeds = parse_seeds(args.seeds)
@@ -200,15 +200,8 @@ def log_localization(
     """
     from mlflow.tracking import MlflowClient
 
-    from search.tracking import (
-        TAG_KIND,
-        TAG_STUDY,
-        experiment_id,
-        git_commit,
-        log_metrics,
-        log_params,
-        set_tags,
-    )
+    from search.tracking.names import TAG_KIND, TAG_STUDY
+    from search.tracking.store import experiment_id, git_commit, log_metrics, log_params, set_tags
 
     client = MlflowClient(tracking_uri=uri)
     name = space.study.name + EXPERIMENT_SUFFIX

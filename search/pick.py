@@ -158,7 +158,7 @@ class Plan:
 
 def prepare(args: argparse.Namespace) -> Plan:
     """Every check that can fail on bad input; trains nothing."""
-    from search.tracking import check_tracking, resolve_tracking_uri
+    from search.tracking.uris import check_tracking, resolve_tracking_uri
 
     if args.seeds < 0:
         raise ConfigError(f"--seeds {args.seeds}: give 0 (no re-training) or more")

@@ -164,7 +164,7 @@ def prepare(args: argparse.Namespace) -> Plan:
     from search.study import rundir
     from search.study.lock import RunLock
     from search.study.shared_study import check_storage, has_study, open_storage
-    from search.tracking import check_tracking, resolve_tracking_uri
+    from search.tracking.uris import check_tracking, resolve_tracking_uri
 
     if args.seed is not None:
         space = dataclasses.replace(space, study=dataclasses.replace(space.study, seed=args.seed))
@@ -340,18 +340,31 @@ def _with_parent(
 def check_models(space: Space) -> None:
     """Build each user model the study can train (``model.name`` fixed, or each choice) once for
     the data: a factory that cannot be imported, returns no module, has bad layer groups or
-    gives the wrong output shape stops here, naming the space file, before anything starts."""
+    gives the wrong output shape stops here, naming the space file, before anything starts; so
+    does a user's model with BatchNorm in a study that can run a mechanism needing per-example
+    gradients (the space's own check reads model.norm, which a user's model does not use)."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
     from pptp.models import check_model
-    from search.space.checks import possible_values
+    from search.space.checks import per_example_mechanisms, possible_values
     from search.space.errors import space_error
 
     base = space.base_config()
     for where, name in possible_values("model.name", base.to_flat(), space.params):
         try:
-            check_model(dataclasses.replace(base.model, name=name), base.data)
+            model = check_model(dataclasses.replace(base.model, name=name), base.data)
         except ConfigError as error:
             key = where if error.key in (None, "model.name") else f"fixed.{error.key}"
             raise space_error(str(space.path), key, str(error)) from None
+        batch_norm = model is not None and any(isinstance(m, _BatchNorm) for m in model.modules())
+        for mechanism_key, mechanism in per_example_mechanisms(base, space.params):
+            if batch_norm:
+                raise space_error(
+                    str(space.path),
+                    mechanism_key,
+                    f"{mechanism} needs per-example gradients, which the BatchNorm layers of "
+                    f"{name} make ill-defined; use GroupNorm or LayerNorm in the model",
+                )
 
 
 def _yaml(data: Any) -> str:

@@ -301,8 +301,7 @@ class Plan:
 
 def prepare(args: argparse.Namespace) -> Plan:
     from search.study import rundir
-    from search.tracking import check_tracking, resolve_tracking_uri
-    from search.tracking.uris import sqlite_path
+    from search.tracking.uris import check_tracking, resolve_tracking_uri, sqlite_path
 
     run_dir = Path(args.run) if args.run else None
     experiment = parent = None
@@ -338,7 +337,7 @@ def study_links(plan: Plan, client: MlflowClient) -> list[tuple[str, Links]]:
     """``(study name, links)`` of the study the plan names, or of every study in the store
     (experiments tagged ``pptp.study``), newest first. A study's parent run is the one its run
     directory recorded, else the experiment's newest run tagged ``pptp.kind = study``."""
-    from search.tracking import TAG_STUDY
+    from search.tracking.names import TAG_STUDY
 
     if plan.experiment is not None:
         experiments = [client.get_experiment(plan.experiment)]
@@ -358,7 +357,7 @@ def study_links(plan: Plan, client: MlflowClient) -> list[tuple[str, Links]]:
 
 
 def _newest_study_run(client: MlflowClient, experiment_id: str) -> str | None:
-    from search.tracking import TAG_KIND
+    from search.tracking.names import TAG_KIND
 
     runs = client.search_runs(
         [experiment_id],

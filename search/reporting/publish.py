@@ -42,10 +42,11 @@ from search.study.naming import TAG_NOTE, study_description, trial_description
 from search.study.reader import StudyRun, open_run
 from search.study.rundir import REPORT_FILE
 from search.study.trials import both_families
-from search.tracking import TAG_KIND, TAG_PARENT, check_tracking, metric_key, set_tags
 from search.tracking.links import Links, server_base, where_to_look
+from search.tracking.names import TAG_KIND, TAG_PARENT, metric_key
 from search.tracking.saved_views import save_views, study_views
-from search.tracking.uris import sqlite_path
+from search.tracking.store import set_tags
+from search.tracking.uris import check_tracking, sqlite_path
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -284,7 +285,7 @@ def publish_study(
         parent_note = study_description(
             inputs.trials, run.objectives, study_name=state.study_name, links=link_map
         )
-        from search.tracking import set_tags
+        from search.tracking.store import set_tags
 
         set_tags(client, state.parent_run_id, {TAG_NOTE: parent_note})
     except Exception as error:  # the store broke half-way: the page is what matters most

@@ -29,14 +29,14 @@ from search.running.scheduler import FINAL, RUNG
 from search.running.trainable import stopped_reason
 from search.study import records
 from search.study.failures import worker_death_reason
-from search.tracking.spool import RunSpool
-from search.tracking.store import (
+from search.tracking.names import (
     TAG_FAIL_REASON,
     TAG_KIND,
     TAG_PARENT,
     TAG_TRIAL_NUMBER,
     metric_key,
 )
+from search.tracking.spool import RunSpool
 
 if TYPE_CHECKING:
     from search.tracking.study_tracker import StudyTracker

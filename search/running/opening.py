@@ -14,8 +14,8 @@ import optuna
 
 from pptp.errors import ConfigError
 from search.study import rundir
-from search.tracking import StudyTracker, TrackingUnavailable
-from search.tracking.uris import redact
+from search.tracking.study_tracker import StudyTracker
+from search.tracking.uris import TrackingUnavailable, redact
 
 if TYPE_CHECKING:
     import optuna

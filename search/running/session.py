@@ -13,6 +13,7 @@ import signal
 import sys
 from collections.abc import Mapping
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -32,12 +33,14 @@ from search.running.references import ReferencesUnavailable, train_references
 from search.running.samplers import StudySearch
 from search.running.scheduler import MultiObjectiveASHA, rung_history
 from search.running.trainable import TrialContext, trainable
+from search.running.user_code import code_names, runtime_env
 from search.space import build_sampler
+from search.space.checks import possible_values
 from search.study import rundir
 from search.study.failures import INTERRUPTED_REASON
 from search.study.naming import planned_name
 from search.sync import finish_tracking
-from search.tracking import TAG_FAIL_REASON
+from search.tracking.names import TAG_FAIL_REASON
 
 if TYPE_CHECKING:
     import optuna
@@ -138,15 +141,30 @@ def _local_ray(plan: Plan) -> bool:
 
 def _ray_init_args(plan: Plan) -> dict[str, Any]:
     verbose = plan.verbosity > 0
+    shipped = _runtime_env(plan)
     if not _local_ray(plan):
-        return {"address": plan.args.address, "log_to_driver": verbose}
+        return {"address": plan.args.address, "log_to_driver": verbose, **shipped}
     return {
         "num_cpus": os.cpu_count(),
         "include_dashboard": False,
         "log_to_driver": verbose,
         "object_store_memory": 256 * 1024 * 1024,
         "configure_logging": False,
+        **shipped,
     }
+
+
+def _runtime_env(plan: Plan) -> dict[str, Any]:
+    """``{"runtime_env": ...}`` shipping the user's model and loader code to every node
+    (:mod:`search.running.user_code`), said in one line; empty when the space names none."""
+    base = plan.space.base_config()
+    choices = [v for _, v in possible_values("model.name", base.to_flat(), plan.space.params)]
+    env = runtime_env(code_names(base, choices))
+    if env is None:
+        return {}
+    names = ", ".join(Path(p).name for p in env["py_modules"])
+    plan.say(f"user code   {names} shipped to every Ray node (runtime_env py_modules)")
+    return {"runtime_env": env}
 
 
 def concurrency_limit(plan: Plan) -> int:

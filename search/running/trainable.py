@@ -64,8 +64,8 @@ from search.running.scheduler import FINAL, RUNG, STOPPABLE
 from search.space import Space
 from search.study.failures import exception_reason
 from search.study.naming import planned_name, planned_treatment
-from search.tracking import TrialTracker
 from search.tracking.spool import RUN_NAME_TAG
+from search.tracking.trial_tracker import TrialTracker
 
 logger = logging.getLogger(__name__)
 

@@ -84,6 +84,8 @@ def absolute_paths(cfg: TrialConfig, *, cwd: str | Path | None = None) -> dict[s
     for key, name in (("model.name", cfg.model.name), ("data.name", cfg.data.name)):
         if imports.absolute(name, root) != name:
             out[key] = imports.absolute(name, root)
+    if cfg.model.init is not None:
+        out["model.init"] = str((root / cfg.model.init).expanduser().resolve())
     return out
 
 

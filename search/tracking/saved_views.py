@@ -103,7 +103,7 @@ def study_views(objectives: Sequence[tuple[str, str]]) -> tuple[SavedView, Saved
     """The ``pptp-trials`` and ``pptp-pareto`` views for a study's objectives.
 
     ``objectives``: ``(metric, "maximize"|"minimize")`` in the study's order, the project's
-    metric names (``attack_tpr@0.1%fpr``; :func:`~search.tracking.metric_key` maps them).
+    metric names (``attack_tpr@0.1%fpr``; :func:`~search.tracking.names.metric_key` maps them).
     """
     if not objectives:
         raise ValueError("a study has at least one objective")

@@ -30,21 +30,23 @@ from mlflow.tracking import MlflowClient
 from pptp.errors import ConfigError
 from search.space import direction_sign
 from search.study.pareto import rows_csv
-from search.tracking.plots import plot_front
-from search.tracking.store import (
+from search.tracking.names import (
     TAG_FAIL_REASON,
     TAG_KIND,
     TAG_PARENT,
     TAG_PARETO,
     TAG_STUDY,
     TAG_TRIAL_NUMBER,
+    metric_key,
+)
+from search.tracking.plots import plot_front
+from search.tracking.store import (
     as_float,
     experiment_id,
     flatten,
     git_commit,
     log_metric_entities,
     log_params,
-    metric_key,
     now_ms,
     param_value,
     plain,

@@ -28,18 +28,15 @@ from pptp.metrics import plot_roc
 from pptp.train import EpochLog
 from pptp.treatment import treatment_of
 from pptp.trial import TrialResult
-from search.tracking.spool import RunSpool
-from search.tracking.store import (
+from search.tracking.names import (
     TAG_FAIL_REASON,
     TAG_KIND,
     TAG_PARENT,
     TAG_TRIAL_NUMBER,
-    log_metric_entities,
-    log_params,
     metric_key,
-    now_ms,
-    set_tags,
 )
+from search.tracking.spool import RunSpool
+from search.tracking.store import log_metric_entities, log_params, now_ms, set_tags
 from search.tracking.uris import sqlite_path
 
 logger = logging.getLogger(__name__)
