@@ -25,6 +25,8 @@ from ray.tune import Callback
 
 from search.running.progress import trial_error_text
 from search.running.samplers import RECORD, TRIAL_NUMBER, StudySearch
+from search.running.scheduler import FINAL, RUNG
+from search.running.trainable import stopped_reason
 from search.study import records
 from search.study.failures import worker_death_reason
 from search.tracking.names import (
@@ -79,6 +81,20 @@ class Bookkeeper(Callback):
                 record.spool.error,
                 records.path(self.run_dir, number),
             )
+
+    def on_trial_complete(
+        self, iteration: int, trials: list[Any], trial: Any, **info: Any
+    ) -> None:
+        """A trial the multi-fidelity scheduler stopped: its MLflow run ends KILLED with the
+        reason, whether or not its process got to end it (Tune may end the process first)."""
+        last = trial.last_result or {}
+        run_id = last.get("mlflow_run_id")
+        if last.get(RUNG) is None or last.get(FINAL, 1) or not run_id:
+            return
+        try:
+            self.tracker.stop_child(str(run_id), stopped_reason(int(last[RUNG])))
+        except Exception as error:  # MLflow down: sync ends runs left RUNNING
+            logger.warning("trial run %s: could not end it KILLED (%s)", run_id, error)
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         text = trial_error_text(trial)

@@ -14,6 +14,7 @@ from pptp.fileio import atomic_write
 from search.reporting.publish import publish_study
 from search.running.budget import family_line, kind_of, repeat_line
 from search.running.plan import EXIT_STOPPED, EXIT_TRACKING_INCOMPLETE
+from search.running.scheduler import stopped_line
 from search.study import records, rundir
 from search.study.pareto import format_front, front_csv
 from search.study.trials import finished, with_run_ids
@@ -55,9 +56,12 @@ def finish(
             n_trials=plan.n_trials,
             report=report,
         )
+    stopped = sum(t.pruned for t in trials)
     print(
         f"\nPareto front ({sum(t.pareto for t in trials)} of {len(trials)} finished trials, "
-        f"{sum(not t.complete for t in trials)} failed):"
+        f"{sum(not t.complete and not t.pruned for t in trials)} failed"
+        + (f", {stopped} stopped early" if stopped else "")
+        + "):"
     )
     print(format_front(trials, space.study.objectives))
     for line in budget_lines(plan, study):
@@ -83,7 +87,8 @@ def budget_lines(plan: Plan, study: optuna.Study) -> list[str]:
     trials = study.get_trials(deepcopy=False)
     lines = [family_line(trials, kind_of(plan.space))]
     repeats = repeat_line(trials)
-    return lines + ([repeats] if repeats else [])
+    stopped = stopped_line(trials, plan.space.base_config().train.epochs)
+    return lines + [line for line in (repeats, stopped) if line]
 
 
 def study_trials(plan: Plan, study: optuna.Study) -> list[FinishedTrial]:

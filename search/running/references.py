@@ -104,13 +104,17 @@ def train_references(plan: Plan) -> References:
         return References(base)
     bank = ReferenceBank(base.attack.bank_dir)
     queries = resolve_queries(base)
-    missing = bank.missing(base, n, queries=queries)
+    fidelity = space.study.fidelity
+    rungs = fidelity.epochs(base.train.epochs) if fidelity is not None else ()
+    missing = bank.missing(base, n, queries=queries, rungs=rungs)
     plan.say(f"references  {n} needed, {n - len(missing)} in the bank ({bank.entry_dir(base)})")
     res = space.study.resources
     flat = base.to_flat()
     options = {"num_cpus": res.cpus, "num_gpus": res.gpus}
     pending = [
-        ray.remote(train_reference).options(**options).remote(flat, i, list(queries), res.cpus)
+        ray.remote(train_reference)
+        .options(**options)
+        .remote(flat, i, list(queries), res.cpus, rungs)
         for i in missing
     ]
     start, done = time.perf_counter(), 0
@@ -133,7 +137,7 @@ def train_references(plan: Plan) -> References:
         for ref in pending:
             ray.cancel(ref, force=True)
         raise reference_failure(error) from None
-    signals = bank.load(base, n, queries=queries)
+    signals = bank.load(base, n, queries=queries, rungs=rungs)
     try:
         require_learned(signals, base, what=str(bank.entry_dir(base)))
     except Exception as error:
@@ -178,13 +182,20 @@ def reference_failure(error: Exception) -> Exception:
     return ReferencesUnavailable(f"{what}; fix the cause and run again with --resume")
 
 
-def train_reference(flat: dict[str, Any], index: int, queries: list[str], cpus: float) -> Any:
+def train_reference(
+    flat: dict[str, Any],
+    index: int,
+    queries: list[str],
+    cpus: float,
+    rungs: tuple[int, ...] = (),
+) -> Any:
     """A Ray task on any node: train reference ``index`` with as many torch threads as the
     ``cpus`` the task reserved, and return it (:class:`pptp.bank.ReferenceEntry`, whose meta
-    records ``torch_threads``); it writes nothing on that node."""
+    records ``torch_threads``; with ``rungs``, its logits at those epochs too); it writes
+    nothing on that node."""
     _logging.basicConfig(level=_logging.INFO)
     with torch_threads(cpus):
-        return train_entry(TrialConfig.from_flat(flat), index, queries=queries)
+        return train_entry(TrialConfig.from_flat(flat), index, queries=queries, rungs=rungs)
 
 
 def check_references(root: str, flat: dict[str, Any], n: int) -> None:

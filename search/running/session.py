@@ -31,6 +31,7 @@ from search.running.plan import EXIT_INTERRUPTED, EXIT_STOPPED
 from search.running.progress import Progress
 from search.running.references import ReferencesUnavailable, train_references
 from search.running.samplers import StudySearch
+from search.running.scheduler import MultiObjectiveASHA, rung_history
 from search.running.trainable import TrialContext, trainable
 from search.running.user_code import code_names, runtime_env
 from search.space import build_sampler
@@ -93,7 +94,10 @@ def run_session(
             flat_config=lambda sampled: space.trial_config(sampled).to_flat(),
         )
         plan.say(f"trials      {remaining} to run ({plan.n_trials} in the study)")
-        run_tuner(plan, searcher, ctx, remaining, concurrency, keeper, references.signals)
+        scheduler = fidelity_scheduler(plan, study)
+        run_tuner(
+            plan, searcher, ctx, remaining, concurrency, keeper, references.signals, scheduler
+        )
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the clean-up takes seconds: let it end
         ray.shutdown()
@@ -193,6 +197,24 @@ def trial_context(
     )
 
 
+def fidelity_scheduler(plan: Plan, study: optuna.Study) -> MultiObjectiveASHA | None:
+    """The MO-ASHA scheduler of ``study.fidelity`` (None without it), holding the rung results
+    the study recorded before (a resumed study keeps its rungs)."""
+    spec = plan.space.study
+    if spec.fidelity is None:
+        return None
+    history = rung_history(study.get_trials(deepcopy=False), spec.objectives, spec.constraints)
+    total = plan.space.base_config().train.epochs
+    plan.say(
+        f"fidelity    rungs at epochs {', '.join(map(str, spec.fidelity.epochs(total)))} of "
+        f"{total}; the best 1/{spec.fidelity.reduction} at each rung go on (never stopped: "
+        f"{', '.join(spec.fidelity.never_stop) or 'none'})"
+    )
+    return MultiObjectiveASHA(
+        spec.objectives, spec.constraints, reduction=spec.fidelity.reduction, history=history
+    )
+
+
 def run_tuner(
     plan: Plan,
     searcher: StudySearch,
@@ -201,6 +223,7 @@ def run_tuner(
     concurrency: int,
     keeper: Bookkeeper,
     reference_signals: ray.ObjectRef | None = None,
+    scheduler: MultiObjectiveASHA | None = None,
 ) -> None:
     if plan.verbosity <= 0:  # each trial's end is one progress line; tracebacks go to MLflow
         logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
@@ -215,6 +238,7 @@ def run_tuner(
             # the searcher ends the study after ``remaining`` distinct trainings: a repeated
             # proposal is reused and not counted (search.running.budget)
             num_samples=-1,
+            scheduler=scheduler,  # None: Tune's FIFO (every trial to the end)
             reuse_actors=True,  # a trial process imports torch and mlflow once, not per trial
         ),
         run_config=tune.RunConfig(

@@ -237,14 +237,15 @@ def fail_interrupted(study: optuna.Study) -> list[int]:
 
 
 def finished_count(study: optuna.Study) -> int:
-    """Trials that count toward ``n_trials``: distinct trainings that ended, complete or failed
-    on their own (not interrupted); a reused repeat (user attribute ``duplicate_of``) is not one."""
+    """Trials that count toward ``n_trials``: distinct trainings that ended, complete, stopped
+    early by the multi-fidelity scheduler (PRUNED) or failed on their own (not interrupted); a
+    reused repeat (user attribute ``duplicate_of``) is not one."""
     return sum(
         1
         for t in study.get_trials(deepcopy=False)
         if t.user_attrs.get(DUPLICATE_OF) is None
         and (
-            t.state == TrialState.COMPLETE
+            t.state in (TrialState.COMPLETE, TrialState.PRUNED)
             or (t.state == TrialState.FAIL and not t.user_attrs.get(INTERRUPTED))
         )
     )

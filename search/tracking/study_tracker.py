@@ -261,6 +261,15 @@ class StudyTracker:
             logger.warning("marked %d stale trial run(s) %s: %s", len(stale), status, reason)
         return len(stale)
 
+    def stop_child(self, run_id: str, reason: str) -> None:
+        """End the child run ``run_id`` KILLED with ``fail_reason`` when it is still RUNNING: a
+        trial the multi-fidelity scheduler stopped, whose process may be ended before it ends
+        its own run."""
+        if self.client.get_run(run_id).info.status != "RUNNING":
+            return
+        self.client.set_tag(run_id, TAG_FAIL_REASON, tag_value(reason))
+        self.client.set_terminated(run_id, status="KILLED")
+
     def fail_child(self, trial_number: int, reason: str, *, traceback: str = "") -> str | None:
         """End the RUNNING child run of trial ``trial_number`` FAILED with ``fail_reason`` and
         ``traceback.txt``: a trial whose process died leaves its run RUNNING. Returns the run's

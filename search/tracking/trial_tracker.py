@@ -188,6 +188,11 @@ class TrialTracker:
             self.spool.error = "create_run: the run was never created"
         self._ended = True
 
+    def stop(self, reason: str) -> None:
+        """End the run KILLED with ``fail_reason``: the trial was stopped early on purpose (the
+        multi-fidelity scheduler); exiting the block is then a no-op."""
+        self._end("KILLED", reason=reason)
+
     def fail(self, reason: str, *, traceback: str | None = None) -> None:
         """End the run FAILED with ``fail_reason`` (first line, truncated) and the traceback as
         the artifact ``traceback.txt``; exiting the block is then a no-op."""
