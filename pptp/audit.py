@@ -32,14 +32,14 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import optimize, special, stats
 
+from pptp.metric_catalogue import NONE_DETECTED
+
 #: confidence of the bound when the config says nothing (``attack.audit_confidence``)
 DEFAULT_CONFIDENCE = 0.95
 
 #: guesses ``r`` as fractions of the canaries; half guessed in (highest scores), half out
 GUESS_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 
-#: how a bound of 0 reads: the audit found nothing, which does not make the model private
-NONE_DETECTED = "none detected"
 
 
 def p_value(m: int, r: int, v: int, eps: float, delta: float) -> float:

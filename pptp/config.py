@@ -96,6 +96,9 @@ class ModelConfig:
     norm: str = "batch"  # batch | group | none; per-example gradients need group or none
     kwargs: Params = field(default_factory=Params)
     groups: Params | None = None
+    # a local checkpoint loaded before training (pptp.checkpoint): .safetensors, or a state dict
+    # read with torch.load(weights_only=True); targets and references start from it
+    init: str | None = None
 
 
 @dataclass(frozen=True)

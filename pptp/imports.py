@@ -4,8 +4,10 @@ The one way a space names code that is not part of pptp (a model factory, ``mode
 loader, ``data.name``). A module path is imported with :func:`importlib.import_module` (it must be
 importable where the trial runs: installed, or on ``PYTHONPATH``); a file path is loaded with
 :func:`importlib.util.spec_from_file_location` under a module name made from the file's absolute
-path, once per process. Every failure (no such file or module, an import that raises, no such
-function, not callable) is one :class:`~pptp.errors.ConfigError` naming the key and the path.
+path, once per process; on a node where that file does not exist, the module of the file's stem
+that the search shipped there (``search/running/user_code.py``). Every failure (no such file or
+module, an import that raises, no such function, not callable) is one
+:class:`~pptp.errors.ConfigError` naming the key and the path.
 
 :func:`source_fingerprint` hashes the file that defines the function (its bytes), so that the
 reference bank never reuses references trained with other code (:mod:`pptp.bank`).
@@ -125,7 +127,12 @@ def source_fingerprint(path: str, *, key: str) -> str:
 
 def _load_module(where: str, *, key: str) -> ModuleType:
     if where.endswith(".py") or "/" in where or "\\" in where:
-        return _load_file(str(Path(where).expanduser().resolve()), key=key)
+        file = Path(where).expanduser().resolve()
+        if not file.is_file() and importlib.util.find_spec(file.stem) is not None:
+            # a node without the driver's file: the copy the search shipped onto this worker's
+            # path (Ray runtime_env py_modules, search/running/user_code.py), by its stem
+            return importlib.import_module(file.stem)
+        return _load_file(str(file), key=key)
     if not _MODULE.fullmatch(where):
         raise ConfigError(f"{key}: {where!r} is neither a module name nor a .py file", key=key)
     try:

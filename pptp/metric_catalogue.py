@@ -19,7 +19,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
-from pptp.audit import NONE_DETECTED
 from pptp.errors import ConfigError
 from pptp.tables import MISSING
 
@@ -30,6 +29,9 @@ Condition = Literal["always", "canaries", "dpsgd"]
 ATTACK = "{attack}"
 """The placeholder of a per-attack family: ``auc/{attack}`` -> ``auc/lira_online``."""
 
+
+#: how a bound of 0 reads: the audit found nothing, which does not make the model private
+NONE_DETECTED = "none detected"
 
 @dataclass(frozen=True)
 class Metric:

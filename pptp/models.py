@@ -50,6 +50,7 @@ from typing import ClassVar, Protocol
 import torch
 from torch import nn
 
+from pptp.checkpoint import load_init
 from pptp.config import DataConfig, ModelConfig
 from pptp.data import Pool, dataset_spec
 from pptp.datasets import DataFacts
@@ -194,10 +195,12 @@ def create_model(
 
 def build_model(cfg: ModelConfig, pool: Pool, *, seed: int) -> nn.Module:
     """The model a model config names, for ``pool``'s input shape ``(C, H, W)`` and classes,
-    initialised from ``seed`` (``torch.manual_seed``)."""
+    initialised from ``seed`` (``torch.manual_seed``), then from ``cfg.init`` (pptp.checkpoint)."""
     torch.manual_seed(seed)
     _, channels, height, _ = pool.x.shape
-    return model_from_config(cfg, DataFacts(pool.num_classes, channels, height, table=pool.table))
+    facts = DataFacts(pool.num_classes, channels, height, table=pool.table)
+    model = model_from_config(cfg, facts)
+    return model if cfg.init is None else load_init(model, cfg.init)
 
 
 def model_from_config(cfg: ModelConfig, facts: DataFacts) -> nn.Module:
@@ -223,13 +226,13 @@ def model_from_config(cfg: ModelConfig, facts: DataFacts) -> nn.Module:
     return model
 
 
-def check_model(cfg: ModelConfig, data: DataConfig) -> None:
-    """Build a user's model once on the CPU for ``data``'s facts (reading the data when it is a
-    user's), so that an import error, a wrong return type, bad layer groups or a wrong output
-    shape stop the command (:class:`ConfigError`) before anything trains. Registered models are
-    checked by name in the space and need no build here."""
-    if is_import_path(cfg.name):
-        model_from_config(cfg, dataset_spec(data).facts(data.image_size))
+def check_model(cfg: ModelConfig, data: DataConfig) -> nn.Module | None:
+    """Build a user's model (or one with ``init``) on the CPU for ``data``'s facts: a bad factory,
+    groups, output shape or checkpoint stops the command (:class:`ConfigError`) before training."""
+    if not is_import_path(cfg.name) and cfg.init is None:
+        return None
+    model = model_from_config(cfg, dataset_spec(data).facts(data.image_size))
+    return model if cfg.init is None else load_init(model, cfg.init)
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ some of its labels are deliberately wrong: it is the *audit* target, the model w
 attacks measure. What ships is the same recipe (data, model, training, protection, defense, the
 same ``train.seed``) trained on every pool example, which excludes only the held-out test and
 validation sets, with every canary given back its true label. The audit estimates what that
-recipe leaks; the shipped model trained on twice as many members, which the model card states.
+recipe leaks; the shipped model trained on about twice as many members, as the model card states.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ from pptp.exposure import Exposure, most_exposed
 from pptp.metrics import TPR_METRICS, AttackMetrics, resolvable
 from pptp.models import build_model
 from pptp.signals import Signals, compute_signals, resolve_queries
-from pptp.train import EpochLog, train
+from pptp.train import EpochLog, TrainResult, train
 
 logger = logging.getLogger(__name__)
 
@@ -217,7 +217,7 @@ def run_trial(
     above chance on the held-out test set (:mod:`pptp.chance`).
     """
     check_attacks(cfg.attack)
-    queries = resolve_queries(cfg)
+    resolve_queries(cfg)  # a query setting that cannot work fails before training
     if reference_signals is None:
         bank = bank or ReferenceBank(Path(cfg.attack.bank_dir))
     timings: dict[str, float] = {}
@@ -238,6 +238,34 @@ def run_trial(
             device=device,
             on_epoch=on_epoch,
         )
+    return measure_target(
+        cfg,
+        pool,
+        model,
+        trained,
+        bank=bank,
+        timings=timings,
+        references=references,
+        reference_signals=reference_signals,
+        keep_model=keep_model,
+    )
+
+
+def measure_target(
+    cfg: TrialConfig,
+    pool: Pool,
+    model: nn.Module,
+    trained: TrainResult,
+    *,
+    bank: ReferenceBank | None,
+    timings: dict[str, float],
+    references: TrialConfig | None = None,
+    reference_signals: ReferenceSignals | None = None,
+    keep_model: bool = False,
+) -> TrialResult:
+    """Stages 3 to 5 of :func:`run_trial` on a trained target: chance check, signals, attacks,
+    canaries; ``trained`` is what :func:`pptp.train.train` returned (arguments as there)."""
+    queries = resolve_queries(cfg)
     _check_chance(trained.test_acc, pool, what="target model")
     with _timed(timings, "signals"):
         signals = compute_signals(model, pool.x, pool.y, queries=queries)

@@ -24,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 if __package__ in (None, ""):  # `python search/localize.py` puts search/ first on sys.path
     sys.path[0] = str(Path(__file__).resolve().parents[1])
@@ -32,6 +32,11 @@ if __package__ in (None, ""):  # `python search/localize.py` puts search/ first 
 from pptp.errors import ConfigError
 from search.cli import manual
 from search.cli.entry import add_output_flags, quiet_environment, run_command, verbosity
+
+if TYPE_CHECKING:
+    from pptp.config import TrialConfig
+    from pptp.localize import LocalizationResult
+    from search.space import Space
 
 quiet_environment()  # before anything imports ray or mlflow
 
@@ -82,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
 
 @dataclass(frozen=True)
 class Plan:
-    space: Any  # search.space.Space
-    cfg: Any  # pptp.config.TrialConfig
+    space: Space
+    cfg: TrialConfig
     seeds: tuple[int, ...]
     output: Path
     tracking_uri: str
@@ -107,7 +112,7 @@ def prepare(args: argparse.Namespace) -> Plan:
     """Every check that can fail on bad input; trains nothing."""
     from pptp.localize import check_localizable
     from search.space import load_space
-    from search.tracking import check_tracking, resolve_tracking_uri
+    from search.tracking.uris import check_tracking, resolve_tracking_uri
 
     space = load_space(args.space)
     seeds = parse_seeds(args.seeds)
@@ -181,7 +186,9 @@ def execute(plan: Plan) -> int:
     return 0
 
 
-def log_localization(uri: str, space: Any, result: Any, paths: list[Path]) -> str:
+def log_localization(
+    uri: str, space: Space, result: LocalizationResult, paths: list[Path]
+) -> str:
     """Log ``result`` as a finished run of its own; returns the run id.
 
     Experiment ``<study>-localize`` (created with the same artifact layout as the study's);
@@ -193,15 +200,8 @@ def log_localization(uri: str, space: Any, result: Any, paths: list[Path]) -> st
     """
     from mlflow.tracking import MlflowClient
 
-    from search.tracking import (
-        TAG_KIND,
-        TAG_STUDY,
-        experiment_id,
-        git_commit,
-        log_metrics,
-        log_params,
-        set_tags,
-    )
+    from search.tracking.names import TAG_KIND, TAG_STUDY
+    from search.tracking.store import experiment_id, git_commit, log_metrics, log_params, set_tags
 
     client = MlflowClient(tracking_uri=uri)
     name = space.study.name + EXPERIMENT_SUFFIX

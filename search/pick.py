@@ -158,7 +158,7 @@ class Plan:
 
 def prepare(args: argparse.Namespace) -> Plan:
     """Every check that can fail on bad input; trains nothing."""
-    from search.tracking import check_tracking, resolve_tracking_uri
+    from search.tracking.uris import check_tracking, resolve_tracking_uri
 
     if args.seeds < 0:
         raise ConfigError(f"--seeds {args.seeds}: give 0 (no re-training) or more")
@@ -271,7 +271,7 @@ def _write_who_leaks(comparison: Comparison, export: Path) -> None:
     """Who leaks in the re-audited pick (the adaptive audit's first seed, else the re-training's;
     :mod:`pptp.exposure`), beside the export: ``<export>.who-leaks/`` with ``exposed.csv``,
     ``class_tpr.csv`` and, for image data, ``exposed.png``."""
-    from search.tracking import write_exposure
+    from search.tracking.trial_tracker import write_exposure
 
     audits = [a for a in (comparison.adaptive, comparison.retrained) if a is not None]
     exposure = next((a.exposure for a in audits if a.exposure is not None), None)
@@ -293,8 +293,10 @@ def _execute(plan: Plan) -> int:
         screening={m: c.value(m) for m in {*TABLE_METRICS, *c.values}},
     )
     bank = Path(cfg_run.attack.bank_dir)
-    print(f"\nbank        {bank}", flush=True)
-    if (plan.seeds or args.adaptive or args.register) and not bank.is_dir():
+    trains = bool(plan.seeds or args.adaptive or args.register)
+    if trains:  # only then are reference models read (or trained)
+        print(f"\nreferences  the screening references, from the bank in {bank}", flush=True)
+    if trains and not bank.is_dir():
         print(
             f"note        {bank} does not exist: the screening references will be trained "
             "again. The space's paths are relative to where search/run.py ran; run pick.py "

@@ -39,7 +39,7 @@ if __package__ in (None, ""):  # `python search/report.py` puts search/ first on
 
 from search.cli import manual
 from search.cli.entry import quiet_environment, run_command
-from search.reporting.page import REPORT_FILE
+from search.study.rundir import REPORT_FILE
 
 quiet_environment()
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -56,8 +57,11 @@ from search.cli.entry import (
 from search.tracking.uris import redact
 
 if TYPE_CHECKING:
+    import optuna
+
     from search.running.plan import Plan
     from search.space import Space
+    from search.tracking.study_tracker import StudyTracker
 
 # The stages (search.running, pptp.data) import optuna, torch and ray: 3-7 s on 2 cores that
 # --help and a space refused on its structure do not pay; prepare and execute import them.
@@ -160,7 +164,7 @@ def prepare(args: argparse.Namespace) -> Plan:
     from search.study import rundir
     from search.study.lock import RunLock
     from search.study.shared_study import check_storage, has_study, open_storage
-    from search.tracking import check_tracking, resolve_tracking_uri
+    from search.tracking.uris import check_tracking, resolve_tracking_uri
 
     if args.seed is not None:
         space = dataclasses.replace(space, study=dataclasses.replace(space.study, seed=args.seed))
@@ -246,12 +250,20 @@ def execute(plan: Plan) -> int:
         if plan.claim is not None:
             plan.claim.release()
         plan.lock.release()
+        if plan.discard:  # a failed start leaves no run directory behind
+            shutil.rmtree(plan.run_dir, ignore_errors=True)
+            print(
+                f"nothing kept: no trial had started, so {plan.run_dir} was removed and its MLflow "
+                "parent run deleted; fix the cause and run the same command again",
+                file=sys.stderr,
+            )
 
 
 def _execute(plan: Plan) -> int:
     import optuna
 
     from pptp.fileio import atomic_write
+    from search.running.ending import discard_start, never_started
     from search.running.opening import open_parent_run, open_study
     from search.running.plan import EXIT_INTERRUPTED
     from search.study import rundir
@@ -276,6 +288,11 @@ def _execute(plan: Plan) -> int:
     tracker = open_parent_run(plan)
     try:
         return _with_parent(plan, tracker, study, interrupted)
+    except ConfigError:  # the references or the cluster refused the study
+        if never_started(plan, study):
+            discard_start(plan, tracker)
+            plan.discard = True
+        raise
     except KeyboardInterrupt:  # outside the session (which handles its own)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
@@ -286,7 +303,9 @@ def _execute(plan: Plan) -> int:
         return EXIT_INTERRUPTED
 
 
-def _with_parent(plan: Plan, tracker: Any, study: Any, interrupted: list[int]) -> int:
+def _with_parent(
+    plan: Plan, tracker: StudyTracker, study: optuna.Study, interrupted: list[int]
+) -> int:
     """Everything after the parent run exists: state, resume bookkeeping, the session, the end."""
     from search.running.ending import finish
     from search.running.opening import record_run, report_interrupted
@@ -321,18 +340,31 @@ def _with_parent(plan: Plan, tracker: Any, study: Any, interrupted: list[int]) -
 def check_models(space: Space) -> None:
     """Build each user model the study can train (``model.name`` fixed, or each choice) once for
     the data: a factory that cannot be imported, returns no module, has bad layer groups or
-    gives the wrong output shape stops here, naming the space file, before anything starts."""
+    gives the wrong output shape stops here, naming the space file, before anything starts; so
+    does a user's model with BatchNorm in a study that can run a mechanism needing per-example
+    gradients (the space's own check reads model.norm, which a user's model does not use)."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
     from pptp.models import check_model
-    from search.space.checks import possible_values
+    from search.space.checks import per_example_mechanisms, possible_values
     from search.space.errors import space_error
 
     base = space.base_config()
     for where, name in possible_values("model.name", base.to_flat(), space.params):
         try:
-            check_model(dataclasses.replace(base.model, name=name), base.data)
+            model = check_model(dataclasses.replace(base.model, name=name), base.data)
         except ConfigError as error:
             key = where if error.key in (None, "model.name") else f"fixed.{error.key}"
             raise space_error(str(space.path), key, str(error)) from None
+        batch_norm = model is not None and any(isinstance(m, _BatchNorm) for m in model.modules())
+        for mechanism_key, mechanism in per_example_mechanisms(base, space.params):
+            if batch_norm:
+                raise space_error(
+                    str(space.path),
+                    mechanism_key,
+                    f"{mechanism} needs per-example gradients, which the BatchNorm layers of "
+                    f"{name} make ill-defined; use GroupNorm or LayerNorm in the model",
+                )
 
 
 def _yaml(data: Any) -> str:

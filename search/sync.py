@@ -47,7 +47,7 @@ quiet_environment()
 if TYPE_CHECKING:
     import optuna
 
-    from search.tracking import StudyTracker
+    from search.tracking.study_tracker import StudyTracker
 
 logger = logging.getLogger("search.sync")
 
@@ -121,7 +121,7 @@ def replay_records(
     """Step 2 of the module docstring; returns ``{trial number: child run id}`` of every
     recorded trial MLflow now holds."""
     from search.study import records
-    from search.tracking import TAG_PARENT, TAG_TRIAL_NUMBER
+    from search.tracking.names import TAG_PARENT, TAG_TRIAL_NUMBER
     from search.tracking.spool import local_artifact_dir, replay
 
     by_number: dict[int, list[Any]] = {}
@@ -174,7 +174,7 @@ def replay_records(
 
 def end_stale_children(tracker: StudyTracker, study: optuna.Study, report: SyncReport) -> None:
     """Step 3: child runs still RUNNING get the end status of their Optuna trial."""
-    from search.tracking import TAG_FAIL_REASON, TAG_TRIAL_NUMBER
+    from search.tracking.names import TAG_FAIL_REASON, TAG_TRIAL_NUMBER
 
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     for run in tracker.children(status="RUNNING"):
@@ -240,12 +240,8 @@ def sync_run(run_dir: Path, uri: str | None = None) -> SyncReport:
     from pptp.errors import ConfigError
     from search.space import load_space
     from search.study import rundir
-    from search.tracking import (
-        StudyTracker,
-        TrackingUnavailable,
-        check_tracking,
-        resolve_tracking_uri,
-    )
+    from search.tracking.study_tracker import StudyTracker
+    from search.tracking.uris import TrackingUnavailable, check_tracking, resolve_tracking_uri
 
     state = rundir.read_state(run_dir)
     target = resolve_tracking_uri(uri or state.tracking_uri)

@@ -37,7 +37,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING
 
 if __package__ in (None, ""):  # `python search/ui.py` puts search/ first on sys.path
     sys.path[0] = str(Path(__file__).resolve().parents[1])
@@ -47,6 +47,9 @@ from search.cli import manual
 from search.cli.entry import quiet_environment, run_command
 from search.tracking.links import Links, console_command, server_base
 from search.tracking.saved_views import SHARED_VIEW_TAG, TRIALS_VIEW
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 quiet_environment()
 
@@ -298,8 +301,7 @@ class Plan:
 
 def prepare(args: argparse.Namespace) -> Plan:
     from search.study import rundir
-    from search.tracking import check_tracking, resolve_tracking_uri
-    from search.tracking.uris import sqlite_path
+    from search.tracking.uris import check_tracking, resolve_tracking_uri, sqlite_path
 
     run_dir = Path(args.run) if args.run else None
     experiment = parent = None
@@ -331,11 +333,11 @@ def prepare(args: argparse.Namespace) -> Plan:
     return Plan(uri, run_dir, experiment, parent, args.host, args.port, args.open, args.timeout)
 
 
-def study_links(plan: Plan, client: Any) -> list[tuple[str, Links]]:
+def study_links(plan: Plan, client: MlflowClient) -> list[tuple[str, Links]]:
     """``(study name, links)`` of the study the plan names, or of every study in the store
     (experiments tagged ``pptp.study``), newest first. A study's parent run is the one its run
     directory recorded, else the experiment's newest run tagged ``pptp.kind = study``."""
-    from search.tracking import TAG_STUDY
+    from search.tracking.names import TAG_STUDY
 
     if plan.experiment is not None:
         experiments = [client.get_experiment(plan.experiment)]
@@ -354,8 +356,8 @@ def study_links(plan: Plan, client: Any) -> list[tuple[str, Links]]:
     return out
 
 
-def _newest_study_run(client: Any, experiment_id: str) -> str | None:
-    from search.tracking import TAG_KIND
+def _newest_study_run(client: MlflowClient, experiment_id: str) -> str | None:
+    from search.tracking.names import TAG_KIND
 
     runs = client.search_runs(
         [experiment_id],
@@ -366,9 +368,9 @@ def _newest_study_run(client: Any, experiment_id: str) -> str | None:
     return str(runs[0].info.run_id) if runs else None
 
 
-def describe(study: list[tuple[str, Links]], base: str, client: Any) -> list[str]:
+def describe(study: list[tuple[str, Links]], base: str, client: MlflowClient) -> list[str]:
     """The lines that say where each study is in the running UI."""
-    from search.reporting.page import REPORT_FILE
+    from search.study.rundir import REPORT_FILE
 
     lines = []
     for name, links in study:

@@ -15,7 +15,7 @@ from fixtures_tracking import fake_result
 from PIL import Image
 
 from pptp.exposure import ExposedRecord, Exposure, most_exposed, thumbnail_grid
-from search.tracking import write_trial_artifacts
+from search.tracking.trial_tracker import write_trial_artifacts
 
 
 def _pool(n: int = 400) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

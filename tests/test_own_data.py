@@ -11,8 +11,9 @@ import torch
 from PIL import Image
 
 from pptp.config import DataConfig
-from pptp.data import build_pool, dataset_spec
+from pptp.data import build_pool, check_data, dataset_spec
 from pptp.errors import ConfigError
+from search.space import load_space
 
 
 def _images(folder: Path, classes: dict[str, int], *, size: int = 10, mode: str = "L") -> None:
@@ -132,3 +133,16 @@ def test_loader_by_import_path(tmp_path: Path) -> None:
     assert (spec.num_classes, spec.channels, spec.image_size) == (5, 1, 6)
     with pytest.raises(ConfigError, match="one class only"):
         dataset_spec(DataConfig(name=f"{loader}:one_class"))
+
+
+def test_a_space_on_data_not_here_still_loads(tmp_path: Path) -> None:
+    """report and compare read a run's space.yaml where the data may not be; run.py reads it."""
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        "study: {name: own, n_trials: 1}\n"
+        f"fixed: {{data.name: image_folder, data.data_dir: {tmp_path / 'elsewhere'}}}\n"
+        "params: {protect.strength: {type: float, low: 0.0, high: 1.0}}\n"
+    )
+    assert load_space(space).base_config().data.name == "image_folder"
+    with pytest.raises(ConfigError, match="no folder of class subfolders there"):
+        check_data(load_space(space).base_config().data)

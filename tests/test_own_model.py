@@ -177,3 +177,72 @@ def test_bank_key_follows_the_model_file_and_the_images(model_file: Path, tmp_pa
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(folder / "a" / "0.png")
     third, _ = recipe_key(cfg, adaptive=False)
     assert third not in (first, second)
+
+
+def test_a_node_without_the_file_imports_the_shipped_copy(
+    model_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ray's runtime_env puts a shipped file on the worker's path under its stem; a worker on a
+    node without the driver's path imports that copy, with the same fingerprint."""
+    from pptp.imports import source_fingerprint
+
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (shipped / "mynet.py").write_text(model_file.read_text())
+    driver_fingerprint = source_fingerprint(f"{model_file}:build", key="model.name")
+    monkeypatch.syspath_prepend(str(shipped))
+    monkeypatch.delitem(sys.modules, "mynet", raising=False)
+    elsewhere = f"{tmp_path}/on-the-driver-only/mynet.py:build"
+    model = model_from_config(ModelConfig(name=elsewhere), FACTS)
+    assert model(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
+    assert source_fingerprint(elsewhere, key="model.name") == driver_fingerprint
+
+
+BN_FILE = """
+from torch import nn
+
+
+def build(facts):
+    return nn.Sequential(
+        nn.Conv2d(facts.channels, 4, 3), nn.BatchNorm2d(4), nn.Flatten(),
+        nn.Linear(4 * (facts.image_size - 2) ** 2, facts.num_classes),
+    )
+"""
+
+
+@pytest.mark.parametrize(
+    ("model", "operator", "message"),
+    [
+        ("mynet.py:wrong_shape", "damp", r"fixed\.model\.name: model .*gives \(1, 3\)"),
+        (
+            "bn.py:build",
+            "noise",
+            r"params\.protect\.operator\.choices\[0\]: noise needs per-"
+            r"example gradients, which the BatchNorm layers of .*bn\.py:build make ill-defined",
+        ),
+    ],
+)
+def test_run_refuses_a_bad_user_model_before_anything_starts(
+    model_file: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    model: str,
+    operator: str,
+    message: str,
+) -> None:
+    import re
+
+    from search import run
+
+    (tmp_path / "bn.py").write_text(BN_FILE)
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        "study: {name: own, n_trials: 1}\n"
+        f"fixed: {{data.name: digits, model.name: {tmp_path / model}}}\n"
+        f"params: {{protect.operator: {{type: categorical, choices: [{operator}]}}}}\n"
+    )
+    argv = ["--space", str(space), "--output", str(tmp_path / "run")]
+    assert run.main([*argv, "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(message, err[0]), err
+    assert not (tmp_path / "run" / "study.db").exists()

@@ -216,7 +216,8 @@ def test_retrain_adaptive_register_end_to_end(
     before = torch.get_num_threads()
 
     from pptp.data import build_pool
-    from search.tracking import StudyTracker, TrialTracker
+    from search.tracking.study_tracker import StudyTracker
+    from search.tracking.trial_tracker import TrialTracker
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     source = tmp_path / "src"

@@ -21,8 +21,8 @@ from search.reporting.publish import (
 )
 from search.study.naming import TAG_NOTE
 from search.study.reader import open_run
-from search.tracking import StudyTracker
 from search.tracking.saved_views import PARETO_VIEW, SHARED_VIEW_TAG, TRIALS_VIEW
+from search.tracking.study_tracker import StudyTracker
 from search.ui import free_port
 
 POINTS = [(0.95, 0.80, 0.05), (0.93, 0.62, 0.02), (0.85, 0.70, 0.004)]  # trial 2 off the front

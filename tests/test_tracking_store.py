@@ -14,7 +14,8 @@ import pytest
 from fixtures_tracking import fake_result, store
 from mlflow.tracking import MlflowClient
 
-from search.tracking import experiment_id, git_commit, log_metrics, log_params, metric_key, set_tags
+from search.tracking.names import metric_key
+from search.tracking.store import experiment_id, git_commit, log_metrics, log_params, set_tags
 
 __all__ = ["store"]  # fixtures, imported for their use below
 

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
+import optuna
+from optuna._hypervolume import compute_hypervolume
 
 from pptp.errors import ConfigError
 from pptp.treatment import KINDS
@@ -38,8 +40,6 @@ def hypervolume(
     ``compute_hypervolume`` (its WFG implementation, used by its own samplers) does the
     geometry, on values turned into losses.
     """
-    from optuna._hypervolume import compute_hypervolume
-
     if len(values) == 0:
         return 0.0
     losses = -_signed(np.asarray(values, dtype=float), axes)
@@ -52,8 +52,6 @@ def front(
     points: Sequence[FinishedTrial], axes: tuple[Objective, Objective]
 ) -> list[FinishedTrial]:
     """The non-dominated points (Optuna's ``best_trials`` of an in-memory study of them)."""
-    import optuna
-
     if not points:
         return []
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created in memory" lines

@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import yaml
+
 from pptp.fileio import atomic_write
 from pptp.tables import format_cell
 from search.picking.audit import ATTACK_METRICS, TABLE_METRICS, Comparison
@@ -85,8 +87,6 @@ def export_header(run: StudyRun, pick: Pick, rule: str, comparison: Comparison) 
 
 def write_export(path: Path, doc: Mapping[str, Any], header: Sequence[str]) -> Path:
     """``header`` as ``#`` comments, then ``doc`` as YAML, written atomically to ``path``."""
-    import yaml
-
     text = "".join(f"# {line}".rstrip() + "\n" for line in header)
     text += yaml.safe_dump(dict(doc), sort_keys=False)
     return atomic_write(path, text)

@@ -34,9 +34,9 @@ def model_card(
     t = cfg.train
     treatment = treatment_of(cfg, planned_groups(cfg))
     attacks = ", ".join(attack_names(cfg.attack))
-    screening = ", ".join(
-        f"{m} {format_cell(comparison.screening.get(m, math.nan))}" for m in TABLE_METRICS
-    )
+    # the table's metrics this study measured (a canary or DP metric is absent without them)
+    shown = [m for m in TABLE_METRICS if math.isfinite(comparison.screening.get(m, math.nan))]
+    screening = ", ".join(f"{m} {format_cell(comparison.screening[m])}" for m in shown)
     lines = [
         f"# {title}",
         "",
@@ -45,7 +45,7 @@ def model_card(
         f"- data: `{cfg.data.name}`; model: `{cfg.model.name}`; {t.epochs} epochs, lr {t.lr:g}, "
         f"batch {t.batch_size}, seed {t.seed}; trained with: {treatment.label()}",
         f"- trained on **{production.members} examples**: every pool example (the held-out "
-        f"test set of {production.n_test} and the validation set were not used)"
+        f"test set of {production.n_test} examples and the validation set are not in it)"
         + (
             f", {production.canaries_restored} audit canaries with their true labels"
             if production.canaries_restored
@@ -75,7 +75,7 @@ def model_card(
         if audit is not None:
             lines.append(
                 f"- {audit.label} (seeds {', '.join(map(str, audit.seeds))}): "
-                + ", ".join(f"{m} {audit.cell(m)}" for m in TABLE_METRICS)
+                + ", ".join(f"{m} {audit.cell(m)}" for m in shown)
             )
     if comparison.adaptive is None:
         lines.append(

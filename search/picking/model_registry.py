@@ -135,14 +135,8 @@ def register(
     from pptp.bank import code_fingerprint, user_fingerprints
     from pptp.production import train_production
     from search.picking.model_card import model_card
-    from search.tracking import (
-        TAG_KIND,
-        TAG_PARENT,
-        TAG_STUDY,
-        git_commit,
-        log_metrics,
-        log_params,
-    )
+    from search.tracking.names import TAG_KIND, TAG_PARENT, TAG_STUDY
+    from search.tracking.store import git_commit, log_metrics, log_params
 
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)

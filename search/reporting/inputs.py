@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,6 +20,9 @@ from pptp.errors import ConfigError
 from search.study.trials import FinishedTrial, finished
 
 if TYPE_CHECKING:
+    import optuna
+    from mlflow.tracking import MlflowClient
+
     from pptp.localize import LocalizationResult
     from search.space import Objective
     from search.study.reader import StudyRun
@@ -69,7 +72,7 @@ class ReportInputs:
     picked: str | None = None
     picked_trial: int | None = None
     missing: tuple[str, ...] = ()
-    study: Any = field(default=None, compare=False, repr=False)  # optuna.Study for plot_slice
+    study: optuna.Study | None = field(default=None, compare=False, repr=False)  # plot_slice
 
     def name(self, number: int) -> str:
         """Trial ``number``'s name (``t07 noise s=0.46 block3-head``), or ``trial 7``."""
@@ -107,7 +110,9 @@ def read_picked(run_dir: Path) -> tuple[str | None, int | None]:
     return text, trial
 
 
-def fetch_roc(client: Any, trials: Sequence[FinishedTrial]) -> tuple[list[RocCurve], list[str]]:
+def fetch_roc(
+    client: MlflowClient, trials: Sequence[FinishedTrial]
+) -> tuple[list[RocCurve], list[str]]:
     """The ``roc.npz`` curves of the front's trials and of the undefended trials.
 
     Returns the curves and a note per trial whose file could not be read. ``roc.npz`` holds
@@ -137,7 +142,9 @@ def fetch_roc(client: Any, trials: Sequence[FinishedTrial]) -> tuple[list[RocCur
     return curves, problems
 
 
-def fetch_exposed(client: Any, trials: Sequence[FinishedTrial]) -> tuple[list[Exposed], list[str]]:
+def fetch_exposed(
+    client: MlflowClient, trials: Sequence[FinishedTrial]
+) -> tuple[list[Exposed], list[str]]:
     """Who leaks in the front's trials and the undefended ones: ``class_tpr.csv`` and, for image
     data, ``exposed.png``; a note per trial whose files could not be read (trials from before
     these files existed have none)."""
@@ -149,12 +156,14 @@ def fetch_exposed(client: Any, trials: Sequence[FinishedTrial]) -> tuple[list[Ex
             try:
                 folder = Path(tmp) / str(trial.number)
                 folder.mkdir()
-                table = Path(client.download_artifacts(str(trial.run_id), "class_tpr.csv", folder))
+                table = Path(
+                    client.download_artifacts(str(trial.run_id), "class_tpr.csv", str(folder))
+                )
                 rows = list(csv.reader(table.read_text().splitlines()))[1:]
                 names = {a.path for a in client.list_artifacts(str(trial.run_id))}
                 grid = None
                 if "exposed.png" in names:
-                    png = client.download_artifacts(str(trial.run_id), "exposed.png", folder)
+                    png = client.download_artifacts(str(trial.run_id), "exposed.png", str(folder))
                     grid = Path(png).read_bytes()
                 found.append(Exposed(trial.number, grid, tuple((r[0], r[1], r[2]) for r in rows)))
             except Exception as error:  # a missing artifact or an unreadable file: say so
@@ -182,7 +191,9 @@ def first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
 
 
-def gather(run: StudyRun, *, client: Any | None, unreachable: str | None = None) -> ReportInputs:
+def gather(
+    run: StudyRun, *, client: MlflowClient | None, unreachable: str | None = None
+) -> ReportInputs:
     """Read what the page shows from the run directory and, when ``client`` (an
     :class:`mlflow.MlflowClient`) is given, the ROC arrays from MLflow. ``unreachable``: why
     there is no client (shown on the page)."""

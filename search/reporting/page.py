@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pptp.fileio import atomic_write
 from pptp.metric_catalogue import format_value
 from search.reporting.figures import (
     front_figure,
@@ -24,7 +25,6 @@ from search.reporting.inputs import ReportInputs
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
-REPORT_FILE = "report.html"
 FRONT_DIV = "front"  # the first plotly figure on the page
 
 
@@ -69,7 +69,8 @@ def render(inputs: ReportInputs, *, generated: str | None = None) -> str:
     """The whole page as one HTML string (plotly.js inlined once, before the first figure)."""
     metrics = [o.metric for o in inputs.objectives]
     done = [t for t in inputs.trials if t.complete]
-    failed = [t for t in inputs.trials if not t.complete]
+    failed = [t for t in inputs.trials if not t.complete and not t.pruned]
+    stopped = [t for t in inputs.trials if t.pruned]
     front = [t for t in done if t.pareto]
     when = generated or time.strftime("%Y-%m-%d %H:%M:%S")
     out = io.StringIO()
@@ -81,7 +82,9 @@ def render(inputs: ReportInputs, *, generated: str | None = None) -> str:
     out.write(f"<h1>Study {html.escape(inputs.study_name)}</h1>")
     objectives = ", ".join(f"{o.metric} ({o.direction})" for o in inputs.objectives)
     out.write(
-        f"<p class='muted'>{len(inputs.trials)} finished trials ({len(failed)} failed), "
+        f"<p class='muted'>{len(inputs.trials)} finished trials ({len(failed)} failed"
+        + (f", {len(stopped)} stopped early by the multi-fidelity scheduler" if stopped else "")
+        + "), "
         f"{len(front)} on the Pareto front; objectives {html.escape(objectives)}.<br>"
         f"Run directory {html.escape(str(inputs.run_dir))}; MLflow store "
         f"{html.escape(inputs.tracking_uri)}"
@@ -105,6 +108,17 @@ def render(inputs: ReportInputs, *, generated: str | None = None) -> str:
             _table(
                 ["trial", "run", "reason"],
                 [[t.number, t.name, t.fail_reason] for t in failed],
+            )
+        )
+    if stopped:
+        out.write(f"<h3>Stopped early ({len(stopped)}): values of their last rung</h3>")
+        out.write(
+            _table(
+                ["trial", "run", "stopped", *metrics],
+                [
+                    [t.number, t.name, t.fail_reason, *(f"{t.value(m):.4f}" for m in metrics)]
+                    for t in stopped
+                ],
             )
         )
 
@@ -195,8 +209,6 @@ def _who_leaks(inputs: ReportInputs) -> str:
 
 def write_report(inputs: ReportInputs, path: Path) -> Path:
     """Render the page to ``path`` atomically."""
-    from pptp.fileio import atomic_write
-
     written = atomic_write(path, render(inputs))
     written.chmod(0o644)  # a page to share, like any file a browser saves
     return written

@@ -35,6 +35,7 @@ from ray.tune import Callback
 
 from pptp.metric_catalogue import format_value
 from search.running.samplers import DUPLICATE_OF, REUSE, TRIAL_NUMBER
+from search.running.scheduler import FINAL, RUNG
 from search.space import Objective
 from search.study.failures import worker_death_reason
 
@@ -133,6 +134,9 @@ class Progress(Callback):
         self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
     ) -> None:
         number = trial.config.get(TRIAL_NUMBER, "?")
+        if result.get(RUNG) is not None and not result.get(FINAL, 1):  # a rung, not the end
+            self._say(f"trial {number} at epoch {result[RUNG]}: {self._values(result)}")
+            return
         twin = trial.config.get(DUPLICATE_OF)
         if twin is not None and not result.get("failed"):  # not a training: not counted
             self._say(f"trial {number} reused the results of finished trial {twin}")
@@ -141,15 +145,30 @@ class Progress(Callback):
         if result.get("failed"):
             self._say(f"trial {number} FAILED {count}: {result.get('fail_reason')}")
             return
-        values = ", ".join(
-            f"{o.metric} {_short(result.get(o.metric))}"
-            + (f" ± {_spread(result[o.metric + '_sd'])}" if o.metric + "_sd" in result else "")
-            for o in self.objectives
-        )
+        values = self._values(result)
         self._say(f"trial {number} done {count}: {values}, {result.get('seconds', 0):.0f}s")
         contradicted = result.get("dp_contradicted")
         if isinstance(contradicted, int | float) and contradicted > 0:
             self._say(f"trial {number}: {contradiction_line(result)}")
+
+    def _values(self, result: Mapping[str, Any]) -> str:
+        return ", ".join(
+            f"{o.metric} {_short(result.get(o.metric))}"
+            + (f" ± {_spread(result[o.metric + '_sd'])}" if o.metric + "_sd" in result else "")
+            for o in self.objectives
+        )
+
+    def on_trial_complete(
+        self, iteration: int, trials: list[Any], trial: Any, **info: Any
+    ) -> None:
+        """A trial the multi-fidelity scheduler stopped ends here (its last result is a rung)."""
+        last = trial.last_result or {}
+        if last.get(RUNG) is not None and not last.get(FINAL, 1):
+            number = trial.config.get(TRIAL_NUMBER, "?")
+            self._say(
+                f"trial {number} stopped {self._count()} at epoch {last[RUNG]}: dominated at "
+                "this rung"
+            )
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         number = trial.config.get(TRIAL_NUMBER, "?")

@@ -23,6 +23,10 @@ failed, and does not tell the trial its Optuna number. :class:`StudySearch` adds
   (:mod:`search.running.budget`);
 - with ``shares`` (``study.budget``), a proposal is pinned to a family that is behind its share
   (:class:`search.running.budget.FamilyShares`);
+- with ``study.fidelity``, each rung's objective values are kept as the user attribute
+  ``rung_values`` (``{epoch: {metric: value}}``), and a trial the scheduler stopped
+  (:mod:`search.running.scheduler`; Tune completes it with its last rung's result) is told as
+  PRUNED, never COMPLETE, with that rung's values as user attributes and ``stopped_at_epoch``;
 - a few result fields (MLflow run id, protected groups, headline metrics, the objectives' and
   constraints' spread over seeds ``<metric>_sd`` and their ``per_seed`` values) are stored as user
   attributes, so the Pareto table can be built from the Optuna storage alone.
@@ -44,6 +48,7 @@ from ray.tune.search.optuna import OptunaSearch
 from pptp.metric_catalogue import recorded_keys
 from pptp.treatment import FLAT_ATTRS, TREATMENT_ATTR
 from search.running.budget import STEERED, FamilyShares, RepeatCounter, random_point
+from search.running.scheduler import FINAL, RUNG, RUNG_VALUES, STOPPED_AT
 from search.space import Constraint
 from search.study.rundir import DUPLICATE_OF as DUPLICATE_OF
 
@@ -101,6 +106,7 @@ class StudySearch(OptunaSearch):
         self._told: set[str] = set()  # Tune trial ids already told to Optuna
         self._awaiting: set[str] = set()  # errored Tune trials waiting for their reason
         objectives = self.metric if isinstance(self.metric, list) else [self.metric]
+        self._objectives = tuple(objectives)
         names = [*objectives, *(c.metric for c in self._constraints), *wanted]
         names += recorded_keys()
         self._recorded = tuple(dict.fromkeys([*RECORDED, *names, *(f"{m}_sd" for m in names)]))
@@ -183,6 +189,21 @@ class StudySearch(OptunaSearch):
                 out[key] = json.dumps(twin.user_attrs[key])
         return out
 
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        """Keep a rung's values (multi-objective Optuna trials take no intermediate values)."""
+        ot_trial = self._optuna_trial(trial_id)
+        if ot_trial is not None:
+            self._keep_rung(ot_trial, result)
+
+    def _keep_rung(self, ot_trial: optuna.Trial, result: dict[str, Any]) -> None:
+        epoch = result.get(RUNG)
+        if epoch is None or result.get(FINAL, 1):
+            return
+        kept = [*self._objectives, *(c.metric for c in self._constraints)]
+        rungs = dict(ot_trial.user_attrs.get(RUNG_VALUES) or {})
+        rungs[str(int(epoch))] = {m: result[m] for m in kept if result.get(m) is not None}
+        ot_trial.set_user_attr(RUNG_VALUES, rungs)
+
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
     ) -> None:
@@ -190,6 +211,8 @@ class StudySearch(OptunaSearch):
         if trial_id in self._told or ot_trial is None:
             return super().on_trial_complete(trial_id, result, error)  # Ray warns or refuses
         result = result or {}
+        if not error and result.get(RUNG) is not None and not result.get(FINAL, 1):
+            return self._pruned(trial_id, ot_trial, result)
         if error and not result.get("failed"):
             # the process died: Tune gives no reason here; the driver's callback reads it from
             # Tune's trial error and calls fail() (fail_awaiting() covers any it did not)
@@ -212,6 +235,21 @@ class StudySearch(OptunaSearch):
         for constraint in self._constraints:
             ot_trial.set_constraint(constraint.name, constraint.value(result))
         return super().on_trial_complete(trial_id, result, error)
+
+    def _pruned(self, trial_id: str, ot_trial: optuna.Trial, result: dict[str, Any]) -> None:
+        """A trial the scheduler stopped at a rung: PRUNED, its last rung's values kept (Tune
+        does not pass a result that stops a trial to ``on_trial_result``)."""
+        self._told.add(trial_id)
+        self._keep_rung(ot_trial, result)
+        for key in self._recorded:
+            value = result.get(key)
+            if value is not None:
+                ot_trial.set_user_attr(key, json.loads(value) if key in JSON_ATTRS else value)
+        ot_trial.set_user_attr(STOPPED_AT, int(result[RUNG]))
+        for constraint in self._constraints:
+            ot_trial.set_constraint(constraint.name, constraint.value(result))
+        logger.info("trial %d stopped at epoch %d", ot_trial.number, int(result[RUNG]))
+        super().on_trial_complete(trial_id, None, error=False)  # no values: Optuna PRUNED
 
     def fail(self, trial_id: str, reason: str) -> int | None:
         """Tell Optuna FAIL with ``reason`` for a Tune trial whose process died; returns its

@@ -26,6 +26,7 @@ from pptp.attacks import check_attacks
 from pptp.canary_kinds import CANARY_KINDS
 from pptp.compose import pair
 from pptp.config import TrialConfig
+from pptp.data import dataset_spec
 from pptp.datasets import DATASETS
 from pptp.defenses import DEFENSES
 from pptp.errors import ConfigError
@@ -114,24 +115,47 @@ def check_names(base: TrialConfig, params: Mapping[str, BaseDistribution], *, so
         check_attacks(base.attack)  # attack.attacks: null -> the default set for K
     except ConfigError as error:
         raise space_error(source, f"fixed.{error.key or 'attack.attacks'}", str(error)) from None
+    # a user's model has no model.norm: search/run.py looks for BatchNorm in the built model
     own = all(is_import_path(v) for _, v in possible_values("model.name", flat, params))
     if not own and "batch" in {v for _, v in possible_values("model.norm", flat, params)}:
-        for key, registry in _MECHANISMS.items():
-            for where, v in possible_values(key, flat, params):
-                if registry[v].needs.per_example_grads:
-                    raise space_error(
-                        source,
-                        where,
-                        f"{v} needs per-example gradients, which "
-                        "BatchNorm (model.norm: batch, the default) makes "
-                        "ill-defined; fix model.norm: group",
-                    )
+        for where, v in per_example_mechanisms(base, params):
+            raise space_error(
+                source,
+                where,
+                f"{v} needs per-example gradients, which "
+                "BatchNorm (model.norm: batch, the default) makes "
+                "ill-defined; fix model.norm: group",
+            )
+
+
+def per_example_mechanisms(
+    base: TrialConfig, params: Mapping[str, BaseDistribution]
+) -> list[tuple[str, str]]:
+    """``(where, name)`` of each operator or defense the study can run that needs per-example
+    gradients (``noise``, ``dpsgd``)."""
+    flat = base.to_flat()
+    return [
+        (where, v)
+        for key, registry in _MECHANISMS.items()
+        for where, v in possible_values(key, flat, params)
+        if registry[v].needs.per_example_grads
+    ]
 
 
 def check_resolution(study: StudySpec, base: TrialConfig, *, source: str) -> None:
     """A TPR at an FPR below 1 / (non-members) is never resolved (always NaN,
     docs/design.md#metrics-and-fpr-resolution):
-    an objective or constraint on one is an error naming the key and what would resolve it."""
+    an objective or constraint on one is an error naming the key and what would resolve it.
+
+    A user's data must be read to know its size: where it cannot be (a report or compare run
+    from another folder or machine than the study), the check is skipped; search/run.py reads
+    the data before anything starts (:func:`pptp.data.check_data`) and stops there if it must."""
+    if is_own_data(base.data.name):
+        try:
+            dataset_spec(base.data)
+        except ConfigError as err:
+            logger.info("%s: data not read here, resolution not checked (%s)", source, err)
+            return
     try:
         unresolved = unresolvable_metrics(
             base, [*study.metrics, *(c.metric for c in study.constraints)]

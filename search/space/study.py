@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pptp.attacks import attack_names
 from pptp.config import TrialConfig
+from pptp.fidelity import rung_epochs
 from pptp.metric_catalogue import catalogue, lookup, metric_names
 from pptp.treatment import Kind
 
@@ -104,6 +105,34 @@ class Resources:
 
 DEFAULT_OBJECTIVES = (Objective("test_acc", "maximize"), Objective("attack_auc", "minimize"))
 
+#: what multi-fidelity search never stops early by default: an operator or defense that changes
+#: the end of training (rewind's interpolation and fine-tune, early stopping's best epoch), whose
+#: early rungs say little of its end (bench/README.md, "Rung correlation")
+NEVER_STOPPED = ("rewind", "early_stopping")
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """``study.fidelity``: rungs as fractions of ``train.epochs`` (the end of training is the
+    last rung), the reduction factor (the best 1 / ``reduction`` of a rung's trials go on, by
+    non-dominated sorting), and the operators and defenses never stopped early."""
+
+    rungs: tuple[float, ...] = (1 / 9, 1 / 3)
+    reduction: int = 3
+    never_stop: tuple[str, ...] = NEVER_STOPPED
+
+    def epochs(self, total: int) -> tuple[int, ...]:
+        """The rung epochs of a ``total``-epoch training, the end excluded (e.g. 3, 10 of 30:
+        :func:`pptp.fidelity.rung_epochs`)."""
+        return rung_epochs(total, self.rungs)
+
+    def to_data(self) -> dict[str, Any]:
+        return {
+            "rungs": list(self.rungs),
+            "reduction": self.reduction,
+            "never_stop": list(self.never_stop),
+        }
+
 FAMILY_KINDS: dict[str, Kind] = {"pptp": "pptp", "baselines": "baseline"}
 """The families ``study.budget`` may name -> the treatment kind whose trainings count toward it
 (:mod:`pptp.treatment`)."""
@@ -128,6 +157,8 @@ class StudySpec:
     ``budget``: shares of the study's trainings per family (:data:`FAMILY_KINDS`), e.g.
     ``{"pptp": 0.5, "baselines": 0.5}``; empty: the sampler alone decides
     (:mod:`search.running.budget` enforces it).
+    ``fidelity``: multi-fidelity search (:mod:`search.running.scheduler`); None (the default):
+    every trial trains to the end.
     """
 
     name: str
@@ -144,6 +175,7 @@ class StudySpec:
     repeats: int = 1
     combine: bool = True
     budget: dict[str, float] = field(default_factory=dict)
+    fidelity: Fidelity | None = None
 
     @property
     def metrics(self) -> list[str]:
@@ -187,6 +219,8 @@ class StudySpec:
             out["localization"] = self.localization
         if self.budget:
             out["budget"] = dict(self.budget)
+        if self.fidelity is not None:
+            out["fidelity"] = self.fidelity.to_data()
         return out
 
 

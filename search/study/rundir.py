@@ -9,6 +9,7 @@ Layout::
                             the Optuna storage URL when it is not study.db
         space.yaml          the resolved space
         pareto_front.csv    the front, rewritten at the end of every session
+        report.html         the study's report page (search.reporting; REPORT_FILE)
         trials/             every ended trial's record, MLflow run included (search.study.records)
         driver.lock/.json   the one driver's lock and who holds it (search.study.lock)
         ray/                Ray Tune's own experiment folder
@@ -45,6 +46,9 @@ from search.study.failures import INTERRUPTED_REASON
 from search.study.lock import LOCK_FILE
 
 RUNS = Path("runs")
+#: the report page in a run directory (search/report.py writes it)
+REPORT_FILE = "report.html"
+
 INTERRUPTED = "interrupted"
 #: user attribute of trials the driver enqueued (space's study.enqueue, a localisation's picks)
 ENQUEUED = "enqueued"
@@ -80,6 +84,8 @@ def absolute_paths(cfg: TrialConfig, *, cwd: str | Path | None = None) -> dict[s
     for key, name in (("model.name", cfg.model.name), ("data.name", cfg.data.name)):
         if imports.absolute(name, root) != name:
             out[key] = imports.absolute(name, root)
+    if cfg.model.init is not None:
+        out["model.init"] = str((root / cfg.model.init).expanduser().resolve())
     return out
 
 
@@ -231,14 +237,15 @@ def fail_interrupted(study: optuna.Study) -> list[int]:
 
 
 def finished_count(study: optuna.Study) -> int:
-    """Trials that count toward ``n_trials``: distinct trainings that ended, complete or failed
-    on their own (not interrupted); a reused repeat (user attribute ``duplicate_of``) is not one."""
+    """Trials that count toward ``n_trials``: distinct trainings that ended, complete, stopped
+    early by the multi-fidelity scheduler (PRUNED) or failed on their own (not interrupted); a
+    reused repeat (user attribute ``duplicate_of``) is not one."""
     return sum(
         1
         for t in study.get_trials(deepcopy=False)
         if t.user_attrs.get(DUPLICATE_OF) is None
         and (
-            t.state == TrialState.COMPLETE
+            t.state in (TrialState.COMPLETE, TrialState.PRUNED)
             or (t.state == TrialState.FAIL and not t.user_attrs.get(INTERRUPTED))
         )
     )

@@ -33,28 +33,8 @@ from mlflow.utils.validation import (
     MAX_TAG_VAL_LENGTH,
 )
 
-from search.tracking.names import (  # re-exported: the names every writer shares
-    METRIC_KEY_REPLACEMENTS,
-    TAG_FAIL_REASON,
-    TAG_KIND,
-    TAG_PARENT,
-    TAG_PARETO,
-    TAG_STUDY,
-    TAG_TRIAL_NUMBER,
-    metric_key,
-)
+from search.tracking.names import metric_key
 from search.tracking.uris import REPO_ROOT, artifact_location
-
-__all__ = [
-    "METRIC_KEY_REPLACEMENTS",
-    "TAG_FAIL_REASON",
-    "TAG_KIND",
-    "TAG_PARENT",
-    "TAG_PARETO",
-    "TAG_STUDY",
-    "TAG_TRIAL_NUMBER",
-    "metric_key",
-]
 
 logger = logging.getLogger(__name__)
 

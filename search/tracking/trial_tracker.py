@@ -29,18 +29,15 @@ from pptp.metrics import plot_roc
 from pptp.train import EpochLog
 from pptp.treatment import treatment_of
 from pptp.trial import TrialResult
-from search.tracking.spool import RunSpool
-from search.tracking.store import (
+from search.tracking.names import (
     TAG_FAIL_REASON,
     TAG_KIND,
     TAG_PARENT,
     TAG_TRIAL_NUMBER,
-    log_metric_entities,
-    log_params,
     metric_key,
-    now_ms,
-    set_tags,
 )
+from search.tracking.spool import RunSpool
+from search.tracking.store import log_metric_entities, log_params, now_ms, set_tags
 from search.tracking.uris import sqlite_path
 
 logger = logging.getLogger(__name__)
@@ -191,6 +188,11 @@ class TrialTracker:
         elif not self.offline:
             self.spool.error = "create_run: the run was never created"
         self._ended = True
+
+    def stop(self, reason: str) -> None:
+        """End the run KILLED with ``fail_reason``: the trial was stopped early on purpose (the
+        multi-fidelity scheduler); exiting the block is then a no-op."""
+        self._end("KILLED", reason=reason)
 
     def fail(self, reason: str, *, traceback: str | None = None) -> None:
         """End the run FAILED with ``fail_reason`` (first line, truncated) and the traceback as
