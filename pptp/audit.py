@@ -192,7 +192,10 @@ def claim_check(audit: CanaryAudit, epsilon: float) -> str:
 
 
 def format_eps_lb(value: float) -> str:
-    """An ``eps_lb`` as the output reads it: ``1.23``, or :data:`NONE_DETECTED` for 0."""
+    """An ``eps_lb`` as the output reads it: ``1.23``, ``<0.01`` (detected, but barely), or
+    :data:`NONE_DETECTED` for 0."""
     if not math.isfinite(value):
         return "-" if math.isnan(value) else "inf"
-    return NONE_DETECTED if value <= 0 else f"{value:.2f}"
+    if value <= 0:
+        return NONE_DETECTED
+    return "<0.01" if value < 0.005 else f"{value:.2f}"  # as the catalogue's eps_lb column

@@ -77,6 +77,8 @@ class Pool:
     canary: np.ndarray | None = None
     canary_true_y: np.ndarray | None = None
     canary_kind: str = "mislabeled"
+    # (mean, std), each (1, C, 1, 1): x = (images in [0, 1] - mean) / std; None for hand-built pools
+    normalisation: tuple[torch.Tensor, torch.Tensor] | None = None
     table: bool = False  # x holds feature vectors (n, F, 1, 1): no crops (pptp.own_data)
 
     @property
@@ -268,6 +270,7 @@ def make_pool(
         canary_true_y=canary_true_y,
         canary_kind=canary_kind,
         table=spec.table,
+        normalisation=(mean, std),
     )
 
 

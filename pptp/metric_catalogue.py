@@ -48,7 +48,8 @@ class Metric:
     finite value). ``resolution``: the metric that says whether this one is resolved (a TPR at an
     FPR below ``1 / non-members`` is NaN); the table says why such a column is missing.
     ``when``: which trials report it. ``zero``: how a value of exactly 0 reads (``eps_lb`` = 0
-    means the audit found nothing, not that the model is private).
+    means the audit found nothing, not that the model is private); such a metric's positive
+    values too small for ``digits`` read ``<0.01``, never a rounded 0.
     """
 
     key: str
@@ -76,8 +77,11 @@ class Metric:
         """The one spelling of a value in tables: ``digits`` decimals, ``-`` when missing,
         ``zero`` for 0 unless the value is a ``spread`` (a standard deviation, a half-width)."""
         number = as_number(value)
-        if self.zero is not None and number == 0 and not spread:
-            return self.zero
+        if self.zero is not None and not spread:
+            if number == 0:
+                return self.zero
+            if 0 < number < 0.5 * 10**-self.digits:  # never a rounded 0 beside the zero text
+                return f"<{10**-self.digits:.{self.digits}f}"
         return f"{number:.{self.digits}f}" if math.isfinite(number) else MISSING
 
 

@@ -37,6 +37,7 @@ from pptp.config import DataConfig, TrialConfig
 from pptp.data import Pool, build_pool, dataset_spec
 from pptp.device import resolve_device
 from pptp.errors import ConfigError
+from pptp.exposure import Exposure, most_exposed
 from pptp.metrics import TPR_METRICS, AttackMetrics, resolvable
 from pptp.models import build_model
 from pptp.signals import Signals, compute_signals, resolve_queries
@@ -90,6 +91,7 @@ class TrialResult:
     canaries: dict[str, AttackMetrics] = field(default_factory=dict)  # per attack, on canaries
     n_canaries: int = 0
     audit: CanaryAudit | None = None  # the one-run epsilon audit on the canaries (pptp.audit)
+    exposure: Exposure | None = None  # who leaks: the most exposed members (pptp.exposure)
     model: nn.Module | None = field(default=None, repr=False, compare=False)  # keep_model=True
 
     def worst_case(self, metric: str) -> WorstCase:
@@ -288,6 +290,7 @@ def measure_target(
                 confidence=cfg.attack.audit_confidence,
                 delta=audit_delta(cfg),
             )
+        exposure = _exposure(scores, results, pool)
     extras = dict(trained.extras)
     epsilon = extras.pop("epsilon", None)
     if audit is not None and epsilon is not None and contradicts(audit.eps_lb, epsilon):
@@ -315,6 +318,7 @@ def measure_target(
         canaries=canaries,
         n_canaries=pool.n_canaries,
         audit=audit,
+        exposure=exposure,
         model=model.cpu() if keep_model else None,
     )
 
@@ -441,6 +445,32 @@ def _shipped_references(
             raise ConfigError(f"reference {i}'s keep row does not match this trial's pool")
     return ReferenceSignals(
         shipped.logits[:n_refs], keep, shipped.test_acc[:n_refs], shipped.queries, shipped.entry
+    )
+
+
+def _exposure(
+    scores: dict[str, np.ndarray], results: dict[str, AttackMetrics], pool: Pool
+) -> Exposure | None:
+    """Who leaks (:func:`pptp.exposure.most_exposed`) for the attack and direction of the
+    worst-case AUC on the population; None without attacks."""
+    if not results:
+        return None
+    candidates = [
+        (m.value("auc", inverted=inv), name, inv)
+        for name, m in results.items()
+        for inv in (False, True)
+    ]
+    _, attack, inverted = max(candidates, key=lambda c: c[0])  # first of ties: one-sided
+    return most_exposed(
+        scores[attack],
+        pool.keep(1)[0],
+        pool.y.cpu().numpy(),
+        pool.pool_index,
+        population=None if pool.canary is None else ~pool.canary,
+        attack=attack,
+        inverted=inverted,
+        images=None if pool.table else pool.x,
+        normalisation=pool.normalisation,
     )
 
 

@@ -267,6 +267,22 @@ def execute(plan: Plan) -> int:
         return _execute(plan)
 
 
+def _write_who_leaks(comparison: Comparison, export: Path) -> None:
+    """Who leaks in the re-audited pick (the adaptive audit's first seed, else the re-training's;
+    :mod:`pptp.exposure`), beside the export: ``<export>.who-leaks/`` with ``exposed.csv``,
+    ``class_tpr.csv`` and, for image data, ``exposed.png``."""
+    from search.tracking.trial_tracker import write_exposure
+
+    audits = [a for a in (comparison.adaptive, comparison.retrained) if a is not None]
+    exposure = next((a.exposure for a in audits if a.exposure is not None), None)
+    if exposure is None:
+        return
+    folder = export.parent / f"{export.name}.who-leaks"
+    folder.mkdir(parents=True, exist_ok=True)
+    written = write_exposure(exposure, folder)
+    print(f"who leaks   {folder} ({', '.join(p.name for p in written)})", flush=True)
+
+
 def _execute(plan: Plan) -> int:
     args, run, c = plan.args, plan.run, plan.pick.candidate
     cfg_run = plan.config.replace(**rundir.absolute_paths(plan.config, cwd=run.state.cwd))
@@ -312,6 +328,7 @@ def _execute(plan: Plan) -> int:
             print(comparison.gap_note())
         header = export_header(run, plan.pick, plan.rule, comparison)
         path = write_export(plan.export, picked_space(run, plan.config, plan.pick), header)
+        _write_who_leaks(comparison, path)
         registered = None
         if args.register:
             assert plan.tracking_uri is not None and plan.experiment_id is not None

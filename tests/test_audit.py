@@ -154,6 +154,7 @@ def test_eps_lb_is_a_catalogued_objective_that_never_reads_private() -> None:
     assert metric.objective and metric.recorded and metric.shown
     assert format_value("eps_lb", 0.0) == NONE_DETECTED == format_eps_lb(0.0)
     assert format_value("eps_lb", 1.234) == "1.23"
+    assert format_eps_lb(0.002) == "<0.01" == format_value("eps_lb", 0.002)  # never "0.00"
     assert "eps_lb" in metric_names(["loss"], canaries=True)
     assert "eps_lb" not in metric_names(["loss"], canaries=False)
 

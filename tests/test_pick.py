@@ -280,6 +280,8 @@ def test_retrain_adaptive_register_end_to_end(
     assert "adaptive - screening" in out and "paired" in out
     assert "models:/tiny-model@production" in out
     assert "threads     1 torch threads" in out
+    # who leaks in the re-audited pick, beside the export (tiny's data is 8x8 digits)
+    assert "who leaks   " in out and "exposed.csv, class_tpr.csv, exposed.png" in out
     assert seen and set(seen) == {1} and torch.get_num_threads() == before
 
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)

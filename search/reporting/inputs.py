@@ -6,6 +6,7 @@ listed with its reason (:attr:`ReportInputs.missing`)."""
 from __future__ import annotations
 
 import contextlib
+import csv
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -40,6 +41,17 @@ class RocCurve:
 
 
 @dataclass(frozen=True)
+class Exposed:
+    """Who leaks in one trial (:mod:`pptp.exposure`): ``grid`` the PNG of ``exposed.png`` (None
+    for table data), ``class_tpr`` the rows of ``class_tpr.csv`` (label, members, TPR at 1% FPR
+    as text, empty when not resolved)."""
+
+    trial: int
+    grid: bytes | None
+    class_tpr: tuple[tuple[str, str, str], ...]
+
+
+@dataclass(frozen=True)
 class ReportInputs:
     """Everything the page shows, gathered once (:func:`gather`).
 
@@ -54,6 +66,7 @@ class ReportInputs:
     tracking_uri: str
     parent_run_id: str | None
     roc: tuple[RocCurve, ...] = ()
+    exposed: tuple[Exposed, ...] = ()
     localization: LocalizationResult | None = None
     localization_path: Path | None = None
     picked: str | None = None
@@ -106,9 +119,7 @@ def fetch_roc(
     ``attacks`` (names) and ``fpr/<attack>``, ``tpr/<attack>`` float arrays; it is loaded with
     ``allow_pickle=False``.
     """
-    wanted = [
-        t for t in trials if t.run_id and t.complete and (t.pareto or t.kind == "undefended")
-    ]
+    wanted = [t for t in trials if t.run_id and t.complete and (t.pareto or t.kind == "undefended")]
     curves: list[RocCurve] = []
     problems: list[str] = []
     with tempfile.TemporaryDirectory(prefix="pptp-report-") as tmp, _no_progress_bars():
@@ -129,6 +140,35 @@ def fetch_roc(
             except Exception as error:  # a missing artifact or an unreadable file: say so
                 problems.append(f"trial {number}: roc.npz not readable ({first_line(error)})")
     return curves, problems
+
+
+def fetch_exposed(
+    client: MlflowClient, trials: Sequence[FinishedTrial]
+) -> tuple[list[Exposed], list[str]]:
+    """Who leaks in the front's trials and the undefended ones: ``class_tpr.csv`` and, for image
+    data, ``exposed.png``; a note per trial whose files could not be read (trials from before
+    these files existed have none)."""
+    wanted = [t for t in trials if t.run_id and t.complete and (t.pareto or t.kind == "undefended")]
+    found: list[Exposed] = []
+    problems: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="pptp-report-") as tmp, _no_progress_bars():
+        for trial in wanted:
+            try:
+                folder = Path(tmp) / str(trial.number)
+                folder.mkdir()
+                table = Path(
+                    client.download_artifacts(str(trial.run_id), "class_tpr.csv", str(folder))
+                )
+                rows = list(csv.reader(table.read_text().splitlines()))[1:]
+                names = {a.path for a in client.list_artifacts(str(trial.run_id))}
+                grid = None
+                if "exposed.png" in names:
+                    png = client.download_artifacts(str(trial.run_id), "exposed.png", str(folder))
+                    grid = Path(png).read_bytes()
+                found.append(Exposed(trial.number, grid, tuple((r[0], r[1], r[2]) for r in rows)))
+            except Exception as error:  # a missing artifact or an unreadable file: say so
+                problems.append(f"trial {trial.number}: {first_line(error)}")
+    return found, problems
 
 
 @contextlib.contextmanager
@@ -163,6 +203,7 @@ def gather(
     trials = tuple(finished(run.study, objectives, name=run.state.study_name))
     missing: list[str] = []
     roc: list[RocCurve] = []
+    exposed: list[Exposed] = []
     if client is None:
         missing.append(
             f"ROC curves of the finalists: the MLflow store {run.state.tracking_uri} "
@@ -171,6 +212,8 @@ def gather(
     else:
         roc, problems = fetch_roc(client, trials)
         missing += [f"ROC curve of {p}" for p in problems]
+        exposed, problems = fetch_exposed(client, trials)
+        missing += [f"who leaks in {p}" for p in problems]
     loc_path = localization_file(run)
     localization = None
     if loc_path is not None:
@@ -187,6 +230,7 @@ def gather(
         tracking_uri=run.state.tracking_uri,
         parent_run_id=run.state.parent_run_id,
         roc=tuple(roc),
+        exposed=tuple(exposed),
         localization=localization,
         localization_path=loc_path,
         picked=picked,

@@ -3,6 +3,7 @@ the order ``search/report.py`` describes, the missing parts said at the top."""
 
 from __future__ import annotations
 
+import base64
 import html
 import io
 import time
@@ -127,6 +128,9 @@ def render(inputs: ReportInputs, *, generated: str | None = None) -> str:
     else:
         out.write("<p class='note'>No ROC arrays were read (see above).</p>")
 
+    out.write("<h2>Who leaks</h2>")
+    out.write(_who_leaks(inputs))
+
     out.write("<h2>Layer risk</h2>")
     if inputs.localization is not None:
         out.write(
@@ -174,6 +178,33 @@ def render(inputs: ReportInputs, *, generated: str | None = None) -> str:
     )
     out.write("</body></html>\n")
     return out.getvalue()
+
+
+def _who_leaks(inputs: ReportInputs) -> str:
+    """Per front or undefended trial: the most exposed members' thumbnails (most exposed first,
+    row by row) and the TPR at 1% FPR of each class's members (pptp/exposure.py)."""
+    if not inputs.exposed:
+        return "<p class='note'>No who-leaks files were read (see above).</p>"
+    parts = [
+        "<p>The members the strongest attack is surest of (the population, not the canaries), "
+        "and each class's TPR at the threshold that calls 1% of all non-members members: "
+        "leakage is seldom spread evenly over classes.</p>"
+    ]
+    for exposed in inputs.exposed:
+        parts.append(f"<h3>Trial {exposed.trial}: {html.escape(inputs.name(exposed.trial))}</h3>")
+        if exposed.grid is not None:
+            data = base64.b64encode(exposed.grid).decode("ascii")
+            parts.append(
+                f"<img alt='most exposed members of trial {exposed.trial}' "
+                f"src='data:image/png;base64,{data}'>"
+            )
+        parts.append(
+            _table(
+                ["label", "members", "TPR@1%FPR"],
+                [[label, n, tpr or "not resolved"] for label, n, tpr in exposed.class_tpr],
+            )
+        )
+    return "".join(parts)
 
 
 def write_report(inputs: ReportInputs, path: Path) -> Path:
