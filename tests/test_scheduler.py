@@ -76,6 +76,15 @@ def test_a_trial_outside_the_best_third_of_its_rung_is_stopped() -> None:
     assert decide("e", never) == TrialScheduler.CONTINUE
 
 
+def test_a_non_dominated_rung_result_goes_on_whatever_its_arrival() -> None:
+    asha = MultiObjectiveASHA(OBJECTIVES, reduction=2)
+    trial = SimpleNamespace
+    asha.on_trial_result(None, trial(trial_id="a"), _result(3, 0.8, 0.70))
+    # less accurate but less attackable: on the rung's front, so it goes on
+    assert asha.on_trial_result(None, trial(trial_id="b"), _result(3, 0.6, 0.6)) == "CONTINUE"
+    assert asha.on_trial_result(None, trial(trial_id="c"), _result(3, 0.5, 0.65)) == "STOP"
+
+
 def test_constraints_rank_an_infeasible_rung_result_last() -> None:
     asha = MultiObjectiveASHA(OBJECTIVES, (Constraint("test_acc", min=0.5),), reduction=2)
     trial = SimpleNamespace
@@ -146,7 +155,7 @@ study:
   objectives: {{test_acc: maximize, attack_auc: minimize}}
   sampler: random
   n_trials: {n_trials}
-  max_concurrent: 2
+  max_concurrent: 1                # one at a time: the rungs see the trials in a fixed order
   repeats: 2
   resources: {{cpus: 1, gpus: 0}}
   constraints:
@@ -189,8 +198,10 @@ def test_a_fidelity_study_prunes_at_rungs_and_resumes_with_them(
             assert child.info.status == "KILLED"
             assert child.data.tags["fail_reason"].startswith(f"stopped early at epoch {epoch}")
             assert t.user_attrs["test_acc"] == t.user_attrs[RUNG_VALUES][str(epoch)]["test_acc"]
-        else:
+        elif t.state.name == "COMPLETE":
             assert child.info.status == "FINISHED" and len(t.values) == 2
+        else:  # a trial that trained to the end at chance: a failure, as without fidelity
+            assert child.info.status == "FAILED"
     report = (tmp_path / "run" / "report.html").read_text()
     assert "stopped early by the multi-fidelity scheduler" in report
     # resume: the new scheduler ranks against the rungs recorded before

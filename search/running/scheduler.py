@@ -12,8 +12,10 @@ end. Tune's own schedulers rank trials by one metric; :class:`MultiObjectiveASHA
   rank by crowding distance (NSGA-II's order; MO-ASHA's epsilon-net differs only in that tie);
   infeasible results after, by their total violation;
 - the trial goes on when it is among the best ``ceil(n / reduction)`` of the ``n`` results at
-  that rung, and is stopped otherwise. While a rung holds fewer than ``reduction`` results, every
-  trial goes on (there is nothing yet to compare with);
+  that rung, or when no feasible result of the rung dominates it (a search for a front keeps its
+  non-dominated points: cutting inside the first front would stop a trial for arriving late),
+  and is stopped otherwise. While a rung holds fewer than ``reduction`` results, every trial goes
+  on (there is nothing yet to compare with);
 - a trial whose result says :data:`STOPPABLE` ``= 0`` (an operator or defense of
   ``study.fidelity.never_stop``, whose end of training its early rungs do not predict) is
   recorded but never stopped.
@@ -148,7 +150,11 @@ class MultiObjectiveASHA(FIFOScheduler):
         points = np.stack([recorded[i][0] for i in ids])
         violations = np.array([recorded[i][1] for i in ids])
         keep = math.ceil(len(ids) / self.reduction)
-        return trial_id in {ids[i] for i in best_first(points, violations)[:keep]}
+        if trial_id in {ids[i] for i in best_first(points, violations)[:keep]}:
+            return True
+        feasible = np.flatnonzero(violations <= 0)
+        first = feasible[pareto_ranks(points[feasible]) == 0] if len(feasible) else feasible
+        return trial_id in {ids[i] for i in first}
 
     def debug_string(self) -> str:
         counts = ", ".join(f"epoch {e}: {len(r)}" for e, r in sorted(self._rungs.items()))
