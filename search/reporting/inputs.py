@@ -146,21 +146,23 @@ def fetch_exposed(
     client: MlflowClient, trials: Sequence[FinishedTrial]
 ) -> tuple[list[Exposed], list[str]]:
     """Who leaks in the front's trials and the undefended ones: ``class_tpr.csv`` and, for image
-    data, ``exposed.png``; a note per trial whose files could not be read (trials from before
-    these files existed have none)."""
+    data, ``exposed.png``. A trial without them (logged before they existed) is skipped; a note
+    per trial whose files are there but could not be read."""
     wanted = [t for t in trials if t.run_id and t.complete and (t.pareto or t.kind == "undefended")]
     found: list[Exposed] = []
     problems: list[str] = []
     with tempfile.TemporaryDirectory(prefix="pptp-report-") as tmp, _no_progress_bars():
         for trial in wanted:
             try:
+                names = {a.path for a in client.list_artifacts(str(trial.run_id))}
+                if "class_tpr.csv" not in names:
+                    continue
                 folder = Path(tmp) / str(trial.number)
                 folder.mkdir()
                 table = Path(
                     client.download_artifacts(str(trial.run_id), "class_tpr.csv", str(folder))
                 )
                 rows = list(csv.reader(table.read_text().splitlines()))[1:]
-                names = {a.path for a in client.list_artifacts(str(trial.run_id))}
                 grid = None
                 if "exposed.png" in names:
                     png = client.download_artifacts(str(trial.run_id), "exposed.png", str(folder))
