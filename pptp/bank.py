@@ -11,7 +11,15 @@ Layout, one folder per entry, keyed by a hash of everything that determines it::
     <root>/<key>/ref-0003.npz       logits (n_pool, n_queries, n_classes) float32, keep (n_pool,)
     <root>/<key>/ref-0003.json      index, sha256 of the .npz, accuracy, seconds (the commit marker)
 
-The key hashes (:func:`recipe_key`): the recipe's config keys; the resolved queries
+A reference trained for a multi-fidelity study also holds its logits at the **rungs**, epochs of
+the same training on the full run's schedule (:func:`pptp.train.training`), as
+``logits_e0003`` ... in its ``.npz``, and lists them in its ``.json`` (``rungs: [3, 10]``). A
+reference without the rungs a study asks for (trained before, or for other rungs) counts as
+missing for that study and is trained again with them: an entry's rung signals are never
+guessed, and the final ``logits`` stay the same array every study reads.
+
+The key hashes (:func:`recipe_key`): the recipe's config keys; a user's model file and data
+(:func:`user_fingerprints`); the resolved queries
 (:func:`pptp.signals.resolve_queries`, e.g. ``["clean"]``); :data:`BANK_FORMAT`, the version of
 this layout; and :func:`code_fingerprint`, a hash of the code that determines how a reference is
 trained and queried. A change to training therefore never silently reuses references trained by
@@ -51,14 +59,16 @@ import torch
 
 from pptp.chance import chance_level
 from pptp.config import AttackConfig, DefenseConfig, ProtectConfig, TrialConfig
-from pptp.data import Pool, build_pool, keep_row
+from pptp.data import Pool, build_pool, dataset_spec
 from pptp.device import resolve_device
 from pptp.digests import config_digest
 from pptp.errors import ConfigError
 from pptp.fileio import atomic_write
+from pptp.imports import file_fingerprint, is_import_path, key_name, source_fingerprint
 from pptp.models import build_model
+from pptp.own_data import is_own_data
 from pptp.signals import compute_signals, resolve_queries
-from pptp.train import train
+from pptp.train import TrainResult, training
 
 logger = logging.getLogger(__name__)
 
@@ -81,9 +91,11 @@ _NOT_TRAINING = (
     "attacks",
     "chance",
     "errors",
+    "fidelity",
     "localize",
     "metric_catalogue",
     "metrics",
+    "production",
     "tables",
     "treatment",
     "trial",
@@ -148,6 +160,18 @@ class ReferenceSignals:
     test_acc: np.ndarray  # (K,)
     queries: tuple[str, ...] = ()
     entry: str = ""
+    rungs: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)  # epoch -> logits
+
+    def at(self, epoch: int | None) -> ReferenceSignals:
+        """The references' signals at rung ``epoch`` (their logits at that epoch of training),
+        or these (the end of training) for None; ``KeyError`` for a rung they do not hold."""
+        if epoch is None:
+            return self
+        if epoch not in self.rungs:
+            raise KeyError(
+                f"the reference signals hold rungs {sorted(self.rungs)}, not epoch {epoch}"
+            )
+        return dataclasses.replace(self, logits=self.rungs[epoch], rungs={})
 
 
 @dataclass(frozen=True)
@@ -175,8 +199,10 @@ def train_entry(
     *,
     adaptive: bool = False,
     queries: Sequence[str] | None = None,
+    rungs: Sequence[int] = (),
 ) -> ReferenceEntry:
-    """Train reference ``index`` of ``cfg``'s recipe and return it, writing nothing.
+    """Train reference ``index`` of ``cfg``'s recipe and return it, writing nothing; with
+    ``rungs`` (epochs), its logits at each of them too (module docstring).
 
     Picklable and self-contained, so ``search/`` runs it as a Ray task on any node; reads only the
     dataset (``data.data_dir``). Reference ``i`` trains on keep row ``i + 1`` with
@@ -186,21 +212,31 @@ def train_entry(
     rcfg = recipe(cfg, adaptive=adaptive)
     pool = build_pool(rcfg.data, device=resolve_device(rcfg.train.device))
     seed = reference_seed(config_digest(_recipe_fields(cfg, adaptive=adaptive)), index)
-    members = np.flatnonzero(keep_row(len(pool.y), rcfg.data.seed, index + 1))
+    members = np.flatnonzero(pool.keep_row(index + 1))
     start = time.perf_counter()
     model = build_model(rcfg.model, pool, seed=seed)
-    result = train(
+    steps = training(
         model,
         pool,
         members,
         dataclasses.replace(rcfg.train, seed=seed),
         protect=rcfg.protect,
         defense=rcfg.defense,
+        rungs=set(rungs),
     )
+    at_rungs: dict[str, np.ndarray] = {}
+    while True:
+        try:
+            epoch = next(steps)
+        except StopIteration as done:
+            result: TrainResult = done.value
+            break
+        logits = compute_signals(model, pool.x, pool.y, queries=determining["attack.queries"])
+        at_rungs[rung_name(epoch)] = logits.logits
     signals = compute_signals(model, pool.x, pool.y, queries=determining["attack.queries"])
     keep = np.zeros(len(pool.y), dtype=bool)
     keep[members] = True
-    npz = _npz_bytes(logits=signals.logits, keep=keep)
+    npz = _npz_bytes(logits=signals.logits, keep=keep, **at_rungs)
     meta = {
         "index": index,
         "seed": seed,
@@ -211,6 +247,7 @@ def train_entry(
         "seconds": time.perf_counter() - start,
         "host": socket.gethostname(),
         "torch_threads": torch.get_num_threads(),  # what it trained with (pptp/threads.py)
+        "rungs": sorted(int(name.removeprefix("logits_e")) for name in at_rungs),
     }
     logger.info(
         "reference %d of %s: test_acc %.4f, %.1fs", index, key, result.test_acc, meta["seconds"]
@@ -227,6 +264,11 @@ def train_entry(
                 level.threshold,
             )
     return ReferenceEntry(key=key, recipe=determining, index=index, npz=npz, meta=meta)
+
+
+def rung_name(epoch: int) -> str:
+    """The ``.npz`` array of a reference's logits at rung ``epoch``: ``logits_e0003``."""
+    return f"logits_e{epoch:04d}"
 
 
 def recipe(cfg: TrialConfig, *, adaptive: bool) -> TrialConfig:
@@ -254,13 +296,37 @@ def recipe_key(
     determining = _recipe_fields(cfg, adaptive=adaptive)
     determining["bank.format"] = BANK_FORMAT
     determining["bank.code"] = code_fingerprint()
+    determining.update(user_fingerprints(cfg))
     determining["attack.queries"] = list(resolve_queries(cfg) if queries is None else queries)
     return config_digest(determining), determining
 
 
+def user_fingerprints(cfg: TrialConfig) -> dict[str, str]:
+    """What a user brings, hashed: ``data.fingerprint`` (a user's files or a loader's arrays,
+    :mod:`pptp.own_data`), ``model.fingerprint`` (the source file of a user's model factory,
+    :func:`pptp.imports.source_fingerprint`) and ``model.init_fingerprint`` (the ``model.init``
+    checkpoint's bytes); empty for pptp's own datasets and models, whose
+    code :func:`code_fingerprint` covers. A changed model file or re-exported data makes a new
+    bank entry, never a reuse of stale references."""
+    out = {}
+    if is_own_data(cfg.data.name):
+        out["data.fingerprint"] = dataset_spec(cfg.data).fingerprint
+    if is_import_path(cfg.model.name):
+        out["model.fingerprint"] = source_fingerprint(cfg.model.name, key="model.name")
+    if cfg.model.init is not None:
+        out["model.init_fingerprint"] = file_fingerprint(Path(cfg.model.init).expanduser())
+    return out
+
+
 def _recipe_fields(cfg: TrialConfig, *, adaptive: bool) -> dict[str, Any]:
-    """The config keys that determine how a reference trains (the seed depends on these only)."""
+    """The config keys that determine how a reference trains (the seed depends on these only).
+    A user's file is keyed by its name, not its folder (:func:`pptp.imports.key_name`), so a
+    project that moves keeps its bank."""
     flat = recipe(cfg, adaptive=adaptive).to_flat()
+    for name in ("data.name", "model.name"):
+        flat[name] = key_name(flat[name])
+    if flat.get("model.init"):  # the checkpoint by its name; its content is fingerprinted
+        flat["model.init"] = Path(flat["model.init"]).name
     return {
         k: v
         for k, v in flat.items()
@@ -320,10 +386,12 @@ class ReferenceBank:
         *,
         adaptive: bool = False,
         queries: Sequence[str] | None = None,
+        rungs: Sequence[int] = (),
     ) -> list[int]:
-        """Indices in ``range(n_refs)`` without a valid stored reference (corrupt ones deleted)."""
+        """Indices in ``range(n_refs)`` without a valid stored reference (corrupt ones deleted)
+        holding every epoch of ``rungs``."""
         folder = self.entry_dir(cfg, adaptive=adaptive, queries=queries)
-        return [i for i in range(n_refs) if self._read(folder, i) is None]
+        return [i for i in range(n_refs) if self._read(folder, i, rungs) is None]
 
     def train_one(
         self,
@@ -332,6 +400,7 @@ class ReferenceBank:
         *,
         adaptive: bool = False,
         queries: Sequence[str] | None = None,
+        rungs: Sequence[int] = (),
     ) -> Path:
         """Train reference ``index`` for ``cfg``'s recipe and store it; returns its ``.json``.
 
@@ -339,7 +408,9 @@ class ReferenceBank:
         (retraining would give the same model) with a warning; the trial that uses it fails
         (:func:`pptp.trial.attack_target`).
         """
-        return self.store(train_entry(cfg, index, adaptive=adaptive, queries=queries))
+        return self.store(
+            train_entry(cfg, index, adaptive=adaptive, queries=queries, rungs=rungs)
+        )
 
     def store(self, entry: ReferenceEntry) -> Path:
         """Write a trained reference (from :func:`train_entry`, possibly on another machine) into
@@ -370,8 +441,10 @@ class ReferenceBank:
         adaptive: bool = False,
         queries: Sequence[str] | None = None,
         train_missing: bool = False,
+        rungs: Sequence[int] = (),
     ) -> ReferenceSignals:
-        """The first ``n_refs`` references, each read and verified once.
+        """The first ``n_refs`` references, each read and verified once (with their logits at
+        ``rungs``: :attr:`ReferenceSignals.rungs`).
 
         A missing (or corrupt) reference is trained here, one after another, with
         ``train_missing``, and raises ``FileNotFoundError`` without (see :meth:`ensure`). With
@@ -379,18 +452,19 @@ class ReferenceBank:
         """
         folder = self.entry_dir(cfg, adaptive=adaptive, queries=queries)
         logits, keeps, accs = [], [], []
+        at_rungs: dict[int, list[np.ndarray]] = {epoch: [] for epoch in rungs}
         for i in range(n_refs):
-            entry = self._read(folder, i)
+            entry = self._read(folder, i, rungs)
             if entry is None and train_missing:
                 logger.info("training reference %d of %s", i, folder.name)
-                self.train_one(cfg, i, adaptive=adaptive, queries=queries)
-                entry = self._read(folder, i)
+                self.train_one(cfg, i, adaptive=adaptive, queries=queries, rungs=rungs)
+                entry = self._read(folder, i, rungs)
             if entry is None:
                 raise FileNotFoundError(f"reference {i} is missing from {folder}; call ensure()")
             ref_logits, keep, meta = entry
-            if pool is not None and not np.array_equal(
-                keep, keep_row(len(pool.y), cfg.data.seed, i + 1)
-            ):
+            for epoch in rungs:
+                at_rungs[epoch].append(meta["_rungs"][epoch])
+            if pool is not None and not np.array_equal(keep, pool.keep_row(i + 1)):
                 raise ValueError(f"{folder}: reference {i}'s keep row does not match the pool")
             logits.append(ref_logits)
             keeps.append(keep)
@@ -401,7 +475,12 @@ class ReferenceBank:
                 np.zeros((0,)), np.zeros((0,), dtype=bool), np.zeros((0,)), names, folder.name
             )
         return ReferenceSignals(
-            np.stack(logits), np.stack(keeps), np.asarray(accs), names, folder.name
+            np.stack(logits),
+            np.stack(keeps),
+            np.asarray(accs),
+            names,
+            folder.name,
+            {epoch: np.stack(arrays) for epoch, arrays in at_rungs.items()},
         )
 
     def ensure(
@@ -412,28 +491,38 @@ class ReferenceBank:
         adaptive: bool = False,
         queries: Sequence[str] | None = None,
         progress: Callable[[int, int], None] | None = None,
+        rungs: Sequence[int] = (),
     ) -> list[int]:
         """Train (here, one after another) every missing reference; returns what was trained."""
-        todo = self.missing(cfg, n_refs, adaptive=adaptive, queries=queries)
+        todo = self.missing(cfg, n_refs, adaptive=adaptive, queries=queries, rungs=rungs)
         for done, i in enumerate(todo):
             logger.info("training reference %d (%d of %d missing)", i, done + 1, len(todo))
-            self.train_one(cfg, i, adaptive=adaptive, queries=queries)
+            self.train_one(cfg, i, adaptive=adaptive, queries=queries, rungs=rungs)
             if progress is not None:
                 progress(done + 1, len(todo))
         return todo
 
     def _read(
-        self, folder: Path, index: int
+        self, folder: Path, index: int, rungs: Sequence[int] = ()
     ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]] | None:
+        """``(logits, keep, meta)`` of a stored reference, with ``meta["_rungs"]`` its logits
+        at ``rungs``; None when it is missing, corrupt (deleted) or lacks one of ``rungs``."""
         marker, npz = folder / f"ref-{index:04d}.json", folder / f"ref-{index:04d}.npz"
         if not marker.exists():
             return None
         try:
             meta = json.loads(marker.read_text())
-            if not isinstance(meta, dict) or meta.get("sha256") != _sha256(npz):
+            if not isinstance(meta, dict):
+                raise ValueError("not a mapping")
+            if not set(rungs) <= set(meta.get("rungs") or ()):
+                return None  # trained without these rungs: trained again with them
+            if meta.get("sha256") != _sha256(npz):
                 raise ValueError("checksum mismatch")
             with np.load(npz, allow_pickle=False) as data:
                 logits, keep = data["logits"], data["keep"]
+                meta["_rungs"] = {epoch: data[rung_name(epoch)] for epoch in rungs}
+            if any(a.shape != logits.shape for a in meta["_rungs"].values()):
+                raise ValueError("rung shape mismatch")
             if list(logits.shape) != meta["shape"] or keep.shape != logits.shape[:1]:
                 raise ValueError("shape mismatch")
             if keep.dtype != bool or logits.dtype != np.float32 or not np.isfinite(logits).all():

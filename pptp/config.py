@@ -9,12 +9,60 @@ flat ``{"train.lr": 0.1, "protect.operator": "damp", ...}`` dict (:meth:`TrialCo
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Union
 
 from pptp.errors import ConfigError, quoted
+
+
+class Params(Mapping[str, Any]):
+    """An ordered, immutable, hashable ``name -> value`` map: ``model.kwargs`` and ``model.groups``.
+
+    In flat dicts (space files, Ray, MLflow) each entry is its own dotted key
+    (``model.kwargs.hidden: 64``, ``model.groups.features: [conv1, bn1]``), so an entry can be
+    fixed or searched like any other key. Lists are kept as tuples; order is kept (group order is
+    model order).
+    """
+
+    def __init__(self, items: Mapping[str, Any] | None = None) -> None:
+        self._items: tuple[tuple[str, Any], ...] = tuple(
+            (str(k), tuple(v) if isinstance(v, list) else v) for k, v in (items or {}).items()
+        )
+
+    def __getitem__(self, key: str) -> Any:
+        for k, v in self._items:
+            if k == key:
+                return v
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return (k for k, _ in self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Params):
+            return self._items == other._items
+        return isinstance(other, Mapping) and list(self.items()) == list(other.items())
+
+    def __hash__(self) -> int:
+        return hash(json.dumps(self._items, default=str))
+
+    def __repr__(self) -> str:
+        return f"Params({dict(self._items)!r})"
+
+    def plain(self) -> dict[str, Any]:
+        """JSON/YAML data: tuples as lists."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self._items}
+
+
+#: the keys whose value is a :class:`Params`, and the type of each entry's value
+OPEN_KEYS: dict[str, Any] = {"model.kwargs": Any, "model.groups": tuple[str, ...]}
 
 
 @dataclass(frozen=True)
@@ -29,16 +77,28 @@ class DataConfig:
     image_size: int | None = None  # resize, e.g. digits 8x8 -> 32x32
     data_dir: str = "data"
     download: bool = False
-    # mislabeled pool examples audited on their own (pptp.data.plant_canaries; Aerni et al. 2024);
+    # pool examples made canaries and audited on their own (pptp.canary_kinds; Aerni et al. 2024);
     # they change every model's training data, so the reference bank keys them
     canaries: int = 0
+    canary_kind: str = "mislabeled"  # mislabeled | ood (noise images with random labels)
+    label: str = "label"  # the label column of a table (data.name: table)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """A registered model (``small_cnn``, ``torchvision.<name>``) or a user's factory named by
+    import path (``package.module:factory`` or ``path/to/file.py:factory``, :mod:`pptp.own_model`),
+    which gets the data's facts and ``kwargs``; ``groups`` declares a user model's layer groups
+    (name -> parameter-name patterns, in model order)."""
+
     name: str = "small_cnn"
     width: int | None = None  # None: the model's default width
     norm: str = "batch"  # batch | group | none; per-example gradients need group or none
+    kwargs: Params = field(default_factory=Params)
+    groups: Params | None = None
+    # a local checkpoint loaded before training (pptp.checkpoint): .safetensors, or a state dict
+    # read with torch.load(weights_only=True); targets and references start from it
+    init: str | None = None
 
 
 @dataclass(frozen=True)
@@ -127,6 +187,10 @@ class AttackConfig:
     query_augment: bool | None = None
     bank_dir: str = "bank"
     adaptive: bool = False  # references trained with the trial's own protect/defense config
+    # the one-run epsilon audit on the canaries (pptp.audit): confidence of eps_lb, and its delta
+    # (None: defense.delta, the delta DP-SGD's accountant states its epsilon at)
+    audit_confidence: float = 0.95
+    audit_delta: float | None = None
 
 
 @dataclass(frozen=True)
@@ -146,6 +210,16 @@ class TrialConfig:
         """
         sections: dict[str, dict[str, Any]] = {f.name: {} for f in dataclasses.fields(cls)}
         for key, value in flat.items():
+            open_key = next((k for k in OPEN_KEYS if key.startswith(k + ".")), None)
+            if open_key is not None:  # model.kwargs.hidden: one entry of a Params field
+                section, _, name = open_key.partition(".")
+                entry = key.removeprefix(open_key + ".")
+                hint = OPEN_KEYS[open_key]
+                entries = sections[section].setdefault(name, {})
+                if not isinstance(entries, dict):
+                    entries = sections[section][name] = dict(entries or {})
+                entries[entry] = coerce(value, hint, key=key, source=source)
+                continue
             section, _, name = key.partition(".")
             if section not in sections or not name:
                 raise ConfigError(
@@ -163,8 +237,15 @@ class TrialConfig:
         """The inverse of :meth:`from_flat`: every key, tuples as lists (JSON/YAML friendly)."""
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
-            for k, v in dataclasses.asdict(getattr(self, f.name)).items():
-                out[f"{f.name}.{k}"] = list(v) if isinstance(v, tuple) else v
+            section = getattr(self, f.name)
+            for sf in dataclasses.fields(section):
+                v = getattr(section, sf.name)
+                if isinstance(v, Params):  # one dotted key per entry (OPEN_KEYS)
+                    out.update({f"{f.name}.{sf.name}.{k}": e for k, e in v.plain().items()})
+                elif f"{f.name}.{sf.name}" in OPEN_KEYS and v is None:
+                    continue
+                else:
+                    out[f"{f.name}.{sf.name}"] = list(v) if isinstance(v, tuple) else v
         return out
 
     def replace(self, **flat: Any) -> TrialConfig:
@@ -172,18 +253,55 @@ class TrialConfig:
         return TrialConfig.from_flat({**self.to_flat(), **flat})
 
 
-def config_keys() -> dict[str, Any]:
-    """Every dotted key of :class:`TrialConfig` with its type annotation (for space validation)."""
-    keys: dict[str, Any] = {}
+class KeyHints(dict[str, Any]):
+    """Dotted key -> type hint; also holds every entry of an open key (``model.kwargs.<name>``,
+    ``model.groups.<name>``: :data:`OPEN_KEYS`), which are not listed."""
+
+    @staticmethod
+    def _open(key: object) -> str | None:
+        if not isinstance(key, str):
+            return None
+        return next((k for k in OPEN_KEYS if key.startswith(k + ".") and key != k + "."), None)
+
+    def __contains__(self, key: object) -> bool:
+        return super().__contains__(key) or self._open(key) is not None
+
+    def __missing__(self, key: str) -> Any:
+        open_key = self._open(key)
+        if open_key is None:
+            raise KeyError(key)
+        return OPEN_KEYS[open_key]
+
+
+def config_keys() -> KeyHints:
+    """Every dotted key of :class:`TrialConfig` with its type annotation (for space validation);
+    ``model.kwargs`` and ``model.groups`` are given entry by entry (``model.kwargs.hidden``)."""
+    keys = KeyHints()
     for f in dataclasses.fields(TrialConfig):
         sub = typing.get_type_hints(TrialConfig)[f.name]
         for sf, hint in typing.get_type_hints(sub).items():
-            keys[f"{f.name}.{sf}"] = hint
+            if f"{f.name}.{sf}" not in OPEN_KEYS:
+                keys[f"{f.name}.{sf}"] = hint
     return keys
 
 
 def coerce(value: Any, hint: Any, *, key: str, source: str = "config") -> Any:
     """Check ``value`` against a type hint; lists become tuples and ints become floats."""
+    if hint is Any:  # a user factory's keyword argument: any plain YAML value
+        return value
+    if hint is Params or (
+        typing.get_origin(hint) in (Union, types.UnionType) and Params in typing.get_args(hint)
+    ):
+        if value is None and hint is not Params:
+            return None
+        if isinstance(value, Params):
+            return value
+        if isinstance(value, Mapping):
+            inner = OPEN_KEYS.get(key, Any)
+            return Params(
+                {k: coerce(v, inner, key=f"{key}.{k}", source=source) for k, v in value.items()}
+            )
+        raise ConfigError(f"{source}: {key} = {value!r} is not a mapping")
     origin = typing.get_origin(hint)
     if origin in (Union, types.UnionType):
         args = typing.get_args(hint)

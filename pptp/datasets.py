@@ -64,6 +64,39 @@ class DatasetSpec:
     system_dirs: tuple[str, ...] = ()
     #: how to get the files without a download, named in the error when they are missing
     package_hint: str = ""
+    #: the last ``n_test`` examples are the dataset's own test split, used as the test set as
+    #: they are (a user's ``test/`` folder or ``x_test``); 0: make_pool cuts ``test_size``
+    n_test: int = 0
+    #: x holds feature vectors as (n, F, 1, 1): no crops, no flips, per-feature statistics
+    table: bool = False
+    #: a hash of a user's files or arrays (:mod:`pptp.own_data`), keyed by the reference bank
+    fingerprint: str = ""
+
+    def facts(self, image_size: int | None = None) -> DataFacts:
+        """What a model needs to know, with ``data.image_size`` applied."""
+        size = 1 if self.table else image_size or self.image_size
+        return DataFacts(self.num_classes, self.channels, size, table=self.table)
+
+
+@dataclass(frozen=True)
+class DataFacts:
+    """The data as a model sees it: inputs ``(N, channels, image_size, image_size)`` float32,
+    normalised, and ``num_classes`` logits out. A table has ``table=True``, one channel per
+    feature and ``image_size`` 1: ``features`` = channels * image_size**2 is the input width
+    after ``nn.Flatten()``. What a user's model factory gets (:mod:`pptp.own_model`)."""
+
+    num_classes: int
+    channels: int
+    image_size: int
+    table: bool = False
+
+    @property
+    def features(self) -> int:
+        return self.channels * self.image_size * self.image_size
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.channels, self.image_size, self.image_size)
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")

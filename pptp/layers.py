@@ -223,17 +223,20 @@ def _assign(
     """Parameters per group; raises unless each parameter matches exactly one group."""
     assigned: dict[str, list[tuple[str, nn.Parameter]]] = {g.name: [] for g in groups}
     orphans: list[str] = []
+    doubles: list[str] = []
     for pname, param in model.named_parameters():
         hits = [g.name for g in groups if g.matches(pname)]
         if len(hits) > 1:
-            raise ConfigError(
-                f"parameter {pname!r} of {type(model).__name__} is in more than one layer "
-                f"group: {hits}; make the groups' patterns disjoint"
-            )
-        if not hits:
+            doubles.append(f"{pname} ({' and '.join(hits)})")
+        elif not hits:
             orphans.append(pname)
-            continue
-        assigned[hits[0]].append((pname, param))
+        else:
+            assigned[hits[0]].append((pname, param))
+    if doubles:
+        raise ConfigError(
+            f"{len(doubles)} parameter(s) of {type(model).__name__} are in more than one layer "
+            f"group: {shorten_names(doubles)}; make the groups' patterns disjoint"
+        )
     if orphans:
         raise ConfigError(
             f"{len(orphans)} parameter(s) of {type(model).__name__} are in no layer group "

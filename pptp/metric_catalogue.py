@@ -30,6 +30,9 @@ ATTACK = "{attack}"
 """The placeholder of a per-attack family: ``auc/{attack}`` -> ``auc/lira_online``."""
 
 
+#: how a bound of 0 reads: the audit found nothing, which does not make the model private
+NONE_DETECTED = "none detected"
+
 @dataclass(frozen=True)
 class Metric:
     """One metric (or per-attack family) and how everything above :mod:`pptp` treats it.
@@ -44,7 +47,9 @@ class Metric:
     the Pareto table and ``pareto_front.csv`` (left out of the table when no front trial has a
     finite value). ``resolution``: the metric that says whether this one is resolved (a TPR at an
     FPR below ``1 / non-members`` is NaN); the table says why such a column is missing.
-    ``when``: which trials report it.
+    ``when``: which trials report it. ``zero``: how a value of exactly 0 reads (``eps_lb`` = 0
+    means the audit found nothing, not that the model is private); such a metric's positive
+    values too small for ``digits`` read ``<0.01``, never a rounded 0.
     """
 
     key: str
@@ -57,6 +62,7 @@ class Metric:
     shown: bool = False
     resolution: str | None = None
     when: Condition = "always"
+    zero: str | None = None
 
     @property
     def per_attack(self) -> bool:
@@ -67,9 +73,15 @@ class Metric:
         """Whether a space may optimise or constrain it."""
         return self.direction is not None
 
-    def format(self, value: object) -> str:
-        """The one spelling of a value in tables: ``digits`` decimals, ``-`` when missing."""
+    def format(self, value: object, *, spread: bool = False) -> str:
+        """The one spelling of a value in tables: ``digits`` decimals, ``-`` when missing,
+        ``zero`` for 0 unless the value is a ``spread`` (a standard deviation, a half-width)."""
         number = as_number(value)
+        if self.zero is not None and not spread:
+            if number == 0:
+                return self.zero
+            if 0 < number < 0.5 * 10**-self.digits:  # never a rounded 0 beside the zero text
+                return f"<{10**-self.digits:.{self.digits}f}"
         return f"{number:.{self.digits}f}" if math.isfinite(number) else MISSING
 
 
@@ -164,11 +176,12 @@ def short(name: str) -> str:
     return metric.short if metric is not None and not metric.per_attack else name
 
 
-def format_value(name: str, value: object) -> str:
-    """``value`` of metric ``name`` as every table spells it (4 decimals for unknown names)."""
+def format_value(name: str, value: object, *, spread: bool = False) -> str:
+    """``value`` of metric ``name`` as every table spells it (4 decimals for unknown names);
+    ``spread``: the value is a spread of the metric (``± 0.00``, never its ``zero`` text)."""
     metric = find_metric(name)
     if metric is not None:
-        return metric.format(value)
+        return metric.format(value, spread=spread)
     number = as_number(value)
     return f"{number:.4f}" if math.isfinite(number) else MISSING
 
@@ -222,9 +235,22 @@ for _metric in (
         recorded=True, when="canaries",
     ),
     Metric(
+        "eps_lb", "eps_lb", "eps_lb", "minimize",
+        "epsilon lower bound of the one-run canary audit (Steinke et al. 2023) at "
+        "attack.audit_confidence; 0 reads 'none detected': nothing found, not a proof of privacy",
+        digits=2, recorded=True, shown=True, when="canaries", zero=NONE_DETECTED,
+    ),
+    Metric(
         "epsilon", "epsilon", "eps", "minimize",
-        "DP-SGD's epsilon from Opacus' accountant (an upper bound, at the space's delta)",
-        digits=2, recorded=True, when="dpsgd",
+        "DP-SGD's epsilon from Opacus' accountant (an upper bound, at the space's delta); "
+        "shown beside eps_lb, which may not exceed it",
+        digits=2, recorded=True, shown=True, when="dpsgd",
+    ),
+    Metric(
+        "dp_contradicted", "audit contradicts epsilon", "eps contradicted", None,
+        "1 when the canary audit's eps_lb exceeds DP-SGD's claimed epsilon (a broken DP "
+        "claim: the MLflow tag dp_claim says by how much), else 0; needs canaries",
+        digits=0, recorded=True, when="dpsgd",
     ),
     Metric("train_acc", "train accuracy", "train acc", "maximize", "accuracy on the members"),
     Metric(

@@ -50,10 +50,14 @@ from typing import ClassVar, Protocol
 import torch
 from torch import nn
 
-from pptp.config import ModelConfig
-from pptp.data import Pool
+from pptp.checkpoint import load_init
+from pptp.config import DataConfig, ModelConfig
+from pptp.data import Pool, dataset_spec
+from pptp.datasets import DataFacts
 from pptp.errors import ConfigError
+from pptp.imports import is_import_path
 from pptp.layers import check_groups, derive_layer_groups, subtree_pattern
+from pptp.own_model import create_own_model, dry_run
 from pptp.registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -178,7 +182,7 @@ def create_model(
             norm=resolved,
         )
     groups = check_groups(model)
-    _dry_run(model, name, num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+    dry_run(model, name, num_classes=num_classes, in_channels=in_channels, image_size=image_size)
     logger.info(
         "created %s (norm=%s): %d parameters, groups %s",
         name,
@@ -191,37 +195,44 @@ def create_model(
 
 def build_model(cfg: ModelConfig, pool: Pool, *, seed: int) -> nn.Module:
     """The model a model config names, for ``pool``'s input shape ``(C, H, W)`` and classes,
-    initialised from ``seed`` (``torch.manual_seed``)."""
+    initialised from ``seed`` (``torch.manual_seed``), then from ``cfg.init`` (pptp.checkpoint)."""
     torch.manual_seed(seed)
     _, channels, height, _ = pool.x.shape
-    return create_model(
+    facts = DataFacts(pool.num_classes, channels, height, table=pool.table)
+    model = model_from_config(cfg, facts)
+    return model if cfg.init is None else load_init(model, cfg.init)
+
+
+def model_from_config(cfg: ModelConfig, facts: DataFacts) -> nn.Module:
+    """A registered model (:func:`create_model`) or a user's factory named by import path
+    (:func:`pptp.own_model.create_own_model`), checked by one dry forward either way."""
+    if not is_import_path(cfg.name):
+        return create_model(
+            cfg.name,
+            num_classes=facts.num_classes,
+            in_channels=facts.channels,
+            image_size=facts.image_size,
+            width=cfg.width,
+            norm=cfg.norm,
+        )
+    model = create_own_model(cfg, facts)
+    dry_run(
+        model,
         cfg.name,
-        num_classes=pool.num_classes,
-        in_channels=channels,
-        image_size=height,
-        width=cfg.width,
-        norm=cfg.norm,
+        num_classes=facts.num_classes,
+        in_channels=facts.channels,
+        image_size=facts.image_size,
     )
+    return model
 
 
-def _dry_run(
-    model: nn.Module, name: str, *, num_classes: int, in_channels: int, image_size: int
-) -> None:
-    """One eval-mode forward of a zero image: no BatchNorm statistics change, no RNG is used."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(torch.zeros(1, in_channels, image_size, image_size))
-    except (RuntimeError, ValueError, AssertionError) as exc:
-        raise ConfigError(
-            f"model {name} cannot take {in_channels}x{image_size}x{image_size} inputs: {exc}"
-        ) from exc
-    finally:
-        model.train(was_training)
-    if not isinstance(out, torch.Tensor) or out.shape != (1, num_classes):
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ConfigError(f"model {name} gives {shape}, not logits (1, {num_classes})")
+def check_model(cfg: ModelConfig, data: DataConfig) -> nn.Module | None:
+    """Build a user's model (or one with ``init``) on the CPU for ``data``'s facts: a bad factory,
+    groups, output shape or checkpoint stops the command (:class:`ConfigError`) before training."""
+    if not is_import_path(cfg.name) and cfg.init is None:
+        return None
+    model = model_from_config(cfg, dataset_spec(data).facts(data.image_size))
+    return model if cfg.init is None else load_init(model, cfg.init)
 
 
 # --------------------------------------------------------------------------------------------

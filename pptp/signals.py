@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from pptp.config import TrialConfig
-from pptp.datasets import DATASETS
+from pptp.data import dataset_spec
 from pptp.device import channels_last
 from pptp.registry import Registry
 
@@ -79,14 +79,15 @@ def resolve_queries(cfg: TrialConfig) -> tuple[str, ...]:
     ``train.crop_pad > 0``; the flip iff ``train.augment`` and the dataset allows flips),
     ``True`` forces every augmented query the dataset allows, ``False`` the clean query only.
     """
-    dataset_flips = DATASETS[cfg.data.name].flip
+    spec = dataset_spec(cfg.data)
+    dataset_flips, crops = spec.flip, not spec.table  # a table is never cropped nor flipped
     forced = cfg.attack.query_augment
     if forced is None:
         augment = cfg.train.augment
         return query_names(
-            flip=augment and dataset_flips, shifts=augment and cfg.train.crop_pad > 0
+            flip=augment and dataset_flips, shifts=augment and crops and cfg.train.crop_pad > 0
         )
-    return query_names(flip=forced and dataset_flips, shifts=forced)
+    return query_names(flip=forced and dataset_flips, shifts=forced and crops)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,11 @@ mechanisms hold at its end (the defense's, e.g. early stopping's best epoch, the
 e.g. rewind's interpolation), and the **fine-tune phase** an operator may declare (constant lr,
 fresh momentum, some groups frozen, through the same optimizer, so DP-SGD counts it).
 
+:func:`training` is the same loop as a generator that pauses after each epoch of ``rungs``
+(snapshots of one training on the full run's schedule, for multi-fidelity search: the caller
+measures the model in place, then resumes it or closes the generator to stop); :func:`train`
+runs it to the end.
+
 Batches are sliced from the in-memory pool and augmented on the device (no DataLoader, no
 per-sample Python); one log line per epoch. On CUDA the training forward runs under bf16 autocast
 (``train.bf16``); evaluation always runs in fp32, so accuracy does not depend on the device's
@@ -22,7 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Generator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -107,7 +112,43 @@ def train(
     device: torch.device | None = None,
     on_epoch: Callable[[EpochLog], None] | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place on ``pool.x[members]``.
+    """Train ``model`` in place on ``pool.x[members]`` (:func:`training` run to its end)."""
+    steps = training(
+        model,
+        pool,
+        members,
+        cfg,
+        protect=protect,
+        defense=defense,
+        device=device,
+        on_epoch=on_epoch,
+    )
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            result: TrainResult = done.value
+            return result
+
+
+def training(
+    model: nn.Module,
+    pool: Pool,
+    members: np.ndarray,
+    cfg: TrainConfig,
+    *,
+    protect: ProtectConfig | None = None,
+    defense: DefenseConfig | None = None,
+    device: torch.device | None = None,
+    on_epoch: Callable[[EpochLog], None] | None = None,
+    rungs: Collection[int] = (),
+) -> Generator[int, None, TrainResult]:
+    """Train ``model`` in place on ``pool.x[members]``, pausing after each epoch in ``rungs``.
+
+    Yields the epoch number after each rung epoch of the training phase (the model holds that
+    epoch's weights; a rung past the epoch a mechanism stopped at is never reached) and returns
+    the :class:`TrainResult` (``StopIteration.value``). Closing the generator detaches the
+    mechanisms.
 
     ``members: (n_members,)`` indices into the pool (e.g. ``np.flatnonzero(pool.keep(1)[0])``).
     The protect config picks the protected groups and the operator; the defense config adds a
@@ -145,7 +186,12 @@ def train(
             loop.run_epoch(epoch)
             if epoch == cfg.warmup_epochs:
                 ctx.warmup = snapshot(ctx.protected)
-            if any([m.should_stop(ctx) for m in mechanisms]):  # every one sees every epoch
+            stop = any([m.should_stop(ctx) for m in mechanisms])  # every one sees every epoch
+            if epoch in rungs:
+                was_training = model.training
+                yield epoch
+                model.train(was_training)
+            if stop:
                 break
 
         # the weights the training phase ends with: the defense's (early stopping's best
@@ -236,6 +282,7 @@ class _Data:
     x_val: torch.Tensor | None
     y_val: torch.Tensor | None
     flip: bool
+    crops: bool = True  # a table's (n, F, 1, 1) vectors are never cropped
 
     @classmethod
     def of(
@@ -254,6 +301,7 @@ class _Data:
             x_val=pool.x_val.to(device) if validation else None,
             y_val=pool.y_val.to(device) if validation else None,
             flip=pool.flip,
+            crops=not pool.table,
         )
 
 
@@ -337,7 +385,8 @@ class _Loop:
         for idx in order:
             x, y = data.x[idx], data.y[idx]
             if ctx.cfg.augment:
-                x = augment(x, generator=self.aug_gen, crop_pad=ctx.cfg.crop_pad, flip=data.flip)
+                pad = ctx.cfg.crop_pad if data.crops else 0
+                x = augment(x, generator=self.aug_gen, crop_pad=pad, flip=data.flip)
             for g in self.base.param_groups:
                 g["lr"] = lr_of(g)
             lr = float(self.base.param_groups[0]["lr"])

@@ -31,14 +31,16 @@ import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
-
-import torch
+from typing import TYPE_CHECKING, Any, Literal
 
 from pptp.config import DEFENSE_KEYS, ModelConfig, TrialConfig
-from pptp.datasets import DATASETS
-from pptp.models import create_model
-from pptp.selection import resolve, selection_of
+
+# planned_groups imports torch and the model zoo where it runs: a trial's kind, label and record
+# are read by every command (pick, compare, report, --help pages) that trains nothing, and torch
+# alone takes 1.5-5 s to import on 2 cores.
+
+if TYPE_CHECKING:
+    from pptp.datasets import DataFacts
 
 Kind = Literal["undefended", "pptp", "baseline", "combined"]
 KINDS: tuple[Kind, ...] = ("undefended", "pptp", "baseline", "combined")
@@ -201,29 +203,35 @@ def planned_groups(cfg: TrialConfig) -> tuple[str, ...]:
     built once per model config on PyTorch's meta device (shapes only, no memory, no weights) and
     the selection resolved on it as training resolves it (:func:`pptp.selection.resolve`). Empty
     when no operator acts."""
+    from pptp.data import dataset_spec
+    from pptp.selection import resolve, selection_of
+
     if not operator_acts(cfg.protect.operator, cfg.protect.strength):
         return ()
     selection = selection_of(cfg.protect)
     if selection is None:
         return ()
-    spec = DATASETS[cfg.data.name]
-    skeleton = _skeleton(
-        cfg.model, spec.num_classes, spec.channels, cfg.data.image_size or spec.image_size
-    )
-    return resolve(selection, skeleton)
+    facts = dataset_spec(cfg.data).facts(cfg.data.image_size)
+    return resolve(selection, _skeleton(cfg.model, facts))
 
 
 @functools.lru_cache(maxsize=16)
-def _skeleton(model: ModelConfig, num_classes: int, channels: int, image_size: int) -> Any:
-    with torch.device("meta"):
-        return create_model(
-            model.name,
-            num_classes=num_classes,
-            in_channels=channels,
-            image_size=image_size,
-            width=model.width,
-            norm=model.norm,
-        )
+def _skeleton(model: ModelConfig, facts: DataFacts) -> Any:
+    """The model on the meta device; a user's model that cannot be built there is built on the
+    CPU (the data's facts are the same ones training builds it from)."""
+    import torch
+
+    from pptp.errors import ConfigError
+    from pptp.imports import is_import_path
+    from pptp.models import model_from_config
+
+    try:
+        with torch.device("meta"):
+            return model_from_config(model, facts)
+    except ConfigError:
+        if not is_import_path(model.name):
+            raise
+    return model_from_config(model, facts)
 
 
 def treatment_from_record(attrs: Mapping[str, Any], params: Mapping[str, Any]) -> Treatment:

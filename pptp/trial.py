@@ -29,18 +29,19 @@ import numpy as np
 from torch import nn
 
 from pptp.attacks import ATTACKS, AttackInput, attack_names, check_attacks
+from pptp.audit import CanaryAudit, audit_canaries, claim_check, contradicts
 from pptp.bank import ReferenceBank, ReferenceSignals, recipe_key
 from pptp.canaries import CANARY_TPR_METRICS, canary_metrics, split_scores
 from pptp.chance import require_above_chance
 from pptp.config import DataConfig, TrialConfig
-from pptp.data import Pool, build_pool, keep_row
-from pptp.datasets import DATASETS
+from pptp.data import Pool, build_pool, dataset_spec
 from pptp.device import resolve_device
 from pptp.errors import ConfigError
+from pptp.exposure import Exposure, most_exposed
 from pptp.metrics import TPR_METRICS, AttackMetrics, resolvable
 from pptp.models import build_model
 from pptp.signals import Signals, compute_signals, resolve_queries
-from pptp.train import EpochLog, train
+from pptp.train import EpochLog, TrainResult, train
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +90,8 @@ class TrialResult:
     queries: tuple[str, ...] = ()
     canaries: dict[str, AttackMetrics] = field(default_factory=dict)  # per attack, on canaries
     n_canaries: int = 0
+    audit: CanaryAudit | None = None  # the one-run epsilon audit on the canaries (pptp.audit)
+    exposure: Exposure | None = None  # who leaks: the most exposed members (pptp.exposure)
     model: nn.Module | None = field(default=None, repr=False, compare=False)  # keep_model=True
 
     def worst_case(self, metric: str) -> WorstCase:
@@ -126,7 +129,11 @@ class TrialResult:
 
         Canaries (``data.canaries``): the attack metrics above are computed on the population (the
         pool without its canaries), and :func:`pptp.canaries.canary_metrics` adds ``canary_auc``,
-        ``canary_tpr@1%fpr``, ``canary_tpr@5%fpr``, ``canary_fpr_resolution``, ``canary_count``.
+        ``canary_tpr@1%fpr``, ``canary_tpr@5%fpr``, ``canary_fpr_resolution``, ``canary_count``,
+        and the one-run audit (:mod:`pptp.audit`) ``eps_lb``: a lower bound on epsilon at
+        ``attack.audit_confidence`` (0 when nothing was detected); for DP-SGD
+        ``dp_contradicted`` is 1 when ``eps_lb`` exceeds the accountant's ``epsilon`` (the claim
+        is broken), else 0.
         """
         out: dict[str, float] = {
             "test_acc": self.test_acc,
@@ -151,6 +158,10 @@ class TrialResult:
             else:
                 out.update({f"fpr_resolution/{name}": r for name, r in resolutions.items()})
         out.update(canary_metrics(self.canaries, self.n_canaries))
+        if self.audit is not None:
+            out["eps_lb"] = self.audit.eps_lb
+            if self.epsilon is not None:
+                out["dp_contradicted"] = float(contradicts(self.audit.eps_lb, self.epsilon))
         if self.epsilon is not None:
             out["epsilon"] = self.epsilon
         for stage, seconds in self.timings.items():
@@ -160,8 +171,15 @@ class TrialResult:
     def tags(self) -> dict[str, str]:
         """Text facts for trackers: ``queries`` (comma separated) and, per worst-case metric,
         the attack and direction that gave it: ``attack_worst`` (AUC), ``attack_worst/<metric>``
-        (TPRs); values like ``rmia_online``, ``lira_offline (inverted)`` or ``unresolved``."""
+        (TPRs); values like ``rmia_online``, ``lira_offline (inverted)`` or ``unresolved``; with
+        canaries ``eps_lb`` says how the audit got its bound (:meth:`CanaryAudit.describe`), and
+        for DP-SGD ``dp_claim`` whether it contradicts the accountant's epsilon
+        (:func:`pptp.audit.claim_check`: ``contradicted: ...`` or ``consistent: ...``)."""
         out = {"queries": ",".join(self.queries)}
+        if self.audit is not None:
+            out["eps_lb"] = self.audit.describe()
+            if self.epsilon is not None:
+                out["dp_claim"] = claim_check(self.audit, self.epsilon)
         if self.attacks:
             for metric in WORST_CASE_METRICS:
                 key = "attack_worst" if metric == "auc" else f"attack_worst/{metric}"
@@ -199,7 +217,7 @@ def run_trial(
     above chance on the held-out test set (:mod:`pptp.chance`).
     """
     check_attacks(cfg.attack)
-    queries = resolve_queries(cfg)
+    resolve_queries(cfg)  # a query setting that cannot work fails before training
     if reference_signals is None:
         bank = bank or ReferenceBank(Path(cfg.attack.bank_dir))
     timings: dict[str, float] = {}
@@ -220,6 +238,34 @@ def run_trial(
             device=device,
             on_epoch=on_epoch,
         )
+    return measure_target(
+        cfg,
+        pool,
+        model,
+        trained,
+        bank=bank,
+        timings=timings,
+        references=references,
+        reference_signals=reference_signals,
+        keep_model=keep_model,
+    )
+
+
+def measure_target(
+    cfg: TrialConfig,
+    pool: Pool,
+    model: nn.Module,
+    trained: TrainResult,
+    *,
+    bank: ReferenceBank | None,
+    timings: dict[str, float],
+    references: TrialConfig | None = None,
+    reference_signals: ReferenceSignals | None = None,
+    keep_model: bool = False,
+) -> TrialResult:
+    """Stages 3 to 5 of :func:`run_trial` on a trained target: chance check, signals, attacks,
+    canaries; ``trained`` is what :func:`pptp.train.train` returned (arguments as there)."""
+    queries = resolve_queries(cfg)
     _check_chance(trained.test_acc, pool, what="target model")
     with _timed(timings, "signals"):
         signals = compute_signals(model, pool.x, pool.y, queries=queries)
@@ -235,12 +281,25 @@ def run_trial(
     )
     with _timed(timings, "attack"):
         results, canaries = split_scores(scores, pool.keep(1)[0], pool.canary)
+        audit = None
+        if pool.canary is not None:
+            audit = audit_canaries(
+                scores,
+                pool.keep(1)[0],
+                pool.canary,
+                confidence=cfg.attack.audit_confidence,
+                delta=audit_delta(cfg),
+            )
+        exposure = _exposure(scores, results, pool)
     extras = dict(trained.extras)
     epsilon = extras.pop("epsilon", None)
+    if audit is not None and epsilon is not None and contradicts(audit.eps_lb, epsilon):
+        logger.warning("DP-SGD %s", claim_check(audit, epsilon))
     logger.info(
-        "trial done: test_acc %.4f, %s; queries %s; %s",
+        "trial done: test_acc %.4f, %s%s; queries %s; %s",
         trained.test_acc,
         ", ".join(f"{k} auc {m.auc:.3f}" for k, m in results.items()),
+        "" if audit is None else f"; {audit.describe()}",
         ",".join(queries),
         ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()),
     )
@@ -258,6 +317,8 @@ def run_trial(
         queries=queries,
         canaries=canaries,
         n_canaries=pool.n_canaries,
+        audit=audit,
+        exposure=exposure,
         model=model.cpu() if keep_model else None,
     )
 
@@ -380,11 +441,43 @@ def _shipped_references(
         )
     keep = shipped.keep[:n_refs]
     for i in range(n_refs):
-        if not np.array_equal(keep[i], keep_row(len(pool.y), ref_cfg.data.seed, i + 1)):
+        if not np.array_equal(keep[i], pool.keep_row(i + 1)):
             raise ConfigError(f"reference {i}'s keep row does not match this trial's pool")
     return ReferenceSignals(
         shipped.logits[:n_refs], keep, shipped.test_acc[:n_refs], shipped.queries, shipped.entry
     )
+
+
+def _exposure(
+    scores: dict[str, np.ndarray], results: dict[str, AttackMetrics], pool: Pool
+) -> Exposure | None:
+    """Who leaks (:func:`pptp.exposure.most_exposed`) for the attack and direction of the
+    worst-case AUC on the population; None without attacks."""
+    if not results:
+        return None
+    candidates = [
+        (m.value("auc", inverted=inv), name, inv)
+        for name, m in results.items()
+        for inv in (False, True)
+    ]
+    _, attack, inverted = max(candidates, key=lambda c: c[0])  # first of ties: one-sided
+    return most_exposed(
+        scores[attack],
+        pool.keep(1)[0],
+        pool.y.cpu().numpy(),
+        pool.pool_index,
+        population=None if pool.canary is None else ~pool.canary,
+        attack=attack,
+        inverted=inverted,
+        images=None if pool.table else pool.x,
+        normalisation=pool.normalisation,
+    )
+
+
+def audit_delta(cfg: TrialConfig) -> float:
+    """The delta of the canary audit: ``attack.audit_delta``, else ``defense.delta`` (the delta
+    DP-SGD's accountant states its epsilon at, so the two epsilons compare)."""
+    return cfg.defense.delta if cfg.attack.audit_delta is None else cfg.attack.audit_delta
 
 
 def references_needed(cfg: TrialConfig) -> int:
@@ -400,10 +493,11 @@ def expected_non_members(data: DataConfig) -> int:
     (``DatasetSpec.n_examples``, train and test pooled) left after the test and validation sets;
     the target trains on ``n_pool // 2`` of them (:func:`pptp.data.keep_row`).
     """
-    spec = DATASETS[data.name]
+    spec = dataset_spec(data)
     n_pool = data.pool_size
     if n_pool is None:
-        n_pool = spec.n_examples - data.test_size - data.val_size
+        test = spec.n_test or data.test_size  # a dataset's own test split replaces test_size
+        n_pool = spec.n_examples - test - data.val_size
     if n_pool < 2:
         raise ConfigError(
             f"data: a pool of {n_pool} examples ({data.name!r}, {spec.n_examples} examples, "

@@ -53,6 +53,7 @@ if __package__ in (None, ""):  # `python search/compare.py` puts search/ first o
 
 from pptp.errors import ConfigError
 from pptp.metric_catalogue import shown_metrics
+from search.cli import manual
 from search.cli.entry import quiet_environment, run_command
 from search.comparing.fronts import compare
 from search.comparing.output import plot, table_markdown, write_csv
@@ -70,12 +71,9 @@ TABLE_METRICS = tuple(m.key for m in shown_metrics())
 catalogue's shown metrics (:mod:`pptp.metric_catalogue`)."""
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="search/compare.py",
-        description="Draw PPTP's front against the classic defenses of finished studies, with "
-        "hypervolumes and bootstrap intervals over training seeds.",
-    )
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The options of ``compare`` under its manual page (:mod:`search.cli.manual`)."""
+    p = manual.parser("compare", prog)
     p.add_argument(
         "--run",
         action="append",
@@ -91,7 +89,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="table columns, comma-separated (those the trials recorded are shown)",
     )
     p.add_argument("--no-mlflow", action="store_true", help="do not log the files to MLflow")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,13 +24,19 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 if __package__ in (None, ""):  # `python search/localize.py` puts search/ first on sys.path
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from pptp.errors import ConfigError
+from search.cli import manual
 from search.cli.entry import add_output_flags, quiet_environment, run_command, verbosity
+
+if TYPE_CHECKING:
+    from pptp.config import TrialConfig
+    from pptp.localize import LocalizationResult
+    from search.space import Space
 
 quiet_environment()  # before anything imports ray or mlflow
 
@@ -41,12 +47,9 @@ EXPERIMENT_SUFFIX = "-localize"
 FILES = ("localization.json", "localization.csv", "localization.png")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="search/localize.py",
-        description="Measure per-layer-group privacy risk and generalization of a space's model "
-        "(trains two models per seed).",
-    )
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The options of ``localize`` under its manual page (:mod:`search.cli.manual`)."""
+    p = manual.parser("localize", prog)
     p.add_argument(
         "--space",
         required=True,
@@ -71,7 +74,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="examples scored per set (D1, D2, held-out; default 2000)",
     )
     add_output_flags(p)
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
 
 @dataclass(frozen=True)
 class Plan:
-    space: Any  # search.space.Space
-    cfg: Any  # pptp.config.TrialConfig
+    space: Space
+    cfg: TrialConfig
     seeds: tuple[int, ...]
     output: Path
     tracking_uri: str
@@ -105,7 +112,7 @@ def prepare(args: argparse.Namespace) -> Plan:
     """Every check that can fail on bad input; trains nothing."""
     from pptp.localize import check_localizable
     from search.space import load_space
-    from search.tracking import check_tracking, resolve_tracking_uri
+    from search.tracking.uris import check_tracking, resolve_tracking_uri
 
     space = load_space(args.space)
     seeds = parse_seeds(args.seeds)
@@ -179,7 +186,9 @@ def execute(plan: Plan) -> int:
     return 0
 
 
-def log_localization(uri: str, space: Any, result: Any, paths: list[Path]) -> str:
+def log_localization(
+    uri: str, space: Space, result: LocalizationResult, paths: list[Path]
+) -> str:
     """Log ``result`` as a finished run of its own; returns the run id.
 
     Experiment ``<study>-localize`` (created with the same artifact layout as the study's);
@@ -191,15 +200,8 @@ def log_localization(uri: str, space: Any, result: Any, paths: list[Path]) -> st
     """
     from mlflow.tracking import MlflowClient
 
-    from search.tracking import (
-        TAG_KIND,
-        TAG_STUDY,
-        experiment_id,
-        git_commit,
-        log_metrics,
-        log_params,
-        set_tags,
-    )
+    from search.tracking.names import TAG_KIND, TAG_STUDY
+    from search.tracking.store import experiment_id, git_commit, log_metrics, log_params, set_tags
 
     client = MlflowClient(tracking_uri=uri)
     name = space.study.name + EXPERIMENT_SUFFIX

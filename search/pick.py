@@ -40,6 +40,7 @@ if __package__ in (None, ""):  # `python search/pick.py` puts search/ first on s
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from pptp.errors import ConfigError
+from search.cli import manual
 from search.cli.entry import quiet_environment, run_command
 from search.picking.audit import (
     TABLE_METRICS,
@@ -50,6 +51,7 @@ from search.picking.audit import (
 )
 from search.picking.export import export_header, picked_space, write_export
 from search.picking.model_registry import (
+    CARD_FILE,
     DEFAULT_ALIAS,
     check_registry_names,
     register,
@@ -81,12 +83,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger("search.pick")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="search/pick.py",
-        description="Choose a Pareto config by a stated rule, re-audit it, export it and "
-        "register its model.",
-    )
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The options of ``pick`` under its manual page (:mod:`search.cli.manual`)."""
+    p = manual.parser("pick", prog)
     p.add_argument("--run", required=True, help="run directory of search/run.py")
     p.add_argument(
         "--rule", default="knee", help=f"how to choose: {', '.join(RULES)} (default knee)"
@@ -134,7 +133,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="MLflow serialization of the model (default pt2: torch.export, no unpickling)",
     )
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the study's)")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 @dataclasses.dataclass
@@ -155,7 +158,7 @@ class Plan:
 
 def prepare(args: argparse.Namespace) -> Plan:
     """Every check that can fail on bad input; trains nothing."""
-    from search.tracking import check_tracking, resolve_tracking_uri
+    from search.tracking.uris import check_tracking, resolve_tracking_uri
 
     if args.seeds < 0:
         raise ConfigError(f"--seeds {args.seeds}: give 0 (no re-training) or more")
@@ -264,6 +267,22 @@ def execute(plan: Plan) -> int:
         return _execute(plan)
 
 
+def _write_who_leaks(comparison: Comparison, export: Path) -> None:
+    """Who leaks in the re-audited pick (the adaptive audit's first seed, else the re-training's;
+    :mod:`pptp.exposure`), beside the export: ``<export>.who-leaks/`` with ``exposed.csv``,
+    ``class_tpr.csv`` and, for image data, ``exposed.png``."""
+    from search.tracking.trial_tracker import write_exposure
+
+    audits = [a for a in (comparison.adaptive, comparison.retrained) if a is not None]
+    exposure = next((a.exposure for a in audits if a.exposure is not None), None)
+    if exposure is None:
+        return
+    folder = export.parent / f"{export.name}.who-leaks"
+    folder.mkdir(parents=True, exist_ok=True)
+    written = write_exposure(exposure, folder)
+    print(f"who leaks   {folder} ({', '.join(p.name for p in written)})", flush=True)
+
+
 def _execute(plan: Plan) -> int:
     args, run, c = plan.args, plan.run, plan.pick.candidate
     cfg_run = plan.config.replace(**rundir.absolute_paths(plan.config, cwd=run.state.cwd))
@@ -274,8 +293,10 @@ def _execute(plan: Plan) -> int:
         screening={m: c.value(m) for m in {*TABLE_METRICS, *c.values}},
     )
     bank = Path(cfg_run.attack.bank_dir)
-    print(f"\nbank        {bank}", flush=True)
-    if (plan.seeds or args.adaptive or args.register) and not bank.is_dir():
+    trains = bool(plan.seeds or args.adaptive or args.register)
+    if trains:  # only then are reference models read (or trained)
+        print(f"\nreferences  the screening references, from the bank in {bank}", flush=True)
+    if trains and not bank.is_dir():
         print(
             f"note        {bank} does not exist: the screening references will be trained "
             "again. The space's paths are relative to where search/run.py ran; run pick.py "
@@ -307,6 +328,7 @@ def _execute(plan: Plan) -> int:
             print(comparison.gap_note())
         header = export_header(run, plan.pick, plan.rule, comparison)
         path = write_export(plan.export, picked_space(run, plan.config, plan.pick), header)
+        _write_who_leaks(comparison, path)
         registered = None
         if args.register:
             assert plan.tracking_uri is not None and plan.experiment_id is not None
@@ -331,7 +353,7 @@ def _execute(plan: Plan) -> int:
     from search.tracking.links import console_command, ui_hint
 
     print("\nwhere things went:")
-    print(f"  config      {path}  (TrialConfig.from_flat(yaml.safe_load(...)['fixed']))")
+    print(f"  config      {path}  (a one-trial space of the picked config)")
     print(f"  report      {console_command()} report --run {run.run_dir}  (shows the pick)")
     if registered is not None:
         print(
@@ -354,6 +376,14 @@ def _execute(plan: Plan) -> int:
             f"  load        {load}mlflow.pytorch.load_model({registered.uri!r})  "
             "# float32 (N, C, H, W) normalised like the pool -> logits"
         )
+        print(f"  model card  {CARD_FILE} in MLflow run {registered.run_id}")
+    print("\nnext:")
+    if registered is None:
+        print(
+            f"  python search/pick.py --run {run.run_dir} --adaptive --register NAME  "
+            "# ship it: train on the full data, register with its audit and model card"
+        )
+    print(f"  python search/run.py --space {path}  # run the picked config again as a study")
     return 0
 
 

@@ -37,22 +37,18 @@ from typing import Any
 if __package__ in (None, ""):  # `python search/report.py` puts search/ first on sys.path
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from search.cli import manual
 from search.cli.entry import quiet_environment, run_command
-from search.reporting.page import REPORT_FILE
+from search.study.rundir import REPORT_FILE
 
 quiet_environment()
 
-DESCRIPTION = """\
-Write (or rewrite) report.html for a finished study: the interactive front with the
-baselines and the undefended model, ROC curves of the Pareto trials, the layer-risk chart
-of the localisation that steered the study, the picked config and every trial. The file
-works offline. When the study's MLflow store answers, it also names the trial runs by what
-they tried, writes their descriptions, saves the runs-table views and attaches the page
-to the study's run; when it does not, the page says which parts are missing."""
+#: the study has no finished trial: nothing is written
+EXIT_NOTHING_TO_REPORT = 3
 
 
-def build_parser(prog: str = "pptp-search report") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    p = manual.parser("report", prog)
     p.add_argument("--run", required=True, help="a run directory of a study (search/run.py)")
     p.add_argument("--output", help=f"where to write the page (default <run>/{REPORT_FILE})")
     p.add_argument(
@@ -77,8 +73,17 @@ def prepare(args: argparse.Namespace) -> Any:
 
 def execute(plan: Any) -> int:
     from search.reporting.publish import publish_study
+    from search.study.rundir import finished_count
 
     args, run = plan
+    if finished_count(run.study) == 0:
+        print(
+            f"nothing to report: {run.run_dir} has no finished trial yet "
+            f"({len(run.study.trials)} started); report.html is written when one finishes "
+            f"(search/run.py --space {run.state.space_path} --resume --output {run.run_dir} "
+            "continues a stopped study)"
+        )
+        return EXIT_NOTHING_TO_REPORT
     published = publish_study(
         run,
         output=Path(args.output) if args.output else None,

@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,10 +45,8 @@ from typing import TYPE_CHECKING, Any
 if __package__ in (None, ""):  # `python search/run.py` puts search/ first on sys.path
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from pptp.bank import check_bank_root
-from pptp.data import check_data
 from pptp.errors import ConfigError
-from pptp.fileio import atomic_write
+from search.cli import manual
 from search.cli.entry import (
     add_output_flags,
     local_ray_environment,
@@ -56,10 +55,6 @@ from search.cli.entry import (
     verbosity,
 )
 from search.running.disk_full import describe, disk_full
-from search.running.ending import finish
-from search.running.opening import open_parent_run, open_study, record_run, report_interrupted
-from search.running.plan import EXIT_STOPPED, Plan, check_local_resources, shared_state
-from search.running.session import run_session
 from search.running.stopping import (
     end_at_once_on_another,
     exit_status,
@@ -67,23 +62,28 @@ from search.running.stopping import (
     signal_name,
     stop_on_signals,
 )
-from search.study import rundir
-from search.study.reconcile import end_interrupted_runs, tell_from_records
 from search.tracking.uris import redact
 
 if TYPE_CHECKING:
+    import optuna
+
+    from search.running.plan import Plan
+    from search.space import Space
     from search.study.lock import RunLock
+    from search.tracking.study_tracker import StudyTracker
+
+# The stages (search.running, pptp.data) import optuna, torch and ray: 3-7 s on 2 cores that
+# --help and a space refused on its structure do not pay; prepare and execute import them
+# (search.running.stopping and .disk_full import the standard library only).
 
 quiet_environment()  # before anything imports ray or mlflow
 
 logger = logging.getLogger("search.run")  # not __main__ under `python search/run.py`
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="search/run.py",
-        description="Search PPTP configs for accuracy against membership-inference risk.",
-    )
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The options of ``run`` under its manual page (:mod:`search.cli.manual`)."""
+    p = manual.parser("run", prog)
     p.add_argument(
         "--space",
         help="the space file (YAML), e.g. spaces/quickstart.yaml (with --sync: optional)",
@@ -121,6 +121,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, help="sampler seed (overrides study.seed)")
     p.add_argument("--data-dir", help="where the dataset lives on disk (overrides data.data_dir)")
     add_output_flags(p)
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = build_parser()
     args = p.parse_args(argv)
     if not args.space and not (args.sync and args.output):
         p.error("--space is required (with --sync, --output alone will do)")
@@ -145,6 +150,7 @@ def _sync_run_dir(args: argparse.Namespace) -> str:
     if args.output:
         return str(args.output)
     from search.space import load_space
+    from search.study import rundir
 
     try:
         name = load_space(args.space).study.name
@@ -167,15 +173,21 @@ def prepare(args: argparse.Namespace) -> Plan:
 
 
 def _prepare(args: argparse.Namespace, taken: list[RunLock]) -> Plan:
-    from search.running.cluster import probe_ray_address
-    from search.running.steering import localization_enqueue
     from search.space import load_space
+
+    space = load_space(args.space)  # first: a bad file is refused before the heavy imports
+
+    from pptp.bank import check_bank_root
+    from pptp.data import check_data
+    from search.running.cluster import probe_ray_address
+    from search.running.plan import Plan, check_local_resources, shared_state
+    from search.running.steering import localization_enqueue
+    from search.study import rundir
     from search.study.backup import check_study_db
     from search.study.lock import RunLock
     from search.study.shared_study import check_storage, has_study, open_storage
-    from search.tracking import check_tracking, resolve_tracking_uri
+    from search.tracking.uris import check_tracking, resolve_tracking_uri
 
-    space = load_space(args.space)
     if args.seed is not None:
         space = dataclasses.replace(space, study=dataclasses.replace(space.study, seed=args.seed))
     if args.data_dir is not None:
@@ -230,6 +242,7 @@ def _prepare(args: argparse.Namespace, taken: list[RunLock]) -> Plan:
     else:
         probe_ray_address(args.address)
     check_data(space.base_config().data)
+    check_models(space)
     seeded = localization_enqueue(space) if state is None else []
     if run_dir is None:
         run_dir = rundir.new_run_dir(space.study.name, args.output)
@@ -264,6 +277,8 @@ def execute(plan: Plan) -> int:
         full = disk_full(error)
         if full is None:
             raise
+        from search.running.plan import EXIT_STOPPED
+
         print(f"error: {describe(full, plan.run_dir)}. {plan.resume_hint()}", file=sys.stderr)
         return EXIT_STOPPED
     finally:
@@ -271,10 +286,23 @@ def execute(plan: Plan) -> int:
             plan.claim.release()
         plan.lock.release()
         restore(handlers)
+        if plan.discard:  # a failed start leaves no run directory behind
+            shutil.rmtree(plan.run_dir, ignore_errors=True)
+            print(
+                f"nothing kept: no trial had started, so {plan.run_dir} was removed and its MLflow "
+                "parent run deleted; fix the cause and run the same command again",
+                file=sys.stderr,
+            )
 
 
 def _execute(plan: Plan) -> int:
     import optuna
+
+    from pptp.fileio import atomic_write
+    from search.running.ending import discard_start, never_started
+    from search.running.opening import open_parent_run, open_study
+    from search.study import rundir
+    from search.study.reconcile import tell_from_records
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -299,6 +327,11 @@ def _execute(plan: Plan) -> int:
     tracker = open_parent_run(plan)
     try:
         return _with_parent(plan, tracker, study, interrupted)
+    except ConfigError:  # the references or the cluster refused the study
+        if never_started(plan, study):
+            discard_start(plan, tracker)
+            plan.discard = True
+        raise
     except KeyboardInterrupt:  # outside the session (which handles its own)
         end_at_once_on_another(plan.resume_hint())
         try:
@@ -312,8 +345,15 @@ def _execute(plan: Plan) -> int:
         return exit_status()
 
 
-def _with_parent(plan: Plan, tracker: Any, study: Any, interrupted: list[int]) -> int:
+def _with_parent(
+    plan: Plan, tracker: StudyTracker, study: optuna.Study, interrupted: list[int]
+) -> int:
     """Everything after the parent run exists: state, resume bookkeeping, the session, the end."""
+    from search.running.ending import finish
+    from search.running.opening import record_run, report_interrupted
+    from search.running.session import run_session
+    from search.study import rundir
+    from search.study.reconcile import end_interrupted_runs
     from search.sync import SyncReport, replay_records, store_identity
 
     identity = store_identity(plan.tracking_uri)
@@ -342,6 +382,36 @@ def _with_parent(plan: Plan, tracker: Any, study: Any, interrupted: list[int]) -
         if stopped is not None:
             return stopped
     return finish(plan, tracker, identity, report)
+
+
+def check_models(space: Space) -> None:
+    """Build each user model the study can train (``model.name`` fixed, or each choice) once for
+    the data: a factory that cannot be imported, returns no module, has bad layer groups or
+    gives the wrong output shape stops here, naming the space file, before anything starts; so
+    does a user's model with BatchNorm in a study that can run a mechanism needing per-example
+    gradients (the space's own check reads model.norm, which a user's model does not use)."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    from pptp.models import check_model
+    from search.space.checks import per_example_mechanisms, possible_values
+    from search.space.errors import space_error
+
+    base = space.base_config()
+    for where, name in possible_values("model.name", base.to_flat(), space.params):
+        try:
+            model = check_model(dataclasses.replace(base.model, name=name), base.data)
+        except ConfigError as error:
+            key = where if error.key in (None, "model.name") else f"fixed.{error.key}"
+            raise space_error(str(space.path), key, str(error)) from None
+        batch_norm = model is not None and any(isinstance(m, _BatchNorm) for m in model.modules())
+        for mechanism_key, mechanism in per_example_mechanisms(base, space.params):
+            if batch_norm:
+                raise space_error(
+                    str(space.path),
+                    mechanism_key,
+                    f"{mechanism} needs per-example gradients, which the BatchNorm layers of "
+                    f"{name} make ill-defined; use GroupNorm or LayerNorm in the model",
+                )
 
 
 def _yaml(data: Any) -> str:

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 if __package__ in (None, ""):  # `python search/sync.py` puts search/ first on sys.path
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from search.cli import manual
 from search.cli.entry import add_output_flags, quiet_environment, run_command
 
 quiet_environment()
@@ -46,7 +47,7 @@ quiet_environment()
 if TYPE_CHECKING:
     import optuna
 
-    from search.tracking import StudyTracker
+    from search.tracking.study_tracker import StudyTracker
 
 logger = logging.getLogger("search.sync")
 
@@ -120,7 +121,7 @@ def replay_records(
     """Step 2 of the module docstring; returns ``{trial number: child run id}`` of every
     recorded trial MLflow now holds."""
     from search.study import records
-    from search.tracking import TAG_PARENT, TAG_TRIAL_NUMBER
+    from search.tracking.names import TAG_PARENT, TAG_TRIAL_NUMBER
     from search.tracking.spool import local_artifact_dir, replay
 
     by_number: dict[int, list[Any]] = {}
@@ -173,7 +174,7 @@ def replay_records(
 
 def end_stale_children(tracker: StudyTracker, study: optuna.Study, report: SyncReport) -> None:
     """Step 3: child runs still RUNNING get the end status of their Optuna trial."""
-    from search.tracking import TAG_FAIL_REASON, TAG_TRIAL_NUMBER
+    from search.tracking.names import TAG_FAIL_REASON, TAG_TRIAL_NUMBER
 
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     for run in tracker.children(status="RUNNING"):
@@ -239,12 +240,8 @@ def sync_run(run_dir: Path, uri: str | None = None) -> SyncReport:
     from pptp.errors import ConfigError
     from search.space import load_space
     from search.study import rundir
-    from search.tracking import (
-        StudyTracker,
-        TrackingUnavailable,
-        check_tracking,
-        resolve_tracking_uri,
-    )
+    from search.tracking.study_tracker import StudyTracker
+    from search.tracking.uris import TrackingUnavailable, check_tracking, resolve_tracking_uri
 
     state = rundir.read_state(run_dir)
     target = resolve_tracking_uri(uri or state.tracking_uri)
@@ -295,17 +292,19 @@ def sync_run(run_dir: Path, uri: str | None = None) -> SyncReport:
 # the command
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="search/sync.py",
-        description="Replay into MLflow what a search's run directory holds and MLflow lacks.",
-    )
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The options of ``sync`` under its manual page (:mod:`search.cli.manual`)."""
+    p = manual.parser("sync", prog)
     p.add_argument("--run", required=True, help="the run directory (runs/<study>/<timestamp>)")
     p.add_argument(
         "--tracking-uri", help="the MLflow store to fill (default: the one the study used)"
     )
     add_output_flags(p)
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 @dataclasses.dataclass

@@ -37,15 +37,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING
 
 if __package__ in (None, ""):  # `python search/ui.py` puts search/ first on sys.path
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from pptp.errors import ConfigError
+from search.cli import manual
 from search.cli.entry import quiet_environment, run_command
 from search.tracking.links import Links, console_command, server_base
 from search.tracking.saved_views import SHARED_VIEW_TAG, TRIALS_VIEW
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 quiet_environment()
 
@@ -261,15 +265,8 @@ def sigterm_as_interrupt() -> Iterator[None]:
 # ---------------------------------------------------------------------------------------------
 # the command
 
-DESCRIPTION = """\
-Start the MLflow UI on 127.0.0.1 over the store a study wrote to, wait until it answers,
-and print the address of the study's runs table (trials with their objectives as columns),
-of its Pareto trials and of its report. Ctrl-C stops the server. With a tracking server
-(http://...) nothing is started: the addresses are printed."""
-
-
-def build_parser(prog: str = "pptp-search ui") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    p = manual.parser("ui", prog)
     p.add_argument(
         "--run", help="a run directory of a study (its state.json names the store and the study)"
     )
@@ -304,8 +301,7 @@ class Plan:
 
 def prepare(args: argparse.Namespace) -> Plan:
     from search.study import rundir
-    from search.tracking import check_tracking, resolve_tracking_uri
-    from search.tracking.uris import sqlite_path
+    from search.tracking.uris import check_tracking, resolve_tracking_uri, sqlite_path
 
     run_dir = Path(args.run) if args.run else None
     experiment = parent = None
@@ -337,11 +333,11 @@ def prepare(args: argparse.Namespace) -> Plan:
     return Plan(uri, run_dir, experiment, parent, args.host, args.port, args.open, args.timeout)
 
 
-def study_links(plan: Plan, client: Any) -> list[tuple[str, Links]]:
+def study_links(plan: Plan, client: MlflowClient) -> list[tuple[str, Links]]:
     """``(study name, links)`` of the study the plan names, or of every study in the store
     (experiments tagged ``pptp.study``), newest first. A study's parent run is the one its run
     directory recorded, else the experiment's newest run tagged ``pptp.kind = study``."""
-    from search.tracking import TAG_STUDY
+    from search.tracking.names import TAG_STUDY
 
     if plan.experiment is not None:
         experiments = [client.get_experiment(plan.experiment)]
@@ -360,8 +356,8 @@ def study_links(plan: Plan, client: Any) -> list[tuple[str, Links]]:
     return out
 
 
-def _newest_study_run(client: Any, experiment_id: str) -> str | None:
-    from search.tracking import TAG_KIND
+def _newest_study_run(client: MlflowClient, experiment_id: str) -> str | None:
+    from search.tracking.names import TAG_KIND
 
     runs = client.search_runs(
         [experiment_id],
@@ -372,9 +368,9 @@ def _newest_study_run(client: Any, experiment_id: str) -> str | None:
     return str(runs[0].info.run_id) if runs else None
 
 
-def describe(study: list[tuple[str, Links]], base: str, client: Any) -> list[str]:
+def describe(study: list[tuple[str, Links]], base: str, client: MlflowClient) -> list[str]:
     """The lines that say where each study is in the running UI."""
-    from search.reporting.page import REPORT_FILE
+    from search.study.rundir import REPORT_FILE
 
     lines = []
     for name, links in study:

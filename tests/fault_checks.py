@@ -34,7 +34,7 @@ from optuna.trial import TrialState
 from pptp.tables import format_table
 from search.study import rundir
 from search.sync import expected_status
-from search.tracking import metric_key
+from search.tracking.names import metric_key
 
 TABLE_ENV = "PPTP_FAULT_TABLE"
 

@@ -2,7 +2,7 @@
 driven by Selenium with the system browser (no browser download; ``.ci/setup`` installs both).
 
 :func:`headless_chromium` starts chromedriver and one Chromium with the flags a root user on a
-machine without network needs (STACK-NOTES: ``--no-sandbox``, no background networking, no
+machine without network needs (docs/stack-notes.md: ``--no-sandbox``, no background networking, no
 component updates, no sync, a fresh profile), and afterwards stops them: ``driver.quit()``, then
 SIGKILL, by PID, to any process chromedriver started that is still alive.
 """

@@ -2,7 +2,8 @@
 
 Each test gives Ray its own short temporary folder (``RAY_TMPDIR``) so that every process Ray
 started for it can be found afterwards and stopped **by PID**: after a SIGKILL of a driver,
-``ray::DashboardAgent`` and ``ray::RuntimeEnvAgent`` survive, reparented to PID 1 (STACK-NOTES).
+``ray::DashboardAgent`` and ``ray::RuntimeEnvAgent`` survive, reparented to PID 1
+(docs/stack-notes.md).
 """
 
 from __future__ import annotations

@@ -20,7 +20,8 @@ from pptp.config import TrialConfig
 from pptp.metrics import AttackMetrics, RocCurve
 from pptp.train import EpochLog
 from pptp.trial import TrialResult
-from search.tracking import StudyTracker, TrialTracker
+from search.tracking.study_tracker import StudyTracker
+from search.tracking.trial_tracker import TrialTracker
 
 OBJECTIVES = [("test_acc", "maximize"), ("attack_auc", "minimize")]
 SPACE: dict[str, Any] = {

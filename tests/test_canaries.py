@@ -12,6 +12,7 @@ import pytest
 from pptp.bank import ReferenceBank
 from pptp.canaries import CANARY_METRICS, canary_metrics, split_scores
 from pptp.config import TrialConfig
+from pptp.data import build_pool
 from pptp.trial import run_trial, unresolvable_metrics
 
 
@@ -85,6 +86,17 @@ def test_a_trial_with_canaries_reports_both(tmp_path: Path) -> None:
     # the population metrics leave the canaries out: 240 population examples, ~120 non-members
     assert 1 / 140 < metrics["fpr_resolution"] < 1 / 100
     assert 1 / 45 < metrics["canary_fpr_resolution"] < 1 / 15
+    # the one-run audit: a bound (0 when nothing is detected) and how it was made
+    assert metrics["eps_lb"] >= 0.0 and result.audit is not None and result.audit.m == 60
+    assert result.tags()["eps_lb"].startswith("eps_lb ")
+    # who leaks: the population's most exposed members, with digits thumbnails (8x8)
+    assert result.exposure is not None and len(result.exposure.records) == 32
+    exposed = [r.pool_index for r in result.exposure.records]
+    pool = build_pool(cfg.data)
+    assert pool.canary is not None and not pool.canary[exposed].any()
+    assert pool.keep(1)[0][exposed].all()
+    assert result.exposure.thumbnails is not None
+    assert result.exposure.thumbnails.shape[1:] == (1, 8, 8)
 
 
 def test_a_space_may_optimise_a_canary_metric_only_with_canaries(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ writes one."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from fixtures_trials import seeded
 from pptp.treatment import TREATMENT_ATTR, Treatment
 from search import compare as cmp
 from search.comparing.fronts import compare, front, hypervolume
+from search.comparing.output import hypervolume_lines
 from search.space import Objective
 from search.study import rundir
 from search.study.trials import PER_SEED, FinishedTrial
@@ -87,6 +89,10 @@ def test_the_runs_must_support_a_verdict_or_it_says_why() -> None:
     result = compare([undefended, *one_seed], AXES, n_bootstrap=20)
     assert not result.decided and "trained one seed each" in result.verdict
     assert "study.repeats" in result.verdict
+    # with no spread to resample, a hypervolume is a point: never a zero-width interval
+    lines = "\n".join(hypervolume_lines(result, "ref"))
+    assert "(no interval: its trials trained one seed each) (3 trials)" in lines
+    assert not re.search(r"\[(\d\.\d+), \1\]", lines)
 
     no_baseline = compare([undefended, *family("pptp", 0.8, 0.6, spread=0.01, first=1)], AXES,
                           n_bootstrap=20)  # fmt: skip

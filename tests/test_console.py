@@ -10,19 +10,22 @@ from pathlib import Path
 import pytest
 from fixtures_pick import make_run
 
-from search.console import COMMANDS, main
+from search.console import COMMANDS, command_help, main
 
 REPO = Path(__file__).resolve().parents[1]
-SECTIONS = ("NAME", "SYNOPSIS", "DESCRIPTION", "EXAMPLES", "EXIT STATUS", "FILES", "ENVIRONMENT")
+OVERVIEW = ("usage:", "description:", "commands:", "a first study:", "exit status:", "files:")
+PAGE = ("options:", "examples:", "exit status:", "environment:")
+#: what a user must never read in a help page: module prose, markup, notes outside the repository
+DEVELOPER_PROSE = ("This module", ":mod:", ":func:", "``", "**", "DESIGN.md", "STYLE.md", "issue ")
 
 
 def test_the_manual_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     text = capsys.readouterr().out
-    for section in (*SECTIONS, "COMMANDS"):
+    for section in OVERVIEW:
         assert f"\n{section}\n" in text
-    for name in ("run", "localize", "pick", "compare", "report", "ui"):
-        assert f"\n       {name} " in text
+    for name in ("run", "localize", "pick", "compare", "report", "ui", "sync"):
+        assert f"\n  {name} " in text
     assert main(["help"]) == 0 and capsys.readouterr().out == text
 
 
@@ -30,13 +33,45 @@ def test_the_manual_lists_every_command(capsys: pytest.CaptureFixture[str]) -> N
 def test_each_command_has_a_manual_page(name: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([name, "--help"]) == 0
     text = capsys.readouterr().out
-    for section in (*SECTIONS, "OPTIONS"):
+    for section in PAGE:
         assert f"\n{section}\n" in text, section
-    synopsis = text.split("\nSYNOPSIS\n")[1].split("\n\n")[0]
-    assert f"pptp-search {name} " in synopsis and "search/" not in synopsis
-    options = text.split("\nOPTIONS\n")[1].split("\n\n")[0]
+    assert text.startswith(f"usage: pptp-search {name} ")
+    options = text.split("\noptions:\n")[1].split("\n\n")[0]
     assert "--help" in options and options.count("--") >= 2
+    for prose in DEVELOPER_PROSE:
+        assert prose not in text, (name, prose)
     assert main(["help", name]) == 0 and capsys.readouterr().out == text
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_the_script_prints_the_same_page(name: str) -> None:
+    """``python search/NAME.py --help`` is the console's page, under the script's name, and it
+    imports none of torch, Ray, MLflow, SciPy, plotly, matplotlib (what keeps it under a second)."""
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", f"search/{name}.py", "--help"],
+        cwd=REPO, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if "|" in line}
+    assert not imported & {"torch", "ray", "mlflow", "scipy", "plotly", "matplotlib"}, name
+    assert done.stdout.startswith(f"usage: search/{name}.py ")
+    assert command_help(name).split("\n", 1)[1].split("options:")[1] == (
+        done.stdout.split("\n", 1)[1].split("options:")[1]
+    )
+
+
+def test_every_exit_status_a_command_returns_is_on_its_page() -> None:
+    """The statuses the entry points define are documented (run's 3, compare's 3, report's 3)."""
+    from search.compare import EXIT_NO_VERDICT
+    from search.report import EXIT_NOTHING_TO_REPORT
+    from search.running.plan import EXIT_INTERRUPTED, EXIT_STOPPED, EXIT_TRACKING_INCOMPLETE
+
+    documented = {name: {code for code, _ in page.exit_status} for name, page in COMMANDS.items()}
+    assert {str(c) for c in (0, EXIT_STOPPED, 2, EXIT_TRACKING_INCOMPLETE, EXIT_INTERRUPTED)} <= (
+        documented["run"]
+    )
+    assert str(EXIT_NO_VERDICT) in documented["compare"]
+    assert str(EXIT_NOTHING_TO_REPORT) in documented["report"]
 
 
 def test_bad_command_lines_exit_2(capsys: pytest.CaptureFixture[str]) -> None:

@@ -161,3 +161,32 @@ def test_canaries_are_mislabeled_pool_examples_in_half_the_models() -> None:
 def test_too_many_canaries_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="canaries"):
         make_pool("digits", seed=0, test_size=300, val_size=100, pool_size=50, canaries=51)
+
+
+def test_ood_canaries_are_noise_images_with_random_labels() -> None:
+    clean = make_pool("digits", seed=3, test_size=300, val_size=100)
+    pool = make_pool("digits", seed=3, test_size=300, val_size=100, canaries=200, canary_kind="ood")
+    assert pool.canary is not None and pool.canary_kind == "ood"
+    # the same examples as the mislabeled kind would pick; only they change, images and labels
+    mislabeled = make_pool("digits", seed=3, test_size=300, val_size=100, canaries=200)
+    assert np.array_equal(pool.canary, mislabeled.canary)
+    changed = (pool.x != clean.x).flatten(1).any(1).numpy()
+    assert np.array_equal(changed, pool.canary)
+    assert torch.equal(
+        pool.y[~torch.from_numpy(pool.canary)], clean.y[~torch.from_numpy(pool.canary)]
+    )
+    # labels from all classes (about a tenth keep their class by chance), images uniform in [0, 1]
+    labels = pool.y.numpy()[pool.canary]
+    assert set(labels) == set(range(10)) and (labels == pool.canary_true_y).mean() < 0.2
+    spec = DATASETS["digits"]
+    images = pool.x[torch.from_numpy(pool.canary)] * spec.std[0] + spec.mean[0]
+    assert images.min() >= -1e-6 and images.max() <= 1 + 1e-6 and abs(images.mean() - 0.5) < 0.01
+    again = make_pool(
+        "digits", seed=3, test_size=300, val_size=100, canaries=200, canary_kind="ood"
+    )
+    assert torch.equal(again.x, pool.x) and torch.equal(again.y, pool.y)
+
+
+def test_an_unknown_canary_kind_lists_the_known_ones() -> None:
+    with pytest.raises(ConfigError, match="unknown canary kind 'odd'; known: mislabeled, ood"):
+        make_pool("digits", seed=3, test_size=300, val_size=100, canaries=20, canary_kind="odd")

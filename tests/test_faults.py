@@ -43,6 +43,7 @@ from fault_checks import (
 )
 from faultinject.pptp_faults import fault_env
 from fixtures_ray import kill_processes_naming, ray_tmp, run_driver, start_driver, wait_for
+from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
@@ -191,14 +192,17 @@ def test_diverging_reference_stops_before_any_trial(
     assert code == 2, out[-3000:]
     assert "reference models cannot be trained: TrainingDiverged" in out
     assert "Traceback" not in out
-    assert not trials_in(run, TrialState.RUNNING, TrialState.COMPLETE, TrialState.FAIL)
+    # a failed start leaves nothing behind: no run directory, the parent run deleted (kept by
+    # MLflow, FAILED with its reason, out of the UI), nothing RUNNING
+    assert not run.exists() and "nothing kept: no trial had started" in out
     client = MlflowClient(store)
-    state = rundir.read_state(run)
-    parent = client.get_run(state.parent_run_id or "")
-    assert parent.info.status == "FAILED" and "TrainingDiverged" in parent.data.tags["fail_reason"]
-    running = [
-        r for r in client.search_runs([state.experiment_id or ""]) if r.info.status == "RUNNING"
-    ]
+    (parent,) = client.search_runs(
+        [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)],
+        run_view_type=ViewType.ALL,
+    )
+    assert parent.info.lifecycle_stage == "deleted" and parent.info.status == "FAILED"
+    assert "TrainingDiverged" in parent.data.tags["fail_reason"]
+    running = [r for r in [parent] if r.info.status == "RUNNING"]
     assert not running and not partial_bank_entries(bank)
     add_row(table, Row("diverging reference model (exit 2)", 1, 0, 0, 0, 0, len(running)))
 

@@ -24,25 +24,47 @@ def test_the_resnet_space_downloads_cifar10_unless_told_not_to() -> None:
     assert data["name"] == "cifar10" and data["download"] is True
 
 
-def test_offline_the_headline_command_stops_at_once_with_where_to_put_the_files(
-    tmp_path: Path, offline: list[str], capsys: pytest.CaptureFixture[str]
-) -> None:
-    run = tmp_path / "run"
-    code = main(
+def _headline(tmp_path: Path) -> int:
+    return main(
         [
             "--space",
             str(REPO / "spaces" / "resnet.yaml"),
             "--data-dir",
             str(tmp_path / "data"),
             "--output",
-            str(run),
+            str(tmp_path / "run"),
             "--tracking-uri",
             f"sqlite:///{tmp_path / 'mlflow.db'}",
         ]
     )
+
+
+def test_without_a_gpu_the_headline_command_stops_before_any_download(
+    tmp_path: Path, offline: list[str], capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """A CPU-only machine is told so first: nothing is downloaded for a study it cannot run."""
+    monkeypatch.setattr("os.cpu_count", lambda: 16)  # the CPUs the space asks for, not a GPU
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 0)
+    assert _headline(tmp_path) == 2
+    err = capsys.readouterr().err
+    assert "study.resources.gpus" in err and "0 GPUs" in err
+    assert offline == []  # no download was tried
+    assert not (tmp_path / "run").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_offline_the_headline_command_stops_at_once_with_where_to_put_the_files(
+    tmp_path: Path, offline: list[str], capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """On a GPU machine (one is pretended here, with the CPUs the space asks for) without
+    internet."""
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 1)
+    code = _headline(tmp_path)
     err = capsys.readouterr().err
     assert code == 2, err
     assert offline and "cifar-10-python.tar.gz" in offline[0]  # torchvision's download was tried
     assert "cifar-10-batches-py" in err and "Downloading failed" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
-    assert not run.exists() and not (tmp_path / "mlflow.db").exists()  # nothing started
+    assert not (tmp_path / "run").exists() and not (tmp_path / "mlflow.db").exists()

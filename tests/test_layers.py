@@ -71,7 +71,8 @@ def test_toy_groups_pass_check() -> None:
     [
         (
             (("stem", ("conv1.*", "bn1.*")), ("all", (".*",))),
-            r"parameter 'conv1.weight' of Toy is in more than one layer group: \['stem', 'all'\]",
+            r"4 parameter\(s\) of Toy are in more than one layer group: conv1.weight \(stem and "
+            r"all\), conv1.bias \(stem and all\), bn1.weight",
         ),
         (
             (("stem", ("conv1.*",)), ("head", ("fc.*",))),

@@ -33,7 +33,7 @@ from search.running.trainable import TrialContext, run_search_trial
 from search.space import load_space
 from search.study.pareto import format_front, front_csv
 from search.study.trials import finished
-from search.tracking import StudyTracker
+from search.tracking.study_tracker import StudyTracker
 
 SPACE = """
 study: {{name: catalogue, n_trials: 1, sampler: random}}

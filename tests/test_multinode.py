@@ -128,3 +128,63 @@ def test_a_study_over_two_ray_nodes(
         f"\nmulti-node: {len(per_node)} nodes, trials per node {sorted(per_node.values())}, "
         f"references trained {len(markers)} (each once), wall {seconds:.1f} s"
     )
+
+
+USER_MODEL = '''
+import importlib.util
+import os
+from pathlib import Path
+
+from torch import nn
+
+
+def build(facts, width=32):
+    """An MLP defined outside the repository; it notes where the worker could import it from."""
+    spec = importlib.util.find_spec("usernet")  # the copy Ray shipped onto the worker's path
+    marker = Path({markers!r}) / f"{{os.getpid()}}.txt"
+    marker.write_text(spec.origin if spec is not None else "not shipped")
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(facts.features, width), nn.ReLU(),
+        nn.Linear(width, width), nn.ReLU(), nn.Linear(width, facts.num_classes),
+    )
+'''
+
+
+@pytest.mark.slow
+def test_a_user_model_outside_the_repository_goes_with_the_trials(
+    tmp_path: Path, ray_tmp: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """model.name names a file in a temporary folder: the search ships it to every node
+    through Ray's runtime environment (py_modules), and the trials train it."""
+    import ray
+
+    code_dir, markers = tmp_path / "usercode", tmp_path / "markers"
+    code_dir.mkdir()
+    markers.mkdir()
+    (code_dir / "usernet.py").write_text(USER_MODEL.format(markers=str(markers)))
+    space = tmp_path / "multinode.yaml"
+    text = SPACE.format(n_trials=2, bank=tmp_path / "bank").replace(
+        "model: {name: mlp, width: 32, norm: none}",
+        f"model: {{name: {code_dir / 'usernet.py'}:build}}",
+    )
+    assert "usernet.py:build" in text
+    space.write_text(text)
+    cluster = start_cluster(2)
+    try:
+        run, uri = tmp_path / "run", f"sqlite:///{tmp_path / 'mlflow.db'}"
+        address = cluster.address  # type: ignore[attr-defined]
+        argv = ["--space", str(space), "--output", str(run), "--tracking-uri", uri]
+        code = main([*argv, "--address", address])
+        out = capsys.readouterr().out
+        assert code == 0, out
+    finally:
+        ray.shutdown()
+        cluster.shutdown()  # type: ignore[attr-defined]
+        kill_processes_naming(ray_tmp)
+    assert "user code   usernet.py shipped to every Ray node" in out
+    study = optuna.load_study(study_name="multinode", storage=rundir.storage(run))
+    assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 2
+    # every Ray worker that built the model had Ray's shipped copy on its path, not the folder
+    seen = {p.read_text() for p in markers.glob("*.txt")}
+    shipped = {s for s in seen if s.startswith(ray_tmp) and s != str(code_dir / "usernet.py")}
+    assert shipped, seen

@@ -43,3 +43,17 @@ def test_the_table_says_what_difference_is_beyond_seed_noise() -> None:
     # pooled sd: accuracy sqrt(0.0002 * 3 / 3) = 0.01414, 3 df, t = 3.1824: 0.045 for 2 vs 2
     assert last.startswith("seed noise: two 2-seed trials differ beyond it (95%) by more than")
     assert "accuracy ±0.0450" in last and "3 trials, 3 degrees of freedom" in last
+
+
+def test_the_auditors_epsilon_sits_beside_the_accountants_and_zero_reads_none_detected() -> None:
+    dp = Treatment(defense="dpsgd", knobs=(("noise_multiplier", 1.0),))
+    trials = [
+        trial(0, {"test_acc": 0.81, "attack_auc": 0.70, "eps_lb": 1.234}),
+        trial(1, {"test_acc": 0.60, "attack_auc": 0.52, "eps_lb": 0.0, "epsilon": 3.1},
+              treatment=dp),
+    ]  # fmt: skip
+    lines = format_front(trials, OBJECTIVES).splitlines()
+    header = lines[0]
+    assert header.index("eps_lb") < header.index("epsilon")  # side by side, bound first
+    assert "1.23" in lines[2] and "none detected" in lines[3] and "3.10" in lines[3]
+    assert "private" not in "\n".join(lines)

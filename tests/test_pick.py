@@ -153,22 +153,25 @@ def test_export_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert text.startswith("# Picked by search/pick.py")
     assert "# trial 2 " in text and "rule max-acc" in text
     doc = yaml.safe_load(text)
-    assert set(doc) == {"study", "fixed"}
+    assert set(doc) == {"study", "fixed", "params"}
     space = load_space(run_dir / "space.yaml")
     expected = space.trial_config(params_of(2))
-    assert TrialConfig.from_flat(doc["fixed"]) == expected
-    assert set(doc["fixed"]) == set(TrialConfig().to_flat())
-    again = load_space(path)  # a valid space file: study named after the trial, nothing searched
-    assert again.base_config() == expected
+    seed = {"train.seed": expected.train.seed}
+    assert TrialConfig.from_flat({**doc["fixed"], **seed}) == expected
+    assert set(doc["fixed"]) | set(seed) == set(TrialConfig().to_flat())
+    # a space search/run.py runs as it is: one trial, train.seed 'searched' over its one value
+    again = load_space(path)
+    assert again.trial_config(seed) == expected
     assert again.study.name == "tiny-trial2"
-    assert again.params == {}
+    assert list(again.params) == ["train.seed"]
     assert again.study.objectives == space.study.objectives
+    assert f"python search/run.py --space {path}" in out
 
 
 def test_export_path_option(tmp_path: Path) -> None:
     target = tmp_path / "out" / "prod.yaml"
     assert pick.main(["--run", str(make_run(tmp_path)), "--export", str(target)]) == 0
-    assert TrialConfig.from_flat(yaml.safe_load(target.read_text())["fixed"]).protect.split == 3
+    assert load_space(target).trial_config({"train.seed": 0}).protect.split == 3
 
 
 # --------------------------------------------------------------------------------------------
@@ -198,6 +201,7 @@ def test_retrain_adaptive_register_end_to_end(
 
     import pptp.threads
     import pptp.trial
+    from search.picking.model_card import SHIPPED_ACC_LINE
 
     # every re-training runs with the process's CPUs as torch threads, set explicitly
     seen: list[int] = []
@@ -212,7 +216,8 @@ def test_retrain_adaptive_register_end_to_end(
     before = torch.get_num_threads()
 
     from pptp.data import build_pool
-    from search.tracking import StudyTracker, TrialTracker
+    from search.tracking.study_tracker import StudyTracker
+    from search.tracking.trial_tracker import TrialTracker
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     source = tmp_path / "src"
@@ -275,6 +280,8 @@ def test_retrain_adaptive_register_end_to_end(
     assert "adaptive - screening" in out and "paired" in out
     assert "models:/tiny-model@production" in out
     assert "threads     1 torch threads" in out
+    # who leaks in the re-audited pick, beside the export (tiny's data is 8x8 digits)
+    assert "who leaks   " in out and "exposed.csv, class_tpr.csv, exposed.png" in out
     assert seen and set(seen) == {1} and torch.get_num_threads() == before
 
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -298,19 +305,28 @@ def test_retrain_adaptive_register_end_to_end(
     assert math.isfinite(pick_run.data.metrics["gap/attack_auc"])
     assert pick_run.data.params["protect.split"] == "3"
     artifacts = {a.path for a in client.list_artifacts(version.run_id)}
-    assert {"picked.yaml", "roc.png", "mask.json"} <= artifacts
+    assert {"picked.yaml", "model_card.md"} <= artifacts
+    # the shipped model trained on the whole pool (200), the audit target on half of it
+    assert pick_run.data.metrics["members"] == 200
+    assert pick_run.data.metrics["audit_members"] == 100
+    assert "trained on 200 examples (the audit target on 100" in out
     assert client.get_run(run_ids[2]).data.tags.get("picked") == "true"
     assert client.get_run(run_ids[0]).data.tags.get("picked") is None
 
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     model = mlflow.pytorch.load_model("models:/tiny-model@production")
-    cfg = TrialConfig.from_flat(yaml.safe_load((run_dir / "picked.yaml").read_text())["fixed"])
+    cfg = load_space(run_dir / "picked.yaml").trial_config({"train.seed": 0})
     pool = build_pool(cfg.data)
-    x = pool.x_test[:5].cpu()
-    logits = model(x)
-    assert tuple(logits.shape) == (5, pool.num_classes)
-    assert torch.isfinite(logits).all()
+    logits = model(pool.x_test.cpu())
+    assert tuple(logits.shape) == (len(pool.y_test), pool.num_classes)
+    # the registered model predicts the held-out test set at the accuracy its card states
+    # (within 0.005: the same float32 CPU forward, exported by torch.export)
+    card = mlflow.artifacts.load_text(f"runs:/{version.run_id}/model_card.md")
+    assert "## What was not measured" in card and "100 members" in card
+    stated = float(card.split(SHIPPED_ACC_LINE)[1].split()[0])
+    accuracy = float((logits.argmax(1) == pool.y_test).float().mean())
+    assert abs(accuracy - stated) <= 0.005, (accuracy, stated)
 
     # registering again adds version 2 and moves the alias
     assert (

@@ -62,3 +62,13 @@ def test_a_seed_spread_has_two_significant_digits(capsys: pytest.CaptureFixture[
     progress.on_trial_result(0, [], _trial({TRIAL_NUMBER: 2}), result)
     line = capsys.readouterr().out
     assert "test_acc 0.8345 ± 0.0099, attack_auc 0.77 ± 0.016, 212s" in line
+
+
+def test_a_broken_dp_claim_gets_its_own_line(capsys: pytest.CaptureFixture[str]) -> None:
+    progress = Progress(total=4, objectives=[Objective("test_acc", "maximize")])
+    base = {"test_acc": 0.67, "eps_lb": 0.83, "epsilon": 0.22, "seconds": 4.0}
+    progress.on_trial_result(0, [], _trial({TRIAL_NUMBER: 3}), {**base, "dp_contradicted": 1.0})
+    progress.on_trial_result(0, [], _trial({TRIAL_NUMBER: 4}), {**base, "dp_contradicted": 0.0})
+    out = capsys.readouterr().out
+    assert "trial 3: the audit contradicts the claimed epsilon: eps_lb 0.83 > epsilon 0.22" in out
+    assert "trial 4:" not in out

@@ -21,8 +21,8 @@ from search.reporting.publish import (
 )
 from search.study.naming import TAG_NOTE
 from search.study.reader import open_run
-from search.tracking import StudyTracker
 from search.tracking.saved_views import PARETO_VIEW, SHARED_VIEW_TAG, TRIALS_VIEW
+from search.tracking.study_tracker import StudyTracker
 from search.ui import free_port
 
 POINTS = [(0.95, 0.80, 0.05), (0.93, 0.62, 0.02), (0.85, 0.70, 0.004)]  # trial 2 off the front
@@ -146,3 +146,41 @@ def test_names_given_while_trials_run_match_the_names_at_the_end(tmp_path: Path)
     for trial in finished(run.study, run.objectives):
         cfg = run.space.trial_config(params_of(trial.number))
         assert planned_name(trial.number, cfg, run.space) == trial.name
+
+
+def test_the_report_reads_who_leaks_from_mlflow(tmp_path: Path) -> None:
+    import dataclasses
+
+    import numpy as np
+
+    from pptp.exposure import ExposedRecord, Exposure
+    from search.reporting.inputs import gather
+    from search.reporting.page import render
+
+    uri = fresh_store(tmp_path / "store")
+    tracker = StudyTracker(uri, "tiny", run_dir=tmp_path / "run")
+    start(tracker)
+    record = (ExposedRecord(1, 3, 103, 2.5, 1),)
+    thumbs = np.full((1, 1, 4, 4), 0.5, np.float32)
+    exposures = [
+        Exposure("lira", False, record, {0: 0.0, 1: 0.125}, {0: 9, 1: 8}, thumbs),  # images
+        Exposure("loss", True, record, {0: float("nan")}, {0: 17}),  # a table: no thumbnails
+        None,  # off the front: not read
+    ]
+    run_ids = [
+        run_trial(tracker, i, dataclasses.replace(fake_result(test_acc=a, auc=u), exposure=e))
+        for i, ((a, u, _), e) in enumerate(zip(POINTS, exposures, strict=True))
+    ]
+    tracker.finish()
+    run_dir = make_run(
+        tmp_path, POINTS, tracking_uri=uri, parent_run_id=tracker.parent_run_id,
+        experiment_id=tracker.experiment_id, run_ids=run_ids,
+    )  # fmt: skip
+    inputs = gather(open_run(run_dir), client=MlflowClient(uri))
+    by_trial = {e.trial: e for e in inputs.exposed}
+    assert set(by_trial) == {0, 1}
+    assert by_trial[0].grid is not None and by_trial[0].grid[:4] == b"\x89PNG"
+    assert by_trial[0].class_tpr == (("0", "9", "0.0000"), ("1", "8", "0.1250"))
+    assert by_trial[1].grid is None and by_trial[1].class_tpr == (("0", "17", ""),)
+    page = render(inputs)
+    assert page.count("<img alt='most exposed members of trial") == 1 and "not resolved" in page

@@ -61,6 +61,7 @@ RUN_ELSEWHERE = {
     "bash .ci/test": (".ci/run", "bash .ci/test"),
     "pip install -e '.[server]'": (".ci/setup", "-e '.[dev,server]'"),
     "mlflow server": ("tests/fixtures_postgres.py", '"--artifacts-destination"'),
+    "python examples/own-model-and-data/make_data.py": ("tests/test_examples.py", "make_data.py"),
 }
 
 

@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 from search.space import Objective
 from search.study import records, rundir
 from search.study.reconcile import RECONCILED, end_interrupted_runs, tell_from_records
-from search.tracking import TAG_TRIAL_NUMBER
+from search.tracking.names import TAG_TRIAL_NUMBER
 from search.tracking.spool import RunSpool
 
 OBJECTIVES = [Objective("test_acc", "maximize"), Objective("attack_auc", "minimize")]

@@ -118,3 +118,15 @@ def test_report_command_without_mlflow(run_dir: Path, capsys: pytest.CaptureFixt
     assert "MLflow      left as it is (--no-mlflow)" in out
     assert "missing     ROC curves of the finalists" in out
     assert report.main(["--run", str(run_dir / "nothing")]) == 2  # bad input: exit status 2
+
+
+def test_an_empty_study_has_nothing_to_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from search.report import EXIT_NOTHING_TO_REPORT, main
+
+    run = make_run(tmp_path, points=())
+    assert main(["--run", str(run), "--no-mlflow"]) == EXIT_NOTHING_TO_REPORT
+    out = capsys.readouterr().out
+    assert "nothing to report" in out and "no finished trial" in out
+    assert "pick" not in out and not (run / "report.html").exists()

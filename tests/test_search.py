@@ -185,3 +185,24 @@ def test_impossible_resources_and_missing_dataset_exit_2(
     assert main(_args(offline, tmp_path / "r2", store)) == 2
     err = capsys.readouterr().err
     assert "cifar-10-batches-py" in err and "Traceback" not in err
+
+
+def test_resources_are_checked_before_any_download(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A study this machine cannot run is refused before its dataset is looked for (so a CPU-only
+    user is never made to download CIFAR-10 first), and leaves no run directory."""
+    import pptp.data
+
+    looked: list[object] = []
+    monkeypatch.setattr(pptp.data, "check_data", lambda data: looked.append(data))
+    space = write_space(tmp_path, n_trials=1)
+    greedy = tmp_path / "greedy-cifar.yaml"
+    greedy.write_text(
+        space.read_text()
+        .replace("{cpus: 1, gpus: 0}", "{cpus: 1, gpus: 4}")
+        .replace("name: digits, pool_size: 200", "name: cifar10, download: true, pool_size: 200")
+    )
+    assert main(_args(greedy, tmp_path / "r", tmp_path / "store")) == 2
+    assert "study.resources.gpus" in capsys.readouterr().err
+    assert looked == [] and not (tmp_path / "r").exists()

@@ -22,7 +22,7 @@ from pptp.signals import Signals, resolve_queries
 from pptp.trial import attack_scores, run_trial
 from search.running.trainable import TAG_HOSTNAME, TAG_REFERENCES, TrialContext, run_search_trial
 from search.space import load_space
-from search.tracking import StudyTracker
+from search.tracking.study_tracker import StudyTracker
 
 FLAT = {
     "data.name": "digits",

@@ -18,8 +18,9 @@ from mlflow.tracking import MlflowClient
 from search.space import load_space
 from search.study import records, rundir
 from search.sync import expected_status, store_identity, store_replaced, sync_run
-from search.tracking import StudyTracker, TrialTracker
 from search.tracking.spool import RunSpool
+from search.tracking.study_tracker import StudyTracker
+from search.tracking.trial_tracker import TrialTracker
 
 #: the tracking tests' space, made loadable (the noise operator needs GroupNorm)
 SPACE_FILE = {**SPACE, "fixed": {**SPACE["fixed"], "model.norm": "group"}}

@@ -14,7 +14,8 @@ import pytest
 from fixtures_tracking import fake_result, store
 from mlflow.tracking import MlflowClient
 
-from search.tracking import experiment_id, git_commit, log_metrics, log_params, metric_key, set_tags
+from search.tracking.names import metric_key
+from search.tracking.store import experiment_id, git_commit, log_metrics, log_params, set_tags
 
 __all__ = ["store"]  # fixtures, imported for their use below
 
@@ -110,3 +111,13 @@ def test_git_commit(tmp_path: Path) -> None:
     assert git_commit(tmp_path) == head
     (tmp_path / "f.txt").write_text("b")
     assert git_commit(tmp_path) == f"{head}-dirty"
+
+
+def test_key_length_agrees_with_mlflow() -> None:
+    """search.tracking.names keeps MLflow's key limit without importing MLflow."""
+    from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH
+
+    from search.tracking.names import MAX_KEY_LENGTH
+
+    assert MAX_KEY_LENGTH == MAX_ENTITY_KEY_LENGTH
+    assert len(metric_key("m" * 400)) == MAX_ENTITY_KEY_LENGTH

@@ -33,7 +33,11 @@ from fixtures_tracking import (
 from mlflow.tracking import MlflowClient
 
 from pptp.errors import ConfigError
-from search.tracking import StudyTracker, TrialTracker, check_tracking, git_commit, metric_key
+from search.tracking.names import metric_key
+from search.tracking.store import git_commit
+from search.tracking.study_tracker import StudyTracker
+from search.tracking.trial_tracker import TrialTracker
+from search.tracking.uris import check_tracking
 
 __all__ = ["store", "study"]  # fixtures, imported for their use below
 

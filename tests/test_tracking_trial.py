@@ -14,7 +14,8 @@ import pytest
 from fixtures_tracking import fake_result, start, store, study
 from mlflow.tracking import MlflowClient
 
-from search.tracking import FAIL_REASON_CHARS, StudyTracker, TrialTracker, write_trial_artifacts
+from search.tracking.study_tracker import StudyTracker
+from search.tracking.trial_tracker import FAIL_REASON_CHARS, TrialTracker, write_trial_artifacts
 
 __all__ = ["store", "study"]  # fixtures, imported for their use below
 

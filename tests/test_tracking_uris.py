@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pptp.errors import ConfigError
-from search.tracking import (
+from search.tracking.uris import (
     REPO_ROOT,
     TrackingUnavailable,
     artifact_location,

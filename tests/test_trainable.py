@@ -23,8 +23,8 @@ from search.running.samplers import (
 )
 from search.running.trainable import TrialContext, run_search_trial
 from search.space import load_space
-from search.tracking import StudyTracker
 from search.tracking.spool import RunSpool
+from search.tracking.study_tracker import StudyTracker
 
 SPACE = """
 study: {{name: failing, n_trials: 2, sampler: random, repeats: {repeats}}}

@@ -85,6 +85,18 @@ def check_attacks(cfg: AttackConfig) -> tuple[str, ...]:
                 f"attack.n_references = {cfg.n_references}",
                 key="attack.n_references",
             )
+    if not 0 < cfg.audit_confidence < 1:
+        raise ConfigError(
+            f"attack.audit_confidence = {cfg.audit_confidence} must lie strictly between 0 and 1 "
+            "(0.95 is the usual choice)",
+            key="attack.audit_confidence",
+        )
+    if cfg.audit_delta is not None and not 0 <= cfg.audit_delta < 1:
+        raise ConfigError(
+            f"attack.audit_delta = {cfg.audit_delta} must lie in [0, 1) (e.g. 1.0e-5), or be "
+            "null for defense.delta",
+            key="attack.audit_delta",
+        )
     if "lira_online" in names and cfg.n_references < LIRA_ONLINE_MIN_REFS:
         logger.warning(
             "attack.attacks names lira_online with %d reference models: its per-example "

@@ -18,7 +18,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from pptp.errors import ConfigError
 
@@ -87,14 +87,18 @@ def add_output_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def verbosity(args: Any) -> int:
+def verbosity(args: argparse.Namespace) -> int:
     """-1 quiet, 0 default, 1 verbose (from :func:`add_output_flags`; 0 without them)."""
     if getattr(args, "quiet", False):
         return -1
     return 1 if getattr(args, "verbose", False) else 0
 
 
-def run_command(args: Any, prepare: Callable[[Any], PlanT], execute: Callable[[PlanT], int]) -> int:
+def run_command(
+    args: argparse.Namespace,
+    prepare: Callable[[argparse.Namespace], PlanT],
+    execute: Callable[[PlanT], int],
+) -> int:
     """``execute(prepare(args))`` with logging set up and bad input turned into exit status 2."""
     level = verbosity(args)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

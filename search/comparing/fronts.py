@@ -15,8 +15,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
+import optuna
+from optuna._hypervolume import compute_hypervolume
 
 from pptp.errors import ConfigError
+from pptp.treatment import KINDS
 from search.study.trials import FinishedTrial
 
 if TYPE_CHECKING:
@@ -37,8 +40,6 @@ def hypervolume(
     ``compute_hypervolume`` (its WFG implementation, used by its own samplers) does the
     geometry, on values turned into losses.
     """
-    from optuna._hypervolume import compute_hypervolume
-
     if len(values) == 0:
         return 0.0
     losses = -_signed(np.asarray(values, dtype=float), axes)
@@ -51,8 +52,6 @@ def front(
     points: Sequence[FinishedTrial], axes: tuple[Objective, Objective]
 ) -> list[FinishedTrial]:
     """The non-dominated points (Optuna's ``best_trials`` of an in-memory study of them)."""
-    import optuna
-
     if not points:
         return []
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created in memory" lines
@@ -130,6 +129,10 @@ class Comparison:
     n_bootstrap: int
     noise: dict[str, Noise | None] = dataclasses.field(default_factory=dict)
     missing: tuple[str, ...] = ()
+
+    def counts(self) -> dict[str, int]:
+        """Trainings compared per kind (``pptp``, ``baseline``, ``undefended``, ``combined``)."""
+        return {k: sum(p.kind == k for p in self.points) for k in dict.fromkeys(KINDS)}
 
     def family(self, name: str) -> list[FinishedTrial]:
         """The points of a front's family: PPTP or baseline trials, plus the undefended."""
@@ -210,7 +213,10 @@ def compare(
     undefended model takes the pooled noise of every trial with seeds.
     """
     metrics = [a.metric for a in axes]
-    usable = [p for p in points if all(math.isfinite(p.mean(m)) for m in metrics)]
+    # a repeated proposal reused a trial's results: the same training, counted once
+    usable = [
+        p for p in points if not p.repeat and all(math.isfinite(p.mean(m)) for m in metrics)
+    ]
     if not usable:
         raise ConfigError("no completed trial has both objectives; nothing to compare")
     means = np.array([[p.mean(m) for m in metrics] for p in usable])

@@ -53,12 +53,29 @@ def hypervolume_lines(result: Comparison, reference: str) -> list[str]:
     noise the intervals come from."""
     lines = [
         f"Hypervolume (reference point: {reference}; 95% interval from each family's pooled "
-        f"seed noise, {result.n_bootstrap} parametric resamples):",
+        f"seed noise, {result.n_bootstrap} parametric resamples; trials: distinct trainings of "
+        f"the family, the undefended model's {result.counts()['undefended']} on both fronts):",
         "",
     ]
-    for name, volume in (("PPTP front", result.pptp), ("baselines' front", result.baselines)):
-        lines.append(f"- {name}: {volume if volume is not None else 'no trial'}")
-    if result.difference is not None:
+    counts = result.counts()
+    families = ("pptp", "baseline")
+    for name, volume, kind in (
+        ("PPTP front", result.pptp, "pptp"),
+        ("baselines' front", result.baselines, "baseline"),
+    ):
+        if volume is None:
+            shown = "no trial"
+        elif result.noise.get(kind) is None:  # no spread to resample: a point, not an interval
+            shown = f"{volume.value:.4f} (no interval: its trials trained one seed each)"
+        else:
+            shown = str(volume)
+        lines.append(f"- {name}: {shown} ({counts[kind]} trials)")
+    if result.difference is not None and None in (result.noise.get(k) for k in families):
+        lines.append(
+            f"- PPTP minus baselines: {result.difference.value:.4f} (no interval: a family's "
+            "seed noise is unknown)"
+        )
+    elif result.difference is not None:
         lines.append(
             f"- PPTP minus baselines: {result.difference} (PPTP larger in "
             f"{100 * result.share_pptp_better:.0f}% of resamples)"

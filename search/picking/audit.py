@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from pptp.exposure import Exposure
 from pptp.metric_catalogue import shown_metrics
 from pptp.tables import format_cell, format_table
 
@@ -40,6 +41,7 @@ class Audit:
     seeds: tuple[int, ...]
     runs: tuple[dict[str, float], ...]
     failures: dict[int, str] = field(default_factory=dict)  # seed -> reason
+    exposure: Exposure | None = None  # who leaks in the first seed that trained (pptp.exposure)
 
     def values(self, metric: str) -> list[float]:
         return [r[metric] for r in self.runs if metric in r]
@@ -100,6 +102,7 @@ def _run_seeds(
 
     runs: list[dict[str, float]] = []
     failures: dict[int, str] = {}
+    exposure: Exposure | None = None
     for i, seed in enumerate(seeds, start=1):
         start = time.perf_counter()
         try:
@@ -111,13 +114,14 @@ def _run_seeds(
             continue
         metrics = result.metrics()
         runs.append(metrics)
+        exposure = exposure or result.exposure
         shown = ", ".join(f"{m} {format_cell(metrics.get(m, math.nan))}" for m in TABLE_METRICS)
         print(
             f"{label:<11} seed {seed} ({i}/{len(seeds)}): {shown} "
             f"({time.perf_counter() - start:.0f}s)",
             flush=True,
         )
-    return Audit(label, tuple(seeds), tuple(runs), failures)
+    return Audit(label, tuple(seeds), tuple(runs), failures, exposure)
 
 
 def retrain(cfg: TrialConfig, seeds: Sequence[int], *, references: TrialConfig | None) -> Audit:

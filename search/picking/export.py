@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import yaml
+
 from pptp.fileio import atomic_write
 from pptp.tables import format_cell
 from search.picking.audit import ATTACK_METRICS, TABLE_METRICS, Comparison
@@ -23,10 +25,11 @@ if TYPE_CHECKING:
 
 
 def picked_space(run: StudyRun, cfg: TrialConfig, pick: Pick) -> dict[str, Any]:
-    """A space file that pins every key of ``cfg`` (``fixed``, no ``params``).
-
-    ``TrialConfig.from_flat(doc["fixed"])`` gives ``cfg`` back; ``search.space.load_space``
-    accepts the file (a one-config study: study name ``<study>-trial<N>``, random sampler).
+    """A space file that pins every key of ``cfg``: ``fixed`` holds all but ``train.seed``,
+    which ``params`` searches over the one choice of the trial's seed, so that
+    ``search/run.py --space picked.yaml`` runs it as it is (Ray's OptunaSearch refuses a space
+    with nothing searched): a one-config study named ``<study>-trial<N>``, random sampler.
+    ``TrialConfig.from_flat({**doc["fixed"], "train.seed": seed})`` gives ``cfg`` back.
     """
     study = run.space.resolved()["study"]
     study.update(
@@ -37,7 +40,13 @@ def picked_space(run: StudyRun, cfg: TrialConfig, pick: Pick) -> dict[str, Any]:
         max_concurrent=1,
         enqueue=[],
     )
-    return {"study": study, "fixed": cfg.to_flat()}
+    fixed = cfg.to_flat()
+    seed = fixed.pop("train.seed")
+    return {
+        "study": study,
+        "fixed": fixed,
+        "params": {"train.seed": {"type": "categorical", "choices": [seed]}},
+    }
 
 
 def export_header(run: StudyRun, pick: Pick, rule: str, comparison: Comparison) -> list[str]:
@@ -70,18 +79,14 @@ def export_header(run: StudyRun, pick: Pick, rule: str, comparison: Comparison) 
     lines += [
         "",
         "Relative data.data_dir / attack.bank_dir are relative to the directory run.py ran in.",
-        "Load:  TrialConfig.from_flat(yaml.safe_load(open(PATH))['fixed'])",
-        "A valid space file (search.space.load_space); search/run.py needs a searched key",
-        "to run it (Ray's OptunaSearch refuses an empty space): move e.g. train.seed from",
-        "fixed to params.",
+        "Run:   python search/run.py --space PATH  (a one-trial study of this config;",
+        "       train.seed is 'searched' over its one value, as Ray needs a searched key)",
     ]
     return lines
 
 
 def write_export(path: Path, doc: Mapping[str, Any], header: Sequence[str]) -> Path:
     """``header`` as ``#`` comments, then ``doc`` as YAML, written atomically to ``path``."""
-    import yaml
-
     text = "".join(f"# {line}".rstrip() + "\n" for line in header)
     text += yaml.safe_dump(dict(doc), sort_keys=False)
     return atomic_write(path, text)

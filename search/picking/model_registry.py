@@ -14,8 +14,6 @@ before any training. ``pyproject.toml`` pins the MLflow versions they were check
 from __future__ import annotations
 
 import logging
-import math
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +29,6 @@ if TYPE_CHECKING:
     from torch import nn
 
     from pptp.config import TrialConfig
-    from pptp.trial import TrialResult
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +36,8 @@ logger = logging.getLogger(__name__)
 TAG_PICKED = "picked"
 KIND_PICK = "pick"
 DEFAULT_ALIAS = "production"
-#: |final - recorded| test accuracy above which registration says the trial did not reproduce
-REPRODUCE_TOLERANCE = 0.02
+#: the model card's artifact name in the pick run (:mod:`search.picking.model_card`)
+CARD_FILE = "model_card.md"
 
 
 @dataclass(frozen=True)
@@ -135,39 +132,38 @@ def register(
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from pptp.trial import run_trial
-    from search.tracking import (
-        TAG_KIND,
-        TAG_PARENT,
-        TAG_STUDY,
-        git_commit,
-        log_metrics,
-        log_params,
-        write_trial_artifacts,
-    )
+    from pptp.bank import code_fingerprint, user_fingerprints
+    from pptp.production import train_production
+    from search.picking.model_card import model_card
+    from search.tracking.names import TAG_KIND, TAG_PARENT, TAG_STUDY
+    from search.tracking.store import git_commit, log_metrics, log_params
 
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
     start = time.perf_counter()
-    print(f"register    training the final model (seed {cfg.train.seed})", flush=True)
-    result: TrialResult = run_trial(cfg, references=references, keep_model=True)
-    assert result.model is not None
-    c = pick.candidate
     print(
-        f"register    trained: test_acc {result.test_acc:.4f}, attack_auc "
-        f"{format_cell(result.metrics().get('attack_auc', math.nan))} "
-        f"({time.perf_counter() - start:.0f}s)",
+        f"register    training the production model: the picked recipe on the full training "
+        f"data (seed {cfg.train.seed})",
         flush=True,
     )
+    production = train_production(cfg)
+    c = pick.candidate
     recorded = c.value("test_acc")
-    if math.isfinite(recorded) and abs(result.test_acc - recorded) > REPRODUCE_TOLERANCE:
-        print(
-            f"note        the trial recorded test_acc {recorded:.4f} with the same config and "
-            "seed; training is not bit-for-bit reproducible across devices and thread counts",
-            flush=True,
+    print(
+        f"register    trained on {production.members} examples (the audit target on "
+        f"{production.audit_members}"
+        + (
+            f"; {production.canaries_restored} canaries with their true labels"
+            if production.canaries_restored
+            else ""
         )
+        + f"): test_acc {production.test_acc:.4f} (audit target {format_cell(recorded)}; "
+        f"{time.perf_counter() - start:.0f}s)",
+        flush=True,
+    )
+    fingerprints = {"pptp code": code_fingerprint(), **user_fingerprints(cfg)}
     tags = {
         TAG_KIND: KIND_PICK,
         TAG_STUDY: run.state.study_name,
@@ -181,7 +177,18 @@ def register(
         tags[TAG_PARENT] = run.state.parent_run_id
     if c.attrs.get("mlflow_run_id"):
         tags["picked_run_id"] = str(c.attrs["mlflow_run_id"])
-    metrics = {**result.metrics(), **comparison.summary_metrics()}
+    metrics = {
+        **comparison.summary_metrics(),
+        "test_acc": production.test_acc,
+        "train_acc": production.train_acc,
+        "members": float(production.members),
+        "audit_members": float(production.audit_members),
+        "audit/test_acc": recorded,
+        **{m: v for m, v in comparison.screening.items() if m != "test_acc"},
+    }
+    if production.epsilon is not None:
+        metrics["epsilon"] = production.epsilon
+    tags.update({f"fingerprint/{k.replace(' ', '_')}": v for k, v in fingerprints.items()})
     with mlflow.start_run(
         experiment_id=experiment_id, run_name=f"pick-trial-{c.number:04d}", tags=tags
     ) as active:
@@ -189,10 +196,15 @@ def register(
         log_params(client, run_id, cfg.to_flat())
         log_metrics(client, run_id, metrics)
         mlflow.log_artifact(str(export_path))
-        with tempfile.TemporaryDirectory(prefix="pptp-pick-") as tmp:
-            write_trial_artifacts(result, Path(tmp))
-            mlflow.log_artifacts(tmp)
-        info = log_model(result.model, input_example(cfg), fmt=model_format)
+        card = model_card(
+            title=f"{name}: study {run.state.study_name}, trial {c.number} (rule {rule})",
+            cfg=cfg,
+            production=production,
+            comparison=comparison,
+            fingerprints=fingerprints,
+        )
+        mlflow.log_text(card, CARD_FILE)
+        info = log_model(production.model, input_example(cfg), fmt=model_format)
     version = mlflow.register_model(
         info.model_uri,
         name,
@@ -201,8 +213,7 @@ def register(
     client.update_model_version(
         name,
         version.version,
-        description=f"study {run.state.study_name}, trial {c.number}, rule {rule}: "
-        f"{pick.reason}. Input: float32 (N, C, H, W) normalised like pptp's pool of "
+        description=card + f"\nInput: float32 (N, C, H, W) normalised like pptp's pool of "
         f"data.name={cfg.data.name}; output: logits (N, n_classes).",
     )
     client.set_registered_model_alias(name, alias, str(version.version))

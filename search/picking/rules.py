@@ -85,7 +85,8 @@ RULES: Registry[Rule] = Registry("rule")
 
 @RULES.register("max-acc")
 def max_acc(candidates: Sequence[Candidate], objectives: Sequence[Objective]) -> Pick:
-    """The best value of the first maximised objective (``test_acc`` if none is maximised)."""
+    """The most accurate candidate: the best value of the first maximised objective (test
+    accuracy when none is maximised)."""
     metric = next((o.metric for o in objectives if o.direction == "maximize"), DEFAULT_ACCURACY)
     usable = [c for c in candidates if math.isfinite(c.value(metric))]
     if not usable:
@@ -129,7 +130,8 @@ def knee_scores(
 
 @RULES.register("knee")
 def knee(candidates: Sequence[Candidate], objectives: Sequence[Objective]) -> Pick:
-    """The candidate closest to the ideal corner after scaling each objective (see module doc)."""
+    """The knee of the front: the candidate closest to the ideal corner once each objective is
+    scaled to [0, 1] over the candidates."""
     if len(objectives) < 2:
         raise ConfigError("rule knee needs a study with at least 2 objectives; use max-acc")
     usable = [c for c in candidates if all(math.isfinite(c.value(o.metric)) for o in objectives)]
@@ -223,7 +225,11 @@ def candidates_table(
         )
         values = [
             format_value(m, c.value(m))
-            + (f" ± {format_value(m, c.sd(m))}" if c.n_seeds > 1 and m in c.per_seed else "")
+            + (
+                f" ± {format_value(m, c.sd(m), spread=True)}"
+                if c.n_seeds > 1 and m in c.per_seed
+                else ""
+            )
             for m in metrics
         ]
         rows.append([str(c.number), c.label, *values, note])

@@ -8,6 +8,9 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import optuna
+import plotly.graph_objects as go
+
 from pptp.metric_catalogue import format_value
 from search.reporting.inputs import ReportInputs, first_line
 from search.study.trials import FinishedTrial
@@ -50,7 +53,7 @@ def _hover(trial: FinishedTrial, metrics: Sequence[str]) -> str:
     for metric in metrics:
         text = format_value(metric, trial.value(metric))
         if n_seeds > 1:
-            text += f" ± {format_value(metric, trial.sd(metric))}"
+            text += f" ± {format_value(metric, trial.sd(metric), spread=True)}"
         lines.append(f"{metric}: {text}")
     lines.append(f"seeds: {n_seeds}" + (" (no spread)" if n_seeds == 1 else ""))
     if trial.pareto:
@@ -68,8 +71,6 @@ def number_text(value: Any) -> str:
 
 def front_figure(inputs: ReportInputs) -> go.Figure:
     """Every finished trial by kind, the study's front and the picked trial (module doc, 1)."""
-    import plotly.graph_objects as go
-
     up, across = axes(inputs.objectives)
     metrics = [o.metric for o in inputs.objectives]
     done = [t for t in inputs.trials if t.complete]
@@ -187,8 +188,6 @@ def _baseline_colour(i: int) -> str:
 
 def roc_figure(inputs: ReportInputs) -> go.Figure:
     """Log-log ROC of every attack on the finalists (solid) and undefended trials (dotted)."""
-    import plotly.graph_objects as go
-
     fig = go.Figure()
     front = {t.number for t in inputs.trials if t.pareto}
     dashes = ("solid", "dash", "dot", "dashdot", "longdash")
@@ -241,8 +240,6 @@ def roc_figure(inputs: ReportInputs) -> go.Figure:
 def localization_figure(result: LocalizationResult) -> go.Figure:
     """Privacy risk against generalization per layer group, with the seed spread as error bars
     (the chart of ``search/localize.py``)."""
-    import plotly.graph_objects as go
-
     groups = result.groups
     fig = go.Figure(
         go.Scatter(
@@ -292,8 +289,6 @@ def optuna_figures(inputs: ReportInputs) -> tuple[list[tuple[str, go.Figure]], l
     """Optuna's ``plot_slice`` of the searched parameters against each objective, per family
     (:data:`_SLICES`: protection keys over the PPTP trials, defense keys over the baselines, the
     rest over every trial); a figure Optuna cannot draw becomes a note instead."""
-    import optuna
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created in memory" lines
     figures: list[tuple[str, go.Figure]] = []
     notes: list[str] = []

@@ -3,6 +3,7 @@ the order ``search/report.py`` describes, the missing parts said at the top."""
 
 from __future__ import annotations
 
+import base64
 import html
 import io
 import time
@@ -10,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pptp.fileio import atomic_write
 from pptp.metric_catalogue import format_value
 from search.reporting.figures import (
     front_figure,
@@ -23,7 +25,6 @@ from search.reporting.inputs import ReportInputs
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
-REPORT_FILE = "report.html"
 FRONT_DIV = "front"  # the first plotly figure on the page
 
 
@@ -68,7 +69,8 @@ def render(inputs: ReportInputs, *, generated: str | None = None) -> str:
     """The whole page as one HTML string (plotly.js inlined once, before the first figure)."""
     metrics = [o.metric for o in inputs.objectives]
     done = [t for t in inputs.trials if t.complete]
-    failed = [t for t in inputs.trials if not t.complete]
+    failed = [t for t in inputs.trials if not t.complete and not t.pruned]
+    stopped = [t for t in inputs.trials if t.pruned]
     front = [t for t in done if t.pareto]
     when = generated or time.strftime("%Y-%m-%d %H:%M:%S")
     out = io.StringIO()
@@ -80,7 +82,9 @@ def render(inputs: ReportInputs, *, generated: str | None = None) -> str:
     out.write(f"<h1>Study {html.escape(inputs.study_name)}</h1>")
     objectives = ", ".join(f"{o.metric} ({o.direction})" for o in inputs.objectives)
     out.write(
-        f"<p class='muted'>{len(inputs.trials)} finished trials ({len(failed)} failed), "
+        f"<p class='muted'>{len(inputs.trials)} finished trials ({len(failed)} failed"
+        + (f", {len(stopped)} stopped early by the multi-fidelity scheduler" if stopped else "")
+        + "), "
         f"{len(front)} on the Pareto front; objectives {html.escape(objectives)}.<br>"
         f"Run directory {html.escape(str(inputs.run_dir))}; MLflow store "
         f"{html.escape(inputs.tracking_uri)}"
@@ -106,12 +110,26 @@ def render(inputs: ReportInputs, *, generated: str | None = None) -> str:
                 [[t.number, t.name, t.fail_reason] for t in failed],
             )
         )
+    if stopped:
+        out.write(f"<h3>Stopped early ({len(stopped)}): values of their last rung</h3>")
+        out.write(
+            _table(
+                ["trial", "run", "stopped", *metrics],
+                [
+                    [t.number, t.name, t.fail_reason, *(f"{t.value(m):.4f}" for m in metrics)]
+                    for t in stopped
+                ],
+            )
+        )
 
     out.write("<h2>ROC curves of the finalists</h2>")
     if inputs.roc:
         out.write(_figure_html(roc_figure(inputs), "roc", first=False))
     else:
         out.write("<p class='note'>No ROC arrays were read (see above).</p>")
+
+    out.write("<h2>Who leaks</h2>")
+    out.write(_who_leaks(inputs))
 
     out.write("<h2>Layer risk</h2>")
     if inputs.localization is not None:
@@ -149,7 +167,7 @@ def render(inputs: ReportInputs, *, generated: str | None = None) -> str:
         for metric in metrics:
             text = format_value(metric, t.value(metric))
             if t.n_seeds > 1 and t.complete:
-                text += f" ± {format_value(metric, t.sd(metric))}"
+                text += f" ± {format_value(metric, t.sd(metric), spread=True)}"
             cells.append(text)
         cells += ["yes" if t.pareto else "", t.n_seeds, t.state, t.run_id or "-"]
         table_rows.append(cells)
@@ -162,10 +180,35 @@ def render(inputs: ReportInputs, *, generated: str | None = None) -> str:
     return out.getvalue()
 
 
+def _who_leaks(inputs: ReportInputs) -> str:
+    """Per front or undefended trial: the most exposed members' thumbnails (most exposed first,
+    row by row) and the TPR at 1% FPR of each class's members (pptp/exposure.py)."""
+    if not inputs.exposed:
+        return "<p class='note'>No who-leaks files were read (see above).</p>"
+    parts = [
+        "<p>The members the strongest attack is surest of (the population, not the canaries), "
+        "and each class's TPR at the threshold that calls 1% of all non-members members: "
+        "leakage is seldom spread evenly over classes.</p>"
+    ]
+    for exposed in inputs.exposed:
+        parts.append(f"<h3>Trial {exposed.trial}: {html.escape(inputs.name(exposed.trial))}</h3>")
+        if exposed.grid is not None:
+            data = base64.b64encode(exposed.grid).decode("ascii")
+            parts.append(
+                f"<img alt='most exposed members of trial {exposed.trial}' "
+                f"src='data:image/png;base64,{data}'>"
+            )
+        parts.append(
+            _table(
+                ["label", "members", "TPR@1%FPR"],
+                [[label, n, tpr or "not resolved"] for label, n, tpr in exposed.class_tpr],
+            )
+        )
+    return "".join(parts)
+
+
 def write_report(inputs: ReportInputs, path: Path) -> Path:
     """Render the page to ``path`` atomically."""
-    from pptp.fileio import atomic_write
-
     written = atomic_write(path, render(inputs))
     written.chmod(0o644)  # a page to share, like any file a browser saves
     return written

@@ -35,14 +35,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pptp.errors import ConfigError
 from search.reporting.inputs import gather
-from search.reporting.page import REPORT_FILE, write_report
+from search.reporting.page import write_report
 from search.study.naming import TAG_NOTE, study_description, trial_description
+from search.study.reader import StudyRun, open_run
+from search.study.rundir import REPORT_FILE
 from search.study.trials import both_families
 from search.tracking.links import Links, server_base, where_to_look
+from search.tracking.names import TAG_KIND, TAG_PARENT, metric_key
 from search.tracking.saved_views import save_views, study_views
+from search.tracking.store import set_tags
+from search.tracking.uris import check_tracking, sqlite_path
 
 if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
     from search.study.reader import StudyRun
     from search.study.trials import FinishedTrial
 
@@ -108,10 +116,6 @@ def tracking_problem(uri: str) -> str | None:
     A SQLite store must exist already (reading a report never creates one); servers and
     databases are probed by :func:`search.tracking.check_tracking` with a 5 s timeout.
     """
-    from pptp.errors import ConfigError
-    from search.tracking import check_tracking
-    from search.tracking.uris import sqlite_path
-
     if urllib.parse.urlsplit(uri).scheme.lower() == "sqlite":
         path, _ = sqlite_path(uri)
         return None if path is not None and path.is_file() else f"has no database at {path}"
@@ -124,8 +128,6 @@ def tracking_problem(uri: str) -> str | None:
 
 def children(client: Any, experiment_id: str, parent_run_id: str) -> dict[str, Any]:
     """The parent's child runs by run id."""
-    from search.tracking import TAG_PARENT
-
     runs: dict[str, Any] = {}
     token = None
     while True:
@@ -142,7 +144,7 @@ def children(client: Any, experiment_id: str, parent_run_id: str) -> dict[str, A
 
 
 def annotate_trials(
-    client: Any,
+    client: MlflowClient,
     trials: Sequence[FinishedTrial],
     *,
     objectives: Sequence[str],
@@ -153,8 +155,6 @@ def annotate_trials(
 ) -> tuple[int, int]:
     """Name and describe every trial run the trials point at; returns (renamed, described).
     A run keeps the name its trial gave it unless the study's numbering widened since."""
-    from search.tracking import set_tags
-
     existing = children(client, experiment_id, parent_run_id)
     renamed = described = 0
     for trial in trials:
@@ -172,15 +172,13 @@ def annotate_trials(
     return renamed, described
 
 
-def find_localization_run(client: Any, path: Path) -> str | None:
+def find_localization_run(client: MlflowClient, path: Path) -> str | None:
     """The MLflow run ``search/localize.py`` logged for ``path`` (a ``localization.json``).
 
     A run that records its file (tag ``localization_json``) is matched by path; otherwise the
     store's localisation runs (tag ``pptp.kind = localize``) of the same model and dataset are
     compared by the content of their ``localization.json`` artifact.
     """
-    from search.tracking import TAG_KIND
-
     try:
         wanted = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -225,8 +223,6 @@ def publish_study(
     ``<run>/report.html``). ``mlflow=False`` reads and writes nothing in MLflow (the page then
     lacks the ROC curves). ``tracking_uri`` overrides the one ``state.json`` recorded.
     """
-    from search.study.reader import StudyRun, open_run
-
     if not isinstance(run, StudyRun):
         run = open_run(run)
     state = run.state
@@ -289,7 +285,7 @@ def publish_study(
         parent_note = study_description(
             inputs.trials, run.objectives, study_name=state.study_name, links=link_map
         )
-        from search.tracking import set_tags
+        from search.tracking.store import set_tags
 
         set_tags(client, state.parent_run_id, {TAG_NOTE: parent_note})
     except Exception as error:  # the store broke half-way: the page is what matters most
@@ -323,12 +319,10 @@ def publish_study(
 
 
 def _link_localization(
-    client: Any, path: Path | None, links: Links, study_name: str
+    client: MlflowClient, path: Path | None, links: Links, study_name: str
 ) -> tuple[str, str] | None:
     """Tag the parent with the localisation run's id and URL, and the localisation run with a
     link back to the study; returns (run id, URL) or None."""
-    from search.tracking import metric_key, set_tags
-
     if path is None:
         return None
     run_id = find_localization_run(client, path)

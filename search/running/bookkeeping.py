@@ -24,24 +24,30 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
 
 from search.running.progress import trial_error_text
 from search.running.samplers import RECORD, TRIAL_NUMBER, StudySearch
+from search.running.scheduler import FINAL, RUNG
 from search.running.stopping import lost_ray_processes, stop_for_lost_ray
+from search.running.trainable import stopped_reason
 from search.study import backup, records
 from search.study.failures import worker_death_reason
-from search.tracking.spool import RunSpool
-from search.tracking.store import (
+from search.tracking.names import (
     TAG_FAIL_REASON,
     TAG_KIND,
     TAG_PARENT,
     TAG_TRIAL_NUMBER,
     metric_key,
 )
+from search.tracking.spool import RunSpool
+
+if TYPE_CHECKING:
+    from search.tracking.study_tracker import StudyTracker
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +58,12 @@ class Bookkeeper(Callback):
     config of a trial from its sampled parameters (a dead trial's record carries it)."""
 
     def __init__(
-        self, *, run_dir: Path, searcher: StudySearch, tracker: Any, flat_config: Any
+        self,
+        *,
+        run_dir: Path,
+        searcher: StudySearch,
+        tracker: StudyTracker,
+        flat_config: Callable[[dict[str, Any]], dict[str, Any]],
     ) -> None:
         self.run_dir = Path(run_dir)
         self.searcher = searcher
@@ -82,7 +93,18 @@ class Bookkeeper(Callback):
     def on_trial_complete(
         self, iteration: int, trials: list[Any], trial: Any, **info: Any
     ) -> None:
+        """A trial ended: ``study.db`` is copied (:meth:`_back_up`). A trial the multi-fidelity
+        scheduler stopped: its MLflow run ends KILLED with the reason, whether or not its process
+        got to end it (Tune may end the process first)."""
         self._back_up()
+        last = trial.last_result or {}
+        run_id = last.get("mlflow_run_id")
+        if last.get(RUNG) is None or last.get(FINAL, 1) or not run_id:
+            return
+        try:
+            self.tracker.stop_child(str(run_id), stopped_reason(int(last[RUNG])))
+        except Exception as error:  # MLflow down: sync ends runs left RUNNING
+            logger.warning("trial run %s: could not end it KILLED (%s)", run_id, error)
 
     def _back_up(self) -> None:
         try:

@@ -6,12 +6,16 @@ a killed driver left running as interrupted)."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import optuna
+
 from pptp.errors import ConfigError
 from search.study import rundir
-from search.tracking.uris import redact
+from search.tracking.study_tracker import StudyTracker
+from search.tracking.uris import TrackingUnavailable, redact
 
 if TYPE_CHECKING:
     import optuna
@@ -24,8 +28,6 @@ def open_study(plan: Plan) -> optuna.Study:
     """The ``optuna.Study``: created (with the space's enqueued and localisation-seeded first
     trials) or loaded on resume; with a shared database, the driver's claim is held from here
     (``plan.claim``) so that a live driver's trials stay live."""
-    import optuna
-
     space = plan.space
     try:
         study = optuna.create_study(
@@ -46,7 +48,9 @@ def open_study(plan: Plan) -> optuna.Study:
         claim.acquire()  # before anything touches the study: a live driver's trials stay live
         plan.claim = claim
     if study.metric_names != space.study.metrics:  # named axes in optuna-dashboard and plots
-        study.set_metric_names(space.study.metrics)
+        with warnings.catch_warnings():  # "experimental" since Optuna 3.2; still the only way
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(space.study.metrics)
     if plan.state is None:
         for params in [*space.study.enqueue, *plan.seeded]:
             rundir.enqueue(study, params)
@@ -59,8 +63,6 @@ def open_parent_run(plan: Plan) -> StudyTracker:
     """The :class:`search.tracking.StudyTracker` with the study's parent run started (resumed
     on ``--resume``); a store that answered the probe and then fails is
     :class:`search.tracking.TrackingUnavailable`."""
-    from search.tracking import StudyTracker, TrackingUnavailable
-
     space = plan.space
     tracker = StudyTracker(plan.tracking_uri, space.study.name, run_dir=plan.run_dir)
     try:

@@ -9,8 +9,12 @@ import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import optuna
+import torch
+
 from pptp.errors import ConfigError
 from search.study import rundir
+from search.study.shared_study import RUN_ATTR, open_storage, read_run
 from search.tracking.uris import redact
 
 if TYPE_CHECKING:
@@ -38,6 +42,7 @@ class Plan:
     verbosity: int = 0
     storage_url: str | None = None  # --storage (or the run's): the study in a shared database
     claim: DriverClaim | None = None  # held while the driver runs (shared database)
+    discard: bool = False  # a failed start: remove the run directory once the lock is released
 
     def say(self, line: str) -> None:
         """A progress line (not with --quiet)."""
@@ -68,10 +73,6 @@ class Plan:
 def shared_state(storage_url: str | None, space: Space) -> rundir.RunState:
     """The run state a study in a shared database records (:mod:`search.study.shared_study`), for a
     driver that resumes it from a new run directory (another machine)."""
-    import optuna
-
-    from search.study.shared_study import RUN_ATTR, open_storage, read_run
-
     assert storage_url is not None
     name = space.study.name
     try:
@@ -102,8 +103,6 @@ def shared_state(storage_url: str | None, space: Space) -> rundir.RunState:
 def check_local_resources(space: Space) -> None:
     """:class:`~pptp.errors.ConfigError` when one trial asks for more CPUs or GPUs than this
     machine has (a local Ray could never schedule it)."""
-    import torch
-
     res, key = space.study.resources, f"{space.path}: study.resources"
     cpus, gpus = os.cpu_count() or 1, torch.cuda.device_count()
     if res.cpus > cpus:

@@ -8,6 +8,10 @@ interleave partial lines (worker logs stay off the terminal unless ``--verbose``
     [00:09] trial 0 done (1/12, ~1m05s left): test_acc 0.9865, attack_auc 0.5905, 2s
     [00:31] trial 5 done (6/36, ~9m left): test_acc 0.8147 ± 0.0018, attack_auc 0.7297 ± 0.021, 247s
     [00:12] trial 4 FAILED (2/12, ~1m02s left): worker process died: ... SIGKILL ...
+    [00:14] trial 7: the audit contradicts the claimed epsilon: eps_lb 0.83 > epsilon 0.22
+
+The last is a DP-SGD trial whose canary audit (:mod:`pptp.audit`) rejects the epsilon its
+accountant claims: a broken DP claim, tagged ``dp_claim`` in MLflow as well.
 
 A trial is named by what it tries (``describe``: the run name :mod:`search.study.naming` gives it,
 so a
@@ -29,7 +33,9 @@ from typing import Any
 
 from ray.tune import Callback
 
+from pptp.metric_catalogue import format_value
 from search.running.samplers import DUPLICATE_OF, REUSE, TRIAL_NUMBER
+from search.running.scheduler import FINAL, RUNG
 from search.space import Objective
 from search.study.failures import worker_death_reason
 
@@ -128,21 +134,59 @@ class Progress(Callback):
         self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
     ) -> None:
         number = trial.config.get(TRIAL_NUMBER, "?")
+        if result.get(RUNG) is not None and not result.get(FINAL, 1):  # a rung, not the end
+            self._say(f"trial {number} at epoch {result[RUNG]}: {self._values(result)}")
+            return
+        twin = trial.config.get(DUPLICATE_OF)
+        if twin is not None and not result.get("failed"):  # not a training: not counted
+            self._say(f"trial {number} reused the results of finished trial {twin}")
+            return
         count = self._count()
         if result.get("failed"):
             self._say(f"trial {number} FAILED {count}: {result.get('fail_reason')}")
             return
-        values = ", ".join(
+        values = self._values(result)
+        self._say(f"trial {number} done {count}: {values}, {result.get('seconds', 0):.0f}s")
+        contradicted = result.get("dp_contradicted")
+        if isinstance(contradicted, int | float) and contradicted > 0:
+            self._say(f"trial {number}: {contradiction_line(result)}")
+
+    def _values(self, result: Mapping[str, Any]) -> str:
+        return ", ".join(
             f"{o.metric} {_short(result.get(o.metric))}"
             + (f" ± {_spread(result[o.metric + '_sd'])}" if o.metric + "_sd" in result else "")
             for o in self.objectives
         )
-        self._say(f"trial {number} done {count}: {values}, {result.get('seconds', 0):.0f}s")
+
+    def on_trial_complete(
+        self, iteration: int, trials: list[Any], trial: Any, **info: Any
+    ) -> None:
+        """A trial the multi-fidelity scheduler stopped ends here (its last result is a rung)."""
+        last = trial.last_result or {}
+        if last.get(RUNG) is not None and not last.get(FINAL, 1):
+            number = trial.config.get(TRIAL_NUMBER, "?")
+            self._say(
+                f"trial {number} stopped {self._count()} at epoch {last[RUNG]}: dominated at "
+                "this rung"
+            )
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         number = trial.config.get(TRIAL_NUMBER, "?")
         reason = worker_death_reason(trial_error_text(trial))
         self._say(f"trial {number} FAILED {self._count()}: {reason}")
+
+
+def contradiction_line(result: Mapping[str, Any]) -> str:
+    """The line a DP-SGD trial whose canary audit contradicts its accountant gets: ``the audit
+    contradicts the claimed epsilon: eps_lb 0.83 > epsilon 0.22`` (means over seeds; the trial's
+    MLflow tag ``dp_claim`` holds the confidence and delta)."""
+    share = float(result.get("dp_contradicted", 0.0))
+    seeds = "" if share >= 1 else f" ({share:.0%} of the seeds)"
+    return (
+        f"the audit contradicts the claimed epsilon{seeds}: eps_lb "
+        f"{format_value('eps_lb', result.get('eps_lb'))} > epsilon "
+        f"{format_value('epsilon', result.get('epsilon'))}"
+    )
 
 
 def _short(value: Any) -> str:

@@ -7,11 +7,24 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import logging as _logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from pptp.errors import ConfigError
+import ray
+
+from pptp.bank import ReferenceBank, train_entry
+from pptp.chance import require_above_chance
+from pptp.config import TrialConfig
+from pptp.data import build_pool
+from pptp.errors import ConfigError, ModelAtChance
+from pptp.signals import resolve_queries
+from pptp.threads import torch_threads
+from pptp.train import TrainingDiverged
+from pptp.trial import references_needed
+from search.running.progress import duration, eta
 from search.study import rundir
+from search.study.failures import exception_reason
 
 if TYPE_CHECKING:
     from search.running.plan import Plan
@@ -80,13 +93,6 @@ def train_references(plan: Plan) -> References:
     cause (exit status 2), or :class:`ReferencesUnavailable` otherwise (a full disk, a lost
     worker; exit status 1).
     """
-    import ray
-
-    from pptp.bank import ReferenceBank
-    from pptp.signals import resolve_queries
-    from pptp.trial import references_needed
-    from search.running.progress import duration, eta
-
     space = plan.space
     base = space.base_config()
     base = base.replace(**rundir.absolute_paths(base))
@@ -98,13 +104,17 @@ def train_references(plan: Plan) -> References:
         return References(base)
     bank = ReferenceBank(base.attack.bank_dir)
     queries = resolve_queries(base)
-    missing = bank.missing(base, n, queries=queries)
+    fidelity = space.study.fidelity
+    rungs = fidelity.epochs(base.train.epochs) if fidelity is not None else ()
+    missing = bank.missing(base, n, queries=queries, rungs=rungs)
     plan.say(f"references  {n} needed, {n - len(missing)} in the bank ({bank.entry_dir(base)})")
     res = space.study.resources
     flat = base.to_flat()
     options = {"num_cpus": res.cpus, "num_gpus": res.gpus}
     pending = [
-        ray.remote(train_reference).options(**options).remote(flat, i, list(queries), res.cpus)
+        ray.remote(train_reference)
+        .options(**options)
+        .remote(flat, i, list(queries), res.cpus, rungs)
         for i in missing
     ]
     start, done = time.perf_counter(), 0
@@ -127,7 +137,7 @@ def train_references(plan: Plan) -> References:
         for ref in pending:
             ray.cancel(ref, force=True)
         raise reference_failure(error) from None
-    signals = bank.load(base, n, queries=queries)
+    signals = bank.load(base, n, queries=queries, rungs=rungs)
     try:
         require_learned(signals, base, what=str(bank.entry_dir(base)))
     except Exception as error:
@@ -148,16 +158,22 @@ def train_references(plan: Plan) -> References:
 
 
 def reference_failure(error: Exception) -> Exception:
-    from pptp.errors import ModelAtChance
-    from pptp.train import TrainingDiverged
-    from search.study.failures import exception_reason
-
     cause = getattr(error, "cause", None) or error
     reason = exception_reason(cause)
     what = (
         "the base recipe's reference models cannot be trained: "
         f"{reason}. Every trial is scored against them, so no trial was started"
     )
+    if isinstance(cause, ConfigError) and str(cause).startswith(
+        ("unknown model", "unknown dataset")
+    ):
+        return ReferencesFailed(
+            f"{what}. A model or dataset registered in the driver's process only (pptp.models."
+            "MODELS from a wrapper script) is unknown to the Ray workers, which import pptp "
+            "afresh: name your model by import path instead (model.name: package.module:factory "
+            "or path/to/file.py:factory; data.name likewise for a loader), and the search ships "
+            "it to every worker"
+        )
     if isinstance(cause, ConfigError | TrainingDiverged | ModelAtChance):
         return ReferencesFailed(
             f"{what}; fix the recipe in the space's fixed section (train.lr, train.epochs, "
@@ -166,28 +182,26 @@ def reference_failure(error: Exception) -> Exception:
     return ReferencesUnavailable(f"{what}; fix the cause and run again with --resume")
 
 
-def train_reference(flat: dict[str, Any], index: int, queries: list[str], cpus: float) -> Any:
+def train_reference(
+    flat: dict[str, Any],
+    index: int,
+    queries: list[str],
+    cpus: float,
+    rungs: tuple[int, ...] = (),
+) -> Any:
     """A Ray task on any node: train reference ``index`` with as many torch threads as the
     ``cpus`` the task reserved, and return it (:class:`pptp.bank.ReferenceEntry`, whose meta
-    records ``torch_threads``); it writes nothing on that node."""
-    import logging as _logging
-
-    from pptp.bank import train_entry
-    from pptp.config import TrialConfig
-    from pptp.threads import torch_threads
-
+    records ``torch_threads``; with ``rungs``, its logits at those epochs too); it writes
+    nothing on that node."""
     _logging.basicConfig(level=_logging.INFO)
     with torch_threads(cpus):
-        return train_entry(TrialConfig.from_flat(flat), index, queries=queries)
+        return train_entry(TrialConfig.from_flat(flat), index, queries=queries, rungs=rungs)
 
 
 def check_references(root: str, flat: dict[str, Any], n: int) -> None:
     """Raise :class:`~pptp.errors.ModelAtChance` naming the first of the ``n`` references of the
     bank at ``root`` whose recorded test accuracy is at chance (a trial scored against it would
     fail)."""
-    from pptp.bank import ReferenceBank
-    from pptp.config import TrialConfig
-
     cfg = TrialConfig.from_flat(flat)
     bank = ReferenceBank(root)
     require_learned(bank.load(cfg, n), cfg, what=str(bank.entry_dir(cfg)))
@@ -198,9 +212,6 @@ def require_learned(signals: Any, cfg: Any, *, what: str) -> None:
     (:class:`~pptp.bank.ReferenceSignals`) whose test accuracy is at chance on ``cfg``'s test
     set (the driver builds the pool for its labels: the data is on the driver's disk, which
     :func:`pptp.data.check_data` made sure of)."""
-    from pptp.chance import require_above_chance
-    from pptp.data import build_pool
-
     labels = build_pool(cfg.data).y_test.cpu().numpy()
     if len(labels) == 0:
         return

@@ -12,14 +12,27 @@ import os
 import sys
 from collections.abc import Mapping
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import optuna
+import ray
+from ray import tune
+from ray.tune.search import ConcurrencyLimiter
 
 from pptp.errors import ConfigError
 from search.cli.entry import local_ray_environment
+from search.running.bookkeeping import Bookkeeper
+from search.running.budget import shares_for
+from search.running.cluster import RayUnreachable, concurrency_cap
 from search.running.disk_full import describe, disk_full
 from search.running.ending import study_trials, write_front_csv
 from search.running.plan import EXIT_STOPPED
+from search.running.progress import Progress
 from search.running.references import ReferencesUnavailable, train_references
+from search.running.samplers import StudySearch
+from search.running.scheduler import MultiObjectiveASHA, rung_history
+from search.running.stop_check import PendingStop
 from search.running.stopping import (
     end_at_once_on_another,
     exit_status,
@@ -29,8 +42,16 @@ from search.running.stopping import (
     stop_ray,
     watch_ray,
 )
+from search.running.trainable import TrialContext, trainable
+from search.running.user_code import code_names, runtime_env
+from search.space import build_sampler
+from search.space.checks import possible_values
 from search.study import rundir
+from search.study.failures import INTERRUPTED_REASON
+from search.study.naming import planned_name
 from search.study.reconcile import end_interrupted_runs, tell_from_records
+from search.sync import finish_tracking
+from search.tracking.names import TAG_FAIL_REASON
 
 if TYPE_CHECKING:
     import optuna
@@ -51,11 +72,6 @@ def run_session(
     plan: Plan, tracker: StudyTracker, study: optuna.Study, remaining: int
 ) -> int | None:
     """Ray, references and trials; returns an exit status when the session was interrupted."""
-
-    from search.running.bookkeeping import Bookkeeper
-    from search.running.samplers import StudySearch
-    from search.space import build_sampler
-
     space = plan.space
     searcher: StudySearch | None = None
     try:
@@ -78,6 +94,9 @@ def run_session(
             storage=plan.storage(),
             constraints=space.study.constraints,
             wanted=ctx.wanted,
+            budget=remaining,
+            shares=shares_for(space),
+            seed=sampler_study.seed,
         )
         keeper = Bookkeeper(
             run_dir=plan.run_dir,
@@ -86,7 +105,10 @@ def run_session(
             flat_config=lambda sampled: space.trial_config(sampled).to_flat(),
         )
         plan.say(f"trials      {remaining} to run ({plan.n_trials} in the study)")
-        run_tuner(plan, searcher, ctx, remaining, concurrency, keeper, references.signals)
+        scheduler = fidelity_scheduler(plan, study)
+        run_tuner(
+            plan, searcher, ctx, remaining, concurrency, keeper, references.signals, scheduler
+        )
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM (search.running.stopping)
         end_at_once_on_another(plan.resume_hint())  # the clean-up takes seconds
         stop_ray()
@@ -121,10 +143,6 @@ def run_session(
 
 def start_ray(plan: Plan) -> None:
     """``ray.init``; a cluster that answered the probe but cannot be joined is bad input."""
-    import ray
-
-    from search.running.cluster import RayUnreachable
-
     if _local_ray(plan):
         local_ray_environment()  # never for a cluster the user started: their settings hold
     try:
@@ -146,23 +164,34 @@ def _local_ray(plan: Plan) -> bool:
 
 def _ray_init_args(plan: Plan) -> dict[str, Any]:
     verbose = plan.verbosity > 0
+    shipped = _runtime_env(plan)
     if not _local_ray(plan):
-        return {"address": plan.args.address, "log_to_driver": verbose}
+        return {"address": plan.args.address, "log_to_driver": verbose, **shipped}
     return {
         "num_cpus": os.cpu_count(),
         "include_dashboard": False,
         "log_to_driver": verbose,
         "object_store_memory": 256 * 1024 * 1024,
         "configure_logging": False,
+        **shipped,
     }
+
+
+def _runtime_env(plan: Plan) -> dict[str, Any]:
+    """``{"runtime_env": ...}`` shipping the user's model and loader code to every node
+    (:mod:`search.running.user_code`), said in one line; empty when the space names none."""
+    base = plan.space.base_config()
+    choices = [v for _, v in possible_values("model.name", base.to_flat(), plan.space.params)]
+    env = runtime_env(code_names(base, choices))
+    if env is None:
+        return {}
+    names = ", ".join(Path(p).name for p in env["py_modules"])
+    plan.say(f"user code   {names} shipped to every Ray node (runtime_env py_modules)")
+    return {"runtime_env": env}
 
 
 def concurrency_limit(plan: Plan) -> int:
     """``study.max_concurrent`` capped to what the cluster's resources run at once."""
-    import ray
-
-    from search.running.cluster import concurrency_cap
-
     res, total = plan.space.study.resources, ray.cluster_resources()
     for name, need in (("CPU", res.cpus), ("GPU", res.gpus)):
         if need > total.get(name, 0):
@@ -181,8 +210,6 @@ def concurrency_limit(plan: Plan) -> int:
 def trial_context(
     plan: Plan, tracker: StudyTracker, references: TrialConfig | None
 ) -> TrialContext:
-    from search.running.trainable import TrialContext
-
     return TrialContext(
         space=plan.space,
         tracking_uri=plan.tracking_uri,
@@ -190,6 +217,24 @@ def trial_context(
         parent_run_id=tracker.parent_run_id,
         references=references,
         overrides=rundir.absolute_paths(plan.space.base_config()),
+    )
+
+
+def fidelity_scheduler(plan: Plan, study: optuna.Study) -> MultiObjectiveASHA | None:
+    """The MO-ASHA scheduler of ``study.fidelity`` (None without it), holding the rung results
+    the study recorded before (a resumed study keeps its rungs)."""
+    spec = plan.space.study
+    if spec.fidelity is None:
+        return None
+    history = rung_history(study.get_trials(deepcopy=False), spec.objectives, spec.constraints)
+    total = plan.space.base_config().train.epochs
+    plan.say(
+        f"fidelity    rungs at epochs {', '.join(map(str, spec.fidelity.epochs(total)))} of "
+        f"{total}; the best 1/{spec.fidelity.reduction} at each rung go on (never stopped: "
+        f"{', '.join(spec.fidelity.never_stop) or 'none'})"
+    )
+    return MultiObjectiveASHA(
+        spec.objectives, spec.constraints, reduction=spec.fidelity.reduction, history=history
     )
 
 
@@ -201,14 +246,8 @@ def run_tuner(
     concurrency: int,
     keeper: Bookkeeper,
     reference_signals: ray.ObjectRef | None = None,
+    scheduler: MultiObjectiveASHA | None = None,
 ) -> None:
-    from ray import tune
-    from ray.tune.search import ConcurrencyLimiter
-
-    from search.running.progress import Progress
-    from search.running.stop_check import PendingStop
-    from search.running.trainable import trainable
-
     if plan.verbosity <= 0:  # each trial's end is one progress line; tracebacks go to MLflow
         logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
     res = plan.space.study.resources
@@ -219,7 +258,10 @@ def run_tuner(
         ),
         tune_config=tune.TuneConfig(
             search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrency),
-            num_samples=remaining,
+            # the searcher ends the study after ``remaining`` distinct trainings: a repeated
+            # proposal is reused and not counted (search.running.budget)
+            num_samples=-1,
+            scheduler=scheduler,  # None: Tune's FIFO (every trial to the end)
             reuse_actors=True,  # a trial process imports torch and mlflow once, not per trial
         ),
         run_config=tune.RunConfig(
@@ -244,8 +286,6 @@ def run_tuner(
 
 def _describe(space: Space, number: int, sampled: Mapping[str, Any]) -> str:
     """A trial's progress name: the run name it gets in MLflow (:mod:`search.study.naming`)."""
-    from search.study.naming import planned_name
-
     return planned_name(number, space.trial_config(sampled), space)
 
 
@@ -259,10 +299,6 @@ def on_interrupt(
     """Ray is down: mark the running trials interrupted (and any whose worker died waiting for
     its reason failed, unless ``searcher`` is None: the Ray processes ``lost`` killed them), end
     the MLflow runs, print what happened and the resume command; the exit status."""
-    import optuna
-
-    from search.study.failures import INTERRUPTED_REASON
-
     if searcher is not None:
         searcher.fail_awaiting()
     study = optuna.load_study(study_name=plan.space.study.name, storage=plan.storage())
@@ -275,8 +311,6 @@ def on_interrupt(
     except Exception as error:
         logger.warning("could not mark the interrupted MLflow runs KILLED (%s)", error)
     write_front_csv(plan, study_trials(plan, study))
-    from search.sync import finish_tracking
-
     report = finish_tracking(
         tracker,
         plan.run_dir,
@@ -343,8 +377,6 @@ def on_disk_full(
 
 
 def fail_parent(tracker: StudyTracker, reason: str) -> None:
-    from search.tracking import TAG_FAIL_REASON
-
     try:
         tracker.client.set_tag(tracker.parent_run_id, TAG_FAIL_REASON, reason[:500])
         tracker.finish(status="FAILED")

@@ -19,6 +19,12 @@ the driver records it (:mod:`search.running.bookkeeping`).
 (:mod:`search.tracking.spool`); the report carries it as :data:`RECORD` for the driver to keep in
 the run directory and replay when MLflow could not take it (:mod:`search.study.records`).
 
+**Multi-fidelity** (``study.fidelity``): the target trains on every seed in lock step and is
+measured at each rung (:func:`pptp.fidelity.run_trial_at_rungs`); each rung is reported to Tune
+(:data:`search.running.scheduler.RUNG`, ``final = 0``) and logged as ``rung/<metric>`` at step
+epoch. When the scheduler stops the trial, Tune ends it at that report (``SystemExit`` in the
+trial's thread): the MLflow run is tagged :data:`TAG_STOPPED` and ends KILLED.
+
 **Duplicates are not trained again.** A config the study already finished arrives with
 :data:`DUPLICATE_OF` and the finished trial's results (:data:`REUSE`, set by the searcher): the
 trial reports and logs those, and trains nothing.
@@ -39,6 +45,7 @@ import math
 import socket
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,17 +53,19 @@ from ray import tune
 
 from pptp.bank import ReferenceBank, ReferenceSignals
 from pptp.config import TrialConfig
+from pptp.fidelity import run_trial_at_rungs
 from pptp.threads import torch_threads
 from pptp.train import EpochLog
 from pptp.treatment import TREATMENT_ATTR, Treatment, run_name, trial_digits
 from pptp.trial import TrialResult, run_trial
 from search.running.repeats import aggregate, repeat_seeds
 from search.running.samplers import DUPLICATE_OF, PER_SEED, RECORD, REUSE, TRIAL_NUMBER
+from search.running.scheduler import FINAL, RUNG, STOPPABLE
 from search.space import Space
 from search.study.failures import exception_reason
 from search.study.naming import planned_name, planned_treatment
-from search.tracking import TrialTracker
 from search.tracking.spool import RUN_NAME_TAG
+from search.tracking.trial_tracker import TrialTracker
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +76,8 @@ TAG_HOSTNAME, TAG_RAY_NODE, TAG_NODE_IP = "node.hostname", "node.ray_id", "node.
 TAG_THREADS = "torch.threads"
 #: MLflow tag: ``shipped`` (the driver's references, through Ray) or ``bank`` (loaded in the trial)
 TAG_REFERENCES = "references"
+#: MLflow tag of a trial the multi-fidelity scheduler stopped: the epoch it was stopped at
+TAG_STOPPED = "stopped_at_epoch"
 
 #: config keys that steer the trial rather than configure it
 CONTROL_KEYS = (TRIAL_NUMBER, DUPLICATE_OF, REUSE)
@@ -96,8 +107,12 @@ def run_search_trial(
     *,
     reference_signals: ReferenceSignals | None = None,
     node: dict[str, str] | None = None,
+    report_rung: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Run one trial and return the flat dict that is reported to Tune (and so to Optuna).
+
+    ``report_rung``: with ``study.fidelity``, called with each rung's report (``tune.report``
+    in a Tune trial); without it the trial trains to the end unmeasured in between.
 
     The dict always holds every objective (NaN when the trial failed), ``failed``, ``seconds``
     and :data:`RECORD` (the trial's MLflow run as JSON, for the driver's run directory).
@@ -120,7 +135,9 @@ def run_search_trial(
         if DUPLICATE_OF in sampled:
             report.update(_reuse(sampled, params, ctx, tracker))
         else:
-            report.update(_train_and_attack(params, ctx, tracker, reference_signals))
+            report.update(
+                _train_and_attack(params, ctx, tracker, reference_signals, report_rung)
+            )
     report["seconds"] = time.perf_counter() - start
     report[RECORD] = json.dumps(tracker.record())
     return report
@@ -131,6 +148,7 @@ def _train_and_attack(
     ctx: TrialContext,
     tracker: TrialTracker,
     reference_signals: ReferenceSignals | None = None,
+    report_rung: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     report: dict[str, Any] = {}
     seeds: list[int] = []
@@ -144,7 +162,24 @@ def _train_and_attack(
         tracker.log_params(cfg.to_flat())
         tracker.set_tags({TAG_REFERENCES: "shipped" if reference_signals is not None else "bank"})
         seeds = repeat_seeds(cfg.train.seed, ctx.space.study.repeats)
-        for r, seed in enumerate(seeds):
+        fidelity = ctx.space.study.fidelity
+        if fidelity is not None and report_rung is not None:
+            rungs = fidelity.epochs(cfg.train.epochs)
+            stoppable = not {treatment.operator, treatment.defense} & set(fidelity.never_stop)
+            where = f"multi-fidelity training over {len(seeds)} seed(s)"
+            results = run_trial_at_rungs(
+                cfg,
+                seeds,
+                rungs,
+                on_rung=lambda epoch, at_rung: _report_rung(
+                    epoch, at_rung, ctx, tracker, report, report_rung, stoppable=stoppable
+                ),
+                reference_signals=reference_signals,
+                references=ctx.references,
+                on_epoch=lambda r: _on_epoch(tracker, "" if r == 0 else f"seed{r}/"),
+            )
+            report.update({RUNG: cfg.train.epochs, FINAL: 1})
+        for r, seed in enumerate(seeds if fidelity is None or report_rung is None else []):
             if len(seeds) > 1:
                 where = f"seed {r + 1}/{len(seeds)} (train.seed {seed})"
             results.append(
@@ -192,6 +227,38 @@ def _train_and_attack(
     if values:
         out[PER_SEED] = json.dumps(values)
     return out
+
+
+def _report_rung(
+    epoch: int,
+    at_rung: list[TrialResult],
+    ctx: TrialContext,
+    tracker: TrialTracker,
+    report: dict[str, Any],
+    report_rung: Callable[[dict[str, Any]], None],
+    *,
+    stoppable: bool,
+) -> None:
+    """Report one rung (the seeds' means of what the study ranks by) and log it; a trial the
+    scheduler stops ends here (``SystemExit`` from Tune), tagged :data:`TAG_STOPPED`."""
+    metrics, _ = aggregate([_flat_metrics(r) for r in at_rung], wanted=ctx.wanted)
+    kept = [*ctx.space.study.metrics, *ctx.wanted]
+    values = {m: metrics.get(m, math.nan) for m in dict.fromkeys(kept)}
+    values.update({f"{m}_sd": metrics[f"{m}_sd"] for m in kept if f"{m}_sd" in metrics})
+    tracker.log_metrics({f"rung/{m}": v for m, v in values.items()}, step=epoch)
+    out = {**report, **values, RUNG: epoch, FINAL: 0, STOPPABLE: int(stoppable), "failed": 0}
+    out["mlflow_run_id"] = tracker.run_id
+    try:
+        report_rung(out)
+    except SystemExit:
+        tracker.set_tags({TAG_STOPPED: str(epoch)})
+        tracker.stop(stopped_reason(epoch))
+        raise
+
+
+def stopped_reason(epoch: int) -> str:
+    """The ``fail_reason`` of a run the multi-fidelity scheduler stopped at ``epoch``."""
+    return f"stopped early at epoch {epoch}: dominated at this rung (study.fidelity)"
 
 
 def _reuse(
@@ -251,7 +318,15 @@ def trainable(
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     with torch_threads(ctx.space.study.resources.cpus) as threads:  # pptp/threads.py
         node = {**node_tags(), TAG_THREADS: str(threads)}
-        tune.report(run_search_trial(config, ctx, reference_signals=reference_signals, node=node))
+        tune.report(
+            run_search_trial(
+                config,
+                ctx,
+                reference_signals=reference_signals,
+                node=node,
+                report_rung=tune.report,
+            )
+        )
 
 
 def node_tags() -> dict[str, str]:

@@ -23,13 +23,17 @@ from typing import Any
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 
 from pptp.attacks import check_attacks
+from pptp.canary_kinds import CANARY_KINDS
 from pptp.compose import pair
 from pptp.config import TrialConfig
+from pptp.data import dataset_spec
 from pptp.datasets import DATASETS
 from pptp.defenses import DEFENSES
 from pptp.errors import ConfigError
+from pptp.imports import is_import_path
 from pptp.models import MODELS, NORMS, TORCHVISION_PREFIX
 from pptp.operators import OPERATORS
+from pptp.own_data import SOURCES, is_own_data
 from pptp.selection import DIRECTIONS
 from pptp.treatment import operator_acts
 from pptp.trial import unresolvable_metrics
@@ -40,15 +44,39 @@ logger = logging.getLogger(__name__)
 
 
 def _model_exists(name: Any) -> bool:
-    return name in MODELS or (isinstance(name, str) and name.startswith(TORCHVISION_PREFIX))
+    """A registered model, ``torchvision.<name>``, or a user's factory by import path (built and
+    checked by :func:`pptp.models.check_model` before anything trains)."""
+    return (
+        name in MODELS
+        or (isinstance(name, str) and name.startswith(TORCHVISION_PREFIX))
+        or is_import_path(name)
+    )
+
+
+def _data_exists(name: Any) -> bool:
+    """A built-in dataset, a user's data source, or a loader by import path."""
+    return name in DATASETS or is_own_data(name)
 
 
 # key -> (predicate, what to list when wrong)
 _NAME_CHECKS: dict[str, tuple[Callable[[Any], bool], Callable[[], str]]] = {
-    "data.name": (lambda v: v in DATASETS, lambda: ", ".join(sorted(DATASETS))),
+    "data.name": (
+        _data_exists,
+        lambda: (
+            ", ".join(sorted(DATASETS))
+            + "; your own data: "
+            + ", ".join(sorted(SOURCES))
+            + " (with data.data_dir), or a loader package.module:function / file.py:function"
+        ),
+    ),
+    "data.canary_kind": (lambda v: v in CANARY_KINDS, lambda: ", ".join(CANARY_KINDS)),
     "model.name": (
         _model_exists,
-        lambda: ", ".join(sorted(MODELS)) + f", or {TORCHVISION_PREFIX}<name>",
+        lambda: (
+            ", ".join(sorted(MODELS))
+            + f", {TORCHVISION_PREFIX}<name>, or your own factory package.module:function / "
+            "path/to/file.py:function"
+        ),
     ),
     "model.norm": (lambda v: v in NORMS, lambda: ", ".join(sorted(NORMS))),
     "protect.operator": (lambda v: v in OPERATORS, lambda: ", ".join(sorted(OPERATORS))),
@@ -87,23 +115,47 @@ def check_names(base: TrialConfig, params: Mapping[str, BaseDistribution], *, so
         check_attacks(base.attack)  # attack.attacks: null -> the default set for K
     except ConfigError as error:
         raise space_error(source, f"fixed.{error.key or 'attack.attacks'}", str(error)) from None
-    if "batch" in {v for _, v in possible_values("model.norm", flat, params)}:
-        for key, registry in _MECHANISMS.items():
-            for where, v in possible_values(key, flat, params):
-                if registry[v].needs.per_example_grads:
-                    raise space_error(
-                        source,
-                        where,
-                        f"{v} needs per-example gradients, which "
-                        "BatchNorm (model.norm: batch, the default) makes "
-                        "ill-defined; fix model.norm: group",
-                    )
+    # a user's model has no model.norm: search/run.py looks for BatchNorm in the built model
+    own = all(is_import_path(v) for _, v in possible_values("model.name", flat, params))
+    if not own and "batch" in {v for _, v in possible_values("model.norm", flat, params)}:
+        for where, v in per_example_mechanisms(base, params):
+            raise space_error(
+                source,
+                where,
+                f"{v} needs per-example gradients, which "
+                "BatchNorm (model.norm: batch, the default) makes "
+                "ill-defined; fix model.norm: group",
+            )
+
+
+def per_example_mechanisms(
+    base: TrialConfig, params: Mapping[str, BaseDistribution]
+) -> list[tuple[str, str]]:
+    """``(where, name)`` of each operator or defense the study can run that needs per-example
+    gradients (``noise``, ``dpsgd``)."""
+    flat = base.to_flat()
+    return [
+        (where, v)
+        for key, registry in _MECHANISMS.items()
+        for where, v in possible_values(key, flat, params)
+        if registry[v].needs.per_example_grads
+    ]
 
 
 def check_resolution(study: StudySpec, base: TrialConfig, *, source: str) -> None:
     """A TPR at an FPR below 1 / (non-members) is never resolved (always NaN,
     docs/design.md#metrics-and-fpr-resolution):
-    an objective or constraint on one is an error naming the key and what would resolve it."""
+    an objective or constraint on one is an error naming the key and what would resolve it.
+
+    A user's data must be read to know its size: where it cannot be (a report or compare run
+    from another folder or machine than the study), the check is skipped; search/run.py reads
+    the data before anything starts (:func:`pptp.data.check_data`) and stops there if it must."""
+    if is_own_data(base.data.name):
+        try:
+            dataset_spec(base.data)
+        except ConfigError as err:
+            logger.info("%s: data not read here, resolution not checked (%s)", source, err)
+            return
     try:
         unresolved = unresolvable_metrics(
             base, [*study.metrics, *(c.metric for c in study.constraints)]
@@ -116,18 +168,6 @@ def check_resolution(study: StudySpec, base: TrialConfig, *, source: str) -> Non
     for i, c in enumerate(study.constraints):
         if c.metric in unresolved:
             raise space_error(source, f"study.constraints[{i}].metric", unresolved[c.metric])
-
-
-BASELINE_PROTECT = {"protect.operator": "none", "protect.strength": 0.0}
-"""What a baseline trial's protect section becomes when ``study.combine`` is false."""
-
-NO_PROTECTION = {
-    **BASELINE_PROTECT,
-    "protect.split": None,
-    "protect.groups": None,
-    "protect.patterns": None,
-}
-"""What the protect section of a trial whose operator does not act becomes: no selection."""
 
 
 def _acts(operator: Any, strength: Any) -> bool:

@@ -18,16 +18,6 @@ from optuna.distributions import BaseDistribution
 
 from pptp.config import TrialConfig
 from pptp.errors import ConfigError
-from pptp.treatment import operator_acts
-from search.space.checks import (
-    BASELINE_PROTECT,
-    NO_PROTECTION,
-    check_epsilon,
-    check_names,
-    check_pairs,
-    check_resolution,
-    warn_small_population,
-)
 from search.space.distributions import describe_distribution, distribution_to_short
 from search.space.errors import SpaceError, show, space_error
 from search.space.reading import read_yaml
@@ -38,6 +28,18 @@ from search.space.trial_keys import parse_fixed, parse_params
 logger = logging.getLogger(__name__)
 
 TOP_LEVEL = ("study", "fixed", "params")
+
+
+BASELINE_PROTECT = {"protect.operator": "none", "protect.strength": 0.0}
+"""What a baseline trial's protect section becomes when ``study.combine`` is false."""
+
+NO_PROTECTION = {
+    **BASELINE_PROTECT,
+    "protect.split": None,
+    "protect.groups": None,
+    "protect.patterns": None,
+}
+"""What the protect section of a trial whose operator does not act becomes: no selection."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,8 @@ class Space:
         flat = {**self.fixed, **sampled}
         if not self.study.combine and flat.get("defense.name", "none") != "none":
             flat.update(BASELINE_PROTECT)  # a baseline trial: no protection (study.combine)
+        from pptp.treatment import operator_acts  # torch: see load_space
+
         cfg = TrialConfig.from_flat(flat, source=f"{self.path}: trial")
         if not operator_acts(cfg.protect.operator, cfg.protect.strength):
             cfg = cfg.replace(**NO_PROTECTION)
@@ -116,7 +120,7 @@ class Space:
         changed = {
             k: v
             for k, v in self.base_config().to_flat().items()
-            if k not in self.params and v != defaults[k]
+            if k not in self.params and v != defaults.get(k)
         }
         lines.append(f"fixed, differing from defaults ({len(changed)}):")
         lines += [f"  {k:<{width}}  {show(v)}" for k, v in changed.items()]
@@ -147,6 +151,16 @@ def load_space(path: str | Path) -> Space:
         raise SpaceError(str(err)) from None
     params = parse_params(doc.get("params"), fixed, source=source)
     study = parse_study(doc["study"], fixed, params, known_metrics(base), source=source)
+    # The registry checks import the operators, models and datasets, hence torch (about 1.5 s on
+    # 2 cores): a file refused on its structure above never pays for them.
+    from search.space.checks import (
+        check_epsilon,
+        check_names,
+        check_pairs,
+        check_resolution,
+        warn_small_population,
+    )
+
     check_names(base, params, source=source)
     check_epsilon(study, base, params, source=source)
     check_pairs(study, base, params, source=source)

@@ -14,7 +14,9 @@ from typing import Any, Literal
 
 from pptp.attacks import attack_names
 from pptp.config import TrialConfig
+from pptp.fidelity import rung_epochs
 from pptp.metric_catalogue import catalogue, lookup, metric_names
+from pptp.treatment import Kind
 
 Direction = Literal["maximize", "minimize"]
 
@@ -103,6 +105,38 @@ class Resources:
 
 DEFAULT_OBJECTIVES = (Objective("test_acc", "maximize"), Objective("attack_auc", "minimize"))
 
+#: what multi-fidelity search never stops early by default: an operator or defense that changes
+#: the end of training (rewind's interpolation and fine-tune, early stopping's best epoch), whose
+#: early rungs say little of its end (bench/README.md, "Rung correlation")
+NEVER_STOPPED = ("rewind", "early_stopping")
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """``study.fidelity``: rungs as fractions of ``train.epochs`` (the end of training is the
+    last rung), the reduction factor (the best 1 / ``reduction`` of a rung's trials go on, by
+    non-dominated sorting), and the operators and defenses never stopped early."""
+
+    rungs: tuple[float, ...] = (1 / 9, 1 / 3)
+    reduction: int = 3
+    never_stop: tuple[str, ...] = NEVER_STOPPED
+
+    def epochs(self, total: int) -> tuple[int, ...]:
+        """The rung epochs of a ``total``-epoch training, the end excluded (e.g. 3, 10 of 30:
+        :func:`pptp.fidelity.rung_epochs`)."""
+        return rung_epochs(total, self.rungs)
+
+    def to_data(self) -> dict[str, Any]:
+        return {
+            "rungs": list(self.rungs),
+            "reduction": self.reduction,
+            "never_stop": list(self.never_stop),
+        }
+
+FAMILY_KINDS: dict[str, Kind] = {"pptp": "pptp", "baselines": "baseline"}
+"""The families ``study.budget`` may name -> the treatment kind whose trainings count toward it
+(:mod:`pptp.treatment`)."""
+
 
 @dataclass(frozen=True)
 class StudySpec:
@@ -120,6 +154,11 @@ class StudySpec:
     whose defense is not ``none`` trains with ``protect.operator: none`` (what a sampler proposed
     for the protect keys is ignored, and recorded as such), so PPTP and the baselines meet on one
     front with no mixed points (:meth:`search.space.Space.trial_config`).
+    ``budget``: shares of the study's trainings per family (:data:`FAMILY_KINDS`), e.g.
+    ``{"pptp": 0.5, "baselines": 0.5}``; empty: the sampler alone decides
+    (:mod:`search.running.budget` enforces it).
+    ``fidelity``: multi-fidelity search (:mod:`search.running.scheduler`); None (the default):
+    every trial trains to the end.
     """
 
     name: str
@@ -135,6 +174,8 @@ class StudySpec:
     localization: dict[str, Any] | None = None
     repeats: int = 1
     combine: bool = True
+    budget: dict[str, float] = field(default_factory=dict)
+    fidelity: Fidelity | None = None
 
     @property
     def metrics(self) -> list[str]:
@@ -176,6 +217,10 @@ class StudySpec:
         }
         if self.localization is not None:
             out["localization"] = self.localization
+        if self.budget:
+            out["budget"] = dict(self.budget)
+        if self.fidelity is not None:
+            out["fidelity"] = self.fidelity.to_data()
         return out
 
 

@@ -17,7 +17,9 @@ from typing import Annotated, Any
 from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
 from pydantic import ConfigDict, Field, model_validator
 
-from pptp.config import config_keys
+from pptp.config import TrainConfig, config_keys
+from pptp.defenses import DEFENSES
+from pptp.operators import OPERATORS
 from search.space.distributions import contains, describe_distribution
 from search.space.errors import coerce_value, show, space_error
 from search.space.reading import flat_dict
@@ -25,7 +27,10 @@ from search.space.sampler_registry import SAMPLERS, build_sampler, check_sampler
 from search.space.study import (
     DEFAULT_OBJECTIVES,
     DIRECTION_ALIASES,
+    FAMILY_KINDS,
+    NEVER_STOPPED,
     Constraint,
+    Fidelity,
     Objective,
     Resources,
     StudySpec,
@@ -59,6 +64,19 @@ class ConstraintSection(Section):
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"min {self.min:g} is above max {self.max:g}")
         return self
+
+
+class FidelitySection(Section):
+    model_config = ConfigDict(title="study.fidelity")
+
+    rungs: Annotated[
+        list[Annotated[float, Field(gt=0, lt=1)]],
+        Field(min_length=1, description="fractions of train.epochs in (0, 1), like [0.11, 0.33]"),
+    ] = Field(default_factory=lambda: [1 / 9, 1 / 3])
+    reduction: Annotated[Int, Field(ge=2)] = 3
+    never_stop: Annotated[list[str], NoneAsEmptyList] = Field(
+        default_factory=lambda: list(NEVER_STOPPED)
+    )
 
 
 class StudySection(Section):
@@ -108,6 +126,15 @@ class StudySection(Section):
     ] = None
     repeats: Annotated[Int, Field(ge=1)] = 1
     combine: bool = True
+    budget: Annotated[
+        dict[str, float],
+        EmptyIfNone,
+        Field(description="a mapping family -> share, like {pptp: 0.5, baselines: 0.5}"),
+    ] = Field(default_factory=dict)
+    fidelity: Annotated[
+        FidelitySection | None,
+        Field(description="a mapping like {rungs: [0.11, 0.33], reduction: 3}"),
+    ] = None
 
 
 def parse_study(
@@ -143,11 +170,94 @@ def parse_study(
         localization=dict(section.localization) if section.localization is not None else None,
         repeats=section.repeats,
         combine=section.combine,
+        budget=_budget(section, fixed, params, source=source),
+        fidelity=_fidelity(section.fidelity, fixed, params, source=source),
     )
     # options coerced to the sampler's types; building the sampler once checks the values
     study = dataclasses.replace(study, sampler_options=check_sampler_options(study, source=source))
     build_sampler(study, source=source)
     return study
+
+
+def _budget(
+    section: StudySection,
+    fixed: Mapping[str, Any],
+    params: Mapping[str, BaseDistribution],
+    *,
+    source: str,
+) -> dict[str, float]:
+    """``study.budget`` checked: known families, shares in (0, 1] summing to at most 1, and a
+    space where a proposal can be pinned to either family (``study.combine: false``,
+    ``defense.name`` searched over ``none`` and a baseline, an operator to protect with)."""
+    shares = dict(section.budget)
+    if not shares:
+        return shares
+    for family, share in shares.items():
+        key = f"study.budget.{family}"
+        if family not in FAMILY_KINDS:
+            raise space_error(source, key, f"unknown family; known: {', '.join(FAMILY_KINDS)}")
+        if not 0 < share <= 1:
+            raise space_error(source, key, f"a share must be in (0, 1], got {share:g}")
+    if sum(shares.values()) > 1 + 1e-9:
+        raise space_error(
+            source, "study.budget", f"shares sum to {sum(shares.values()):g}; at most 1"
+        )
+    if section.combine:
+        raise space_error(
+            source,
+            "study.budget",
+            "needs study.combine: false (each trial PPTP or one baseline) to count families",
+        )
+    defense = params.get("defense.name")
+    choices = defense.choices if isinstance(defense, CategoricalDistribution) else ()
+    if "none" not in choices or len(choices) < 2:
+        raise space_error(
+            source,
+            "study.budget",
+            "needs params.defense.name searched over none and at least one baseline defense",
+        )
+    if "protect.operator" not in params and fixed.get("protect.operator", "none") == "none":
+        raise space_error(
+            source,
+            "study.budget",
+            "gives PPTP a share but no operator is searched or fixed (protect.operator)",
+        )
+    return shares
+
+
+def _fidelity(
+    section: FidelitySection | None,
+    fixed: Mapping[str, Any],
+    params: Mapping[str, BaseDistribution],
+    *,
+    source: str,
+) -> Fidelity | None:
+    """``study.fidelity`` checked: ``train.epochs`` fixed and long enough for a rung before the
+    end, and ``never_stop`` naming operators or defenses."""
+    if section is None:
+        return None
+    out = Fidelity(tuple(section.rungs), section.reduction, tuple(section.never_stop))
+    if "train.epochs" in params:
+        raise space_error(
+            source, "study.fidelity", "needs train.epochs fixed: rungs are fractions of it"
+        )
+    epochs = int(fixed.get("train.epochs", TrainConfig().epochs))
+    if not out.epochs(epochs):
+        raise space_error(
+            source,
+            "study.fidelity.rungs",
+            f"no rung falls before the end of {epochs} epochs; train longer or use larger "
+            "fractions",
+        )
+    known = {*OPERATORS, *DEFENSES}
+    for name in out.never_stop:
+        if name not in known:
+            raise space_error(
+                source,
+                "study.fidelity.never_stop",
+                f"unknown operator or defense {name!r}; known: {', '.join(sorted(known))}",
+            )
+    return out
 
 
 def check_metric(metric: str, metrics: set[str], *, key: str, source: str) -> None:

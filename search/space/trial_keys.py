@@ -92,6 +92,8 @@ def choice_value(value: Any, hint: Any, *, key: str, source: str) -> Any:
 def fit_to_key(key: str, dist: BaseDistribution, hint: Any, *, source: str) -> BaseDistribution:
     """Check that every value of ``dist`` is a valid ``key`` value; coerce categorical choices."""
     where = f"params.{key}"
+    if hint is Any:  # model.kwargs.<name>: the factory takes whatever the distribution gives
+        return dist
     accepts = _scalar_types(hint)
     if isinstance(dist, FloatDistribution) and float not in accepts:
         raise space_error(

@@ -23,8 +23,6 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from scipy import stats
-
 from search.study.trials import FinishedTrial
 
 CONFIDENCE = 0.95
@@ -44,6 +42,8 @@ class SeedNoise:
     def half_width(self, n1: int, n2: int, *, confidence: float = CONFIDENCE) -> float:
         """Half-width of the ``confidence`` t-interval of the difference of two trials' means
         over ``n1`` and ``n2`` seeds."""
+        from scipy import stats  # 0.5-1 s to import: pick's and compare's --help do not pay it
+
         t = float(stats.t.ppf(0.5 + confidence / 2, self.df))
         return t * self.sd * math.sqrt(1 / n1 + 1 / n2)
 

@@ -83,7 +83,8 @@ def noise_line(trials: Sequence[FinishedTrial], metrics: Sequence[str]) -> str:
             continue
         pooled = pooled or noise
         seeds = max(2, round(noise.seeds / noise.trials))
-        parts.append(f"{title(metric)} ±{format_value(metric, noise.half_width(seeds, seeds))}")
+        half = format_value(metric, noise.half_width(seeds, seeds), spread=True)
+        parts.append(f"{title(metric)} ±{half}")
     if pooled is None:
         return ""
     seeds = max(2, round(pooled.seeds / pooled.trials))
@@ -98,7 +99,7 @@ def _cell(trial: FinishedTrial, key: str) -> str:
     text = format_value(key, trial.value(key))
     sd = trial.value(f"{key}_sd")
     if math.isfinite(trial.value(key)) and math.isfinite(sd):
-        return f"{text} ± {format_value(key, sd)}"
+        return f"{text} ± {format_value(key, sd, spread=True)}"
     return text
 
 

@@ -14,7 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import optuna
+from optuna.trial import TrialState
+
 from pptp.errors import ConfigError
+from search.space import load_space
 from search.study import rundir
 from search.study.trials import FinishedTrial, finished
 
@@ -41,10 +45,6 @@ class StudyRun:
 
 def open_run(run_dir: str | Path) -> StudyRun:
     """Open a run directory; every problem is one ConfigError that says what to do."""
-    import optuna
-
-    from search.space import load_space
-
     path = Path(run_dir)
     if not path.is_dir():
         raise ConfigError(
@@ -81,8 +81,6 @@ def open_run(run_dir: str | Path) -> StudyRun:
 
 def candidates(run: StudyRun, *, among: str = "front") -> list[FinishedTrial]:
     """The trials the rule chooses from: the Pareto front, or every feasible completed trial."""
-    from optuna.trial import TrialState
-
     trials = run.study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if not complete:

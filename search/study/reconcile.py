@@ -27,6 +27,7 @@ from optuna.trial import TrialState
 
 from search.study import records
 from search.study.failures import INTERRUPTED_REASON
+from search.tracking.names import TAG_FAIL_REASON, TAG_TRIAL_NUMBER, metric_key
 
 if TYPE_CHECKING:
     import optuna
@@ -46,8 +47,6 @@ def tell_from_records(
     """Tell Optuna how each trial it holds RUNNING ended, from the run directory's record;
     returns the numbers told. A COMPLETE record without a value for every objective is left
     alone (the trial is interrupted and runs again)."""
-    from search.tracking import metric_key
-
     kept = records.read_all(run_dir)
     told = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -91,8 +90,6 @@ def _mark(study: optuna.Study, number: int, *, fail_reason: str | None = None) -
 def end_interrupted_runs(tracker: StudyTracker, numbers: Sequence[int]) -> int:
     """End every MLflow trial run of the interrupted trials ``numbers`` KILLED (with
     ``fail_reason``), whatever status it has; returns how many changed."""
-    from search.tracking import TAG_FAIL_REASON, TAG_TRIAL_NUMBER
-
     wanted = {str(n) for n in numbers}
     changed = 0
     for run in tracker.children():

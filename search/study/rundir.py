@@ -10,6 +10,7 @@ Layout::
                             the Optuna storage URL when it is not study.db
         space.yaml          the resolved space
         pareto_front.csv    the front, rewritten at the end of every session
+        report.html         the study's report page (search.reporting; REPORT_FILE)
         trials/             every ended trial's record, MLflow run included (search.study.records)
         driver.lock/.json   the one driver's lock and who holds it (search.study.lock)
         ray/                Ray Tune's own experiment folder
@@ -38,6 +39,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from pptp import imports
 from pptp.config import TrialConfig
 from pptp.errors import ConfigError
 from pptp.fileio import atomic_write
@@ -45,11 +47,16 @@ from search.study.failures import INTERRUPTED_REASON
 from search.study.lock import LOCK_FILE
 
 RUNS = Path("runs")
+#: the report page in a run directory (search/report.py writes it)
+REPORT_FILE = "report.html"
+
 INTERRUPTED = "interrupted"
 #: user attribute of trials the driver enqueued (space's study.enqueue, a localisation's picks)
 ENQUEUED = "enqueued"
 #: user attribute of a re-enqueued trial: the number of the interrupted trial it replaces
 REQUEUED_FROM = "requeued_from"
+#: user attribute (and trial config key) of a reused proposal: the finished trial it repeats
+DUPLICATE_OF = "duplicate_of"
 
 
 @dataclass(frozen=True)
@@ -67,12 +74,20 @@ class RunState:
 def absolute_paths(cfg: TrialConfig, *, cwd: str | Path | None = None) -> dict[str, str]:
     """``data.data_dir`` and ``attack.bank_dir`` made absolute (against ``cwd``, default the
     current directory): Ray runs trials in other working directories, and ``search/pick.py``
-    may run from another one than the search did."""
+    may run from another one than the search did. A user's model or loader named by a relative
+    file path (``model.name: models/mynet.py:build``) is made absolute too (returned only then,
+    so a searched ``model.name`` is not overridden)."""
     root = Path(cwd) if cwd is not None else Path.cwd()
-    return {
+    out = {
         "data.data_dir": str((root / cfg.data.data_dir).resolve()),
         "attack.bank_dir": str((root / cfg.attack.bank_dir).resolve()),
     }
+    for key, name in (("model.name", cfg.model.name), ("data.name", cfg.data.name)):
+        if imports.absolute(name, root) != name:
+            out[key] = imports.absolute(name, root)
+    if cfg.model.init is not None:
+        out["model.init"] = str((root / cfg.model.init).expanduser().resolve())
+    return out
 
 
 def new_run_dir(study_name: str, output: str | None) -> Path:
@@ -228,10 +243,15 @@ def interrupted_numbers(study: optuna.Study) -> list[int]:
 
 
 def finished_count(study: optuna.Study) -> int:
-    """Trials that count toward ``n_trials``: complete, or failed on their own (not interrupted)."""
+    """Trials that count toward ``n_trials``: distinct trainings that ended, complete, stopped
+    early by the multi-fidelity scheduler (PRUNED) or failed on their own (not interrupted); a
+    reused repeat (user attribute ``duplicate_of``) is not one."""
     return sum(
         1
         for t in study.get_trials(deepcopy=False)
-        if t.state == TrialState.COMPLETE
-        or (t.state == TrialState.FAIL and not t.user_attrs.get(INTERRUPTED))
+        if t.user_attrs.get(DUPLICATE_OF) is None
+        and (
+            t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+            or (t.state == TrialState.FAIL and not t.user_attrs.get(INTERRUPTED))
+        )
     )

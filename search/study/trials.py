@@ -32,7 +32,7 @@ _FACTS = ("mlflow_run_id", "fail_reason", "duplicate_of")
 
 @dataclass(frozen=True)
 class FinishedTrial:
-    """One finished trial (complete or failed) of a study.
+    """One finished trial (complete, stopped early by the scheduler, or failed) of a study.
 
     ``values``: every finite number it recorded by metric name (the objectives' values from
     ``trial.values``, the recorded metrics and their ``<metric>_sd`` from its user attributes);
@@ -78,7 +78,21 @@ class FinishedTrial:
         return str(value) if value else None
 
     @property
+    def pruned(self) -> bool:
+        """Stopped early by the multi-fidelity scheduler (Optuna PRUNED): its values are those
+        of its last rung (:mod:`search.running.scheduler`), not of a finished training."""
+        return self.state == "PRUNED"
+
+    @property
+    def repeat(self) -> bool:
+        """Whether it reused a finished trial's results (a repeated proposal, not a training)."""
+        return self.attrs.get("duplicate_of") is not None
+
+    @property
     def fail_reason(self) -> str:
+        if self.pruned:
+            epoch = self.attrs.get("stopped_at_epoch", "?")
+            return f"stopped early at epoch {epoch}: dominated at that rung (study.fidelity)"
         return str(self.attrs.get("fail_reason") or "no reason recorded")
 
     def value(self, metric: str) -> float:
@@ -174,7 +188,7 @@ def finished(
     study: optuna.Study,
     objectives: Sequence[Objective],
     *,
-    states: Sequence[TrialState] = (TrialState.COMPLETE, TrialState.FAIL),
+    states: Sequence[TrialState] = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL),
     name: str | None = None,
 ) -> list[FinishedTrial]:
     """Every trial of ``study`` in ``states``, in trial order, the front marked (Optuna's own

@@ -30,9 +30,12 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from search.tracking.store import TAG_PARETO, metric_key
+from search.tracking.names import TAG_PARETO, metric_key
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 #: experiment-tag prefix of the MLflow UI's saved views (MLflow 3.x UI)
 SHARED_VIEW_TAG = "mlflow.sharedViewState."
@@ -100,7 +103,7 @@ def study_views(objectives: Sequence[tuple[str, str]]) -> tuple[SavedView, Saved
     """The ``pptp-trials`` and ``pptp-pareto`` views for a study's objectives.
 
     ``objectives``: ``(metric, "maximize"|"minimize")`` in the study's order, the project's
-    metric names (``attack_tpr@0.1%fpr``; :func:`~search.tracking.metric_key` maps them).
+    metric names (``attack_tpr@0.1%fpr``; :func:`~search.tracking.names.metric_key` maps them).
     """
     if not objectives:
         raise ValueError("a study has at least one objective")
@@ -125,7 +128,7 @@ def study_views(objectives: Sequence[tuple[str, str]]) -> tuple[SavedView, Saved
     )
 
 
-def save_views(client: Any, experiment_id: str, views: Sequence[SavedView]) -> None:
+def save_views(client: MlflowClient, experiment_id: str, views: Sequence[SavedView]) -> None:
     """Write ``views`` as experiment tags (``client``: an :class:`mlflow.MlflowClient`);
     a view saved before keeps its creation time."""
     tags = client.get_experiment(experiment_id).tags

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
@@ -160,8 +161,6 @@ def local_artifact_dir(artifact_uri: str | None) -> Path | None:
     """The folder of a ``file://`` artifact URI (None for any other scheme or when absent)."""
     if not artifact_uri or not artifact_uri.startswith("file://"):
         return None
-    from urllib.parse import unquote, urlsplit
-
     path = Path(unquote(urlsplit(artifact_uri).path))
     return path if path.is_dir() else None
 

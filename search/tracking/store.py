@@ -4,8 +4,8 @@ Trials run in Ray worker processes, so nothing here relies on MLflow's global "a
 state: every call goes through :class:`mlflow.MlflowClient` with an explicit run id. The study,
 its trials, a pick and a localisation all write through these helpers:
 
-- :func:`metric_key`: the project's metric names (``tpr@0.1%fpr/lira``) as MLflow keys
-  (``tpr_at_0.1pct_fpr/lira``); MLflow accepts only alphanumerics, ``_ - . / :`` and spaces;
+- :mod:`search.tracking.names`: tag keys and :func:`metric_key` (no MLflow import, so that
+  ``--help`` and the UI launcher do not pay for it);
 - :func:`experiment_id`: get or create (or restore) an experiment by name;
 - :func:`log_params`, :func:`log_metrics`, :func:`set_tags`: ``log_batch`` calls in MLflow's
   batch sizes, values cut to MLflow's length limits.
@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import re
 import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -28,53 +27,19 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import (
-    MAX_ENTITY_KEY_LENGTH,
     MAX_METRICS_PER_BATCH,
     MAX_PARAM_VAL_LENGTH,
     MAX_PARAMS_TAGS_PER_BATCH,
     MAX_TAG_VAL_LENGTH,
 )
 
+from search.tracking.names import metric_key
 from search.tracking.uris import REPO_ROOT, artifact_location
 
 logger = logging.getLogger(__name__)
 
-#: tag keys shared with the search driver, pick.py, localize.py and the docs
-TAG_KIND = "pptp.kind"
-TAG_PARENT = "mlflow.parentRunId"
-TAG_FAIL_REASON = "fail_reason"
-TAG_PARETO = "pareto"
-TAG_TRIAL_NUMBER = "trial_number"
-TAG_STUDY = "pptp.study"
-
-#: characters the project's metric names use that MLflow rejects, and what replaces them
-METRIC_KEY_REPLACEMENTS = {"@": "_at_", "%": "pct_"}
-
-_INVALID_KEY_CHARS = re.compile(r"[^/\w.\- ]")
-
-
 # --------------------------------------------------------------------------------------------
 # names and values
-
-
-def metric_key(name: str) -> str:
-    """A metric, param or tag name MLflow accepts, from one of the project's names.
-
-    ``@`` -> ``_at_``, ``%`` -> ``pct_`` (:data:`METRIC_KEY_REPLACEMENTS`), so
-    ``tpr@0.1%fpr/lira`` -> ``tpr_at_0.1pct_fpr/lira``; any other character outside
-    ``[A-Za-z0-9_ ./-]`` -> ``_``; empty, ``.`` and ``..`` path segments are dropped (MLflow
-    rejects names that a path normalisation would change); at most 250 characters. Names that are
-    already valid come back unchanged, so the function is idempotent.
-    """
-    out = name
-    for char, replacement in METRIC_KEY_REPLACEMENTS.items():
-        out = out.replace(char, replacement)
-    out = _INVALID_KEY_CHARS.sub("_", out)
-    out = "/".join(seg for seg in out.split("/") if seg not in ("", ".", ".."))
-    out = out[:MAX_ENTITY_KEY_LENGTH].rstrip("/")
-    if not out:
-        raise ValueError(f"metric name {name!r} has nothing MLflow can keep")
-    return out
 
 
 def param_value(value: Any) -> str:

@@ -30,21 +30,23 @@ from mlflow.tracking import MlflowClient
 from pptp.errors import ConfigError
 from search.space import direction_sign
 from search.study.pareto import rows_csv
-from search.tracking.plots import plot_front
-from search.tracking.store import (
+from search.tracking.names import (
     TAG_FAIL_REASON,
     TAG_KIND,
     TAG_PARENT,
     TAG_PARETO,
     TAG_STUDY,
     TAG_TRIAL_NUMBER,
+    metric_key,
+)
+from search.tracking.plots import plot_front
+from search.tracking.store import (
     as_float,
     experiment_id,
     flatten,
     git_commit,
     log_metric_entities,
     log_params,
-    metric_key,
     now_ms,
     param_value,
     plain,
@@ -258,6 +260,15 @@ class StudyTracker:
         if stale:
             logger.warning("marked %d stale trial run(s) %s: %s", len(stale), status, reason)
         return len(stale)
+
+    def stop_child(self, run_id: str, reason: str) -> None:
+        """End the child run ``run_id`` KILLED with ``fail_reason`` when it is still RUNNING: a
+        trial the multi-fidelity scheduler stopped, whose process may be ended before it ends
+        its own run."""
+        if self.client.get_run(run_id).info.status != "RUNNING":
+            return
+        self.client.set_tag(run_id, TAG_FAIL_REASON, tag_value(reason))
+        self.client.set_terminated(run_id, status="KILLED")
 
     def fail_child(self, trial_number: int, reason: str, *, traceback: str = "") -> str | None:
         """End the RUNNING child run of trial ``trial_number`` FAILED with ``fail_reason`` and

@@ -24,22 +24,20 @@ import numpy as np
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
+from pptp.exposure import Exposure, thumbnail_grid
 from pptp.metrics import plot_roc
 from pptp.train import EpochLog
 from pptp.treatment import treatment_of
 from pptp.trial import TrialResult
-from search.tracking.spool import RunSpool
-from search.tracking.store import (
+from search.tracking.names import (
     TAG_FAIL_REASON,
     TAG_KIND,
     TAG_PARENT,
     TAG_TRIAL_NUMBER,
-    log_metric_entities,
-    log_params,
     metric_key,
-    now_ms,
-    set_tags,
 )
+from search.tracking.spool import RunSpool
+from search.tracking.store import log_metric_entities, log_params, now_ms, set_tags
 from search.tracking.uris import sqlite_path
 
 logger = logging.getLogger(__name__)
@@ -191,6 +189,11 @@ class TrialTracker:
             self.spool.error = "create_run: the run was never created"
         self._ended = True
 
+    def stop(self, reason: str) -> None:
+        """End the run KILLED with ``fail_reason``: the trial was stopped early on purpose (the
+        multi-fidelity scheduler); exiting the block is then a no-op."""
+        self._end("KILLED", reason=reason)
+
     def fail(self, reason: str, *, traceback: str | None = None) -> None:
         """End the run FAILED with ``fail_reason`` (first line, truncated) and the traceback as
         the artifact ``traceback.txt``; exiting the block is then a no-op."""
@@ -283,7 +286,8 @@ class TrialTracker:
         metrics). Artifacts (of ``result``): ``roc.png`` (every attack, log-log), ``roc.npz``
         (``attacks`` names, ``fpr/<a>``, ``tpr/<a>``, ``thresholds/<a>`` float arrays: loads with
         ``allow_pickle=False``), ``mask.json`` (``{"mask": {group: protected},
-        "protected_groups": [...]}``) and ``history.csv``. Tags: what it trained with
+        "protected_groups": [...]}``), who leaks (``exposed.csv``, ``class_tpr.csv``,
+        ``exposed.png``: :func:`write_exposure`) and ``history.csv``. Tags: what it trained with
         (:meth:`pptp.treatment.Treatment.flat`: ``operator``, ``strength``, ``protected_groups``,
         ``defense``), and :meth:`~pptp.trial.TrialResult.tags` through
         :func:`metric_key`: ``queries`` (the query names the attacks used), ``attack_worst``,
@@ -317,9 +321,24 @@ class TrialTracker:
         return self.spool.to_json(with_artifacts=not self.spool.complete_in_mlflow)
 
 
+def write_exposure(exposure: Exposure, folder: Path) -> list[Path]:
+    """Who leaks (:mod:`pptp.exposure`): ``exposed.csv`` (the most exposed members),
+    ``class_tpr.csv`` (TPR at 1% FPR per class) and, for image data, ``exposed.png`` (their
+    thumbnails, most exposed first, row by row); returns the paths."""
+    written = [folder / "exposed.csv", folder / "class_tpr.csv"]
+    written[0].write_text(exposure.records_csv())
+    written[1].write_text(exposure.class_csv())
+    grid = thumbnail_grid(exposure)
+    if grid is not None:
+        (folder / "exposed.png").write_bytes(grid)
+        written.append(folder / "exposed.png")
+    return written
+
+
 def write_trial_artifacts(result: TrialResult, folder: Path) -> list[Path]:
-    """Write ``roc.png``, ``roc.npz``, ``mask.json`` and ``history.csv`` of ``result`` to
-    ``folder`` (the ROC files only when the trial ran attacks); returns the paths."""
+    """Write ``roc.png``, ``roc.npz``, ``mask.json``, the who-leaks files
+    (:func:`write_exposure`) and ``history.csv`` of ``result`` to ``folder`` (the ROC and
+    who-leaks files only when the trial ran attacks); returns the paths."""
     written: list[Path] = []
     if result.attacks:
         curves = {name: m.roc for name, m in result.attacks.items()}
@@ -340,6 +359,8 @@ def write_trial_artifacts(result: TrialResult, folder: Path) -> list[Path]:
     mask = {"mask": dict(result.mask), "protected_groups": list(result.protected_groups)}
     (folder / "mask.json").write_text(json.dumps(mask, indent=2) + "\n")
     written.append(folder / "mask.json")
+    if result.exposure is not None:
+        written += write_exposure(result.exposure, folder)
     fields = [f.name for f in dataclasses.fields(EpochLog)]
     with (folder / "history.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
