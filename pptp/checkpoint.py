@@ -6,7 +6,7 @@ plain containers only, never code. Nothing is downloaded. The state dict is load
 every parameter and buffer of the model must be in it with its shape, and nothing else, or the
 command stops with one :class:`~pptp.errors.ConfigError` listing what is missing, unexpected or
 of another shape. Targets, references and the shipped model all start from it: it is part of the
-recipe, and :func:`pptp.bank.user_fingerprints` keys the file's content.
+recipe, and :func:`pptp.bank_key.user_fingerprints` keys the file's content.
 """
 
 from __future__ import annotations

@@ -30,7 +30,8 @@ from torch import nn
 
 from pptp.attacks import ATTACKS, AttackInput, attack_names, check_attacks
 from pptp.audit import CanaryAudit, audit_canaries, claim_check, contradicts
-from pptp.bank import ReferenceBank, ReferenceSignals, recipe_key
+from pptp.bank import ReferenceBank, ReferenceSignals
+from pptp.bank_key import recipe_key
 from pptp.canaries import CANARY_TPR_METRICS, canary_metrics, split_scores
 from pptp.chance import require_above_chance
 from pptp.config import DataConfig, TrialConfig

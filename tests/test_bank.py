@@ -12,13 +12,9 @@ import numpy as np
 import pytest
 
 import pptp.bank
-from pptp.bank import (
-    ReferenceBank,
-    _code_only,
-    check_bank_root,
-    fingerprinted_files,
-    recipe_key,
-)
+import pptp.bank_key
+from pptp.bank import ReferenceBank, check_bank_root
+from pptp.bank_key import _code_only, fingerprinted_files, recipe_key
 from pptp.config import TrialConfig
 from pptp.data import build_pool, keep_row
 from pptp.errors import ConfigError
@@ -84,12 +80,12 @@ def test_key_carries_the_resolved_queries() -> None:
 
 def test_key_changes_with_the_code_and_the_format(monkeypatch: pytest.MonkeyPatch) -> None:
     key, fields = recipe_key(TINY, adaptive=False)
-    assert fields["bank.code"] == pptp.bank.code_fingerprint()
-    assert fields["bank.format"] == pptp.bank.BANK_FORMAT
-    monkeypatch.setattr(pptp.bank, "code_fingerprint", lambda: "0123456789abcdef")
+    assert fields["bank.code"] == pptp.bank_key.code_fingerprint()
+    assert fields["bank.format"] == pptp.bank_key.BANK_FORMAT
+    monkeypatch.setattr(pptp.bank_key, "code_fingerprint", lambda: "0123456789abcdef")
     changed_code = recipe_key(TINY, adaptive=False)[0]
     assert changed_code != key
-    monkeypatch.setattr(pptp.bank, "BANK_FORMAT", pptp.bank.BANK_FORMAT + 1)
+    monkeypatch.setattr(pptp.bank_key, "BANK_FORMAT", pptp.bank_key.BANK_FORMAT + 1)
     assert recipe_key(TINY, adaptive=False)[0] not in (key, changed_code)
 
 
@@ -146,7 +142,7 @@ def test_new_code_retrains_the_same_models_in_a_new_entry(
     bank = ReferenceBank(tmp_path)
     bank.ensure(TINY, 1)
     old_folder = bank.entry_dir(TINY)
-    monkeypatch.setattr(pptp.bank, "code_fingerprint", lambda: "0123456789abcdef")
+    monkeypatch.setattr(pptp.bank_key, "code_fingerprint", lambda: "0123456789abcdef")
     assert bank.missing(TINY, 1) == [0]  # never silently reused
     bank.ensure(TINY, 1)
     new_folder = bank.entry_dir(TINY)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pptp.bank import recipe_key
+from pptp.bank_key import recipe_key
 from pptp.config import ModelConfig, TrialConfig
 from pptp.data import make_pool
 from pptp.errors import ConfigError

@@ -1,6 +1,6 @@
 """A user's model by import path (pptp.own_model, pptp.imports): built from the data's facts,
 layer groups declared or derived and checked, every mistake one ConfigError before training; the
-reference bank keys the model file and the data (pptp.bank.user_fingerprints)."""
+reference bank keys the model file and the data (pptp.bank_key.user_fingerprints)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from pptp.bank import recipe_key
+from pptp.bank_key import recipe_key
 from pptp.config import DataConfig, ModelConfig, Params, TrialConfig
 from pptp.datasets import DataFacts
 from pptp.errors import ConfigError

@@ -114,6 +114,7 @@ def test_two_trial_study_end_to_end_then_extended(
         assert child.data.tags["pareto"] == ("true" if t.number in front else "false")
         files = {f.path for f in client.list_artifacts(child.info.run_id)}
         assert {"roc.png", "mask.json", "history.csv"} <= files
+        assert {"exposed.csv", "class_tpr.csv", "exposed.png"} <= files  # who leaks (images)
         # named by what it tried: "t00 undefended", "t01 anchor s=0.54 fc1+fc2", ...
         assert child.info.run_name.startswith(f"t{t.number:02d} "), child.info.run_name
         assert child.data.tags["torch.threads"] == "1"

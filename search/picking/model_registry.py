@@ -132,7 +132,7 @@ def register(
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from pptp.bank import code_fingerprint, user_fingerprints
+    from pptp.bank_key import code_fingerprint, user_fingerprints
     from pptp.production import train_production
     from search.picking.model_card import model_card
     from search.tracking.names import TAG_KIND, TAG_PARENT, TAG_STUDY
