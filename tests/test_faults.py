@@ -499,11 +499,14 @@ def _pid_of(program: str, naming: str) -> int | None:
     return None
 
 
+@pytest.mark.parametrize("process", ["raylet", "gcs_server"])
 def test_a_lost_raylet_stops_the_study_and_resume_runs_its_trials_again(
-    tmp_path: Path, ray_tmp: str, bank: Path, table: Path
+    process: str, tmp_path: Path, ray_tmp: str, bank: Path, table: Path
 ) -> None:
-    """SIGKILL to the raylet of the driver's Ray while trials run: one line naming it, a stop
-    within seconds, the running trials interrupted (not failed), exit 1; --resume completes."""
+    """SIGKILL to the raylet (or the GCS: the driver then waits inside Ray's client, and the
+    watch thread stops it) of the driver's Ray while trials run: one line naming it, a stop
+    within seconds, the running trials interrupted (not failed), exit 1; --resume completes
+    (checked after the raylet: the resume is the same)."""
     space = write_space(tmp_path, bank, n_trials=3)
     run, store = tmp_path / "run", f"sqlite:///{tmp_path / 'mlflow.db'}"
     log = tmp_path / "driver.log"
@@ -515,10 +518,10 @@ def test_a_lost_raylet_stops_the_study_and_resume_runs_its_trials_again(
             what="a trial to start",
             alive=driver,
         )
-        raylet = _pid_of("raylet", ray_tmp)
-        assert raylet is not None
+        pid = _pid_of(process, ray_tmp)
+        assert pid is not None
         sent = time.monotonic()
-        os.kill(raylet, signal.SIGKILL)
+        os.kill(pid, signal.SIGKILL)
         code = driver.wait(timeout=60)
         stopped_in = time.monotonic() - sent
     finally:
@@ -528,12 +531,19 @@ def test_a_lost_raylet_stops_the_study_and_resume_runs_its_trials_again(
         kill_processes_naming(ray_tmp)
     out = log.read_text()
     assert code == 1, out[-3000:]
-    assert "error: Ray's raylet died (the cluster's fault, not the trials')" in out, out[-3000:]
-    assert "Resume with:" in out and stopped_in < 20, stopped_in
-    print(f"raylet SIGKILL: the driver said so and exited 1 after {stopped_in:.1f} s")
+    assert f"error: Ray's {process} died (the cluster's fault, not the trials')" in out, out[-3000:]
+    assert "Resume with:" in out and stopped_in < 25, stopped_in
+    print(f"{process} SIGKILL: the driver said so and exited 1 after {stopped_in:.1f} s")
     failed = [t for t in trials_in(run) if t.state == TrialState.FAIL]
     assert failed and all(t.user_attrs.get(rundir.INTERRUPTED) for t in failed)
     assert not trials_in(run, TrialState.RUNNING)
+    if process != "raylet":
+        experiment = rundir.read_state(run).experiment_id or ""
+        runs = MlflowClient(store).search_runs([experiment])
+        running = sum(r.info.status == "RUNNING" for r in runs)
+        assert not running
+        add_row(table, Row(f"{process} SIGKILL (exit 1, trials interrupted)", 1, 0, 0, 0, 0, 0))
+        return
     code = run_driver(args(space, run, store, "--resume"), tmp_path / "resume.log")
     assert code == 0, (tmp_path / "resume.log").read_text()[-3000:]
     outcome = check_run(run, store, bank_dir=bank)

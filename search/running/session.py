@@ -76,6 +76,9 @@ def run_session(
     searcher: StudySearch | None = None
     try:
         start_ray(plan)
+        # its raylet or GCS dying stops the study within seconds, even while the main thread
+        # waits inside Ray's client for a GCS that is gone
+        watch_ray(on_stuck=partial(_stop_stuck, plan, tracker))
         concurrency = concurrency_limit(plan)
         references = train_references(plan)
         ctx = trial_context(plan, tracker, references.config)
@@ -148,7 +151,6 @@ def start_ray(plan: Plan) -> None:
     try:
         ray.init(**_ray_init_args(plan))
         stop_on_signals()  # ray.init installed its own handler (sys.exit: a C++ abort under Tune)
-        watch_ray()  # its raylet or GCS dying stops the study within a second
     except (ConnectionError, TimeoutError) as error:
         if not plan.args.address:
             raise
@@ -287,6 +289,14 @@ def run_tuner(
 def _describe(space: Space, number: int, sampled: Mapping[str, Any]) -> str:
     """A trial's progress name: the run name it gets in MLflow (:mod:`search.study.naming`)."""
     return planned_name(number, space.trial_config(sampled), space)
+
+
+def _stop_stuck(plan: Plan, tracker: StudyTracker, lost: list[str]) -> int:
+    """The stop path for a lost Ray, run by the watch thread when the main thread is stuck."""
+    try:
+        return on_interrupt(plan, tracker, None, lost=lost)
+    finally:
+        plan.lock.release()
 
 
 def on_interrupt(

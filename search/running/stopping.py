@@ -19,7 +19,9 @@ started too; :func:`stop_ray` then kills what is left of it instead of waiting f
 
 **Ray's own processes.** When the raylet or the GCS of the Ray this driver started dies, the
 trials' workers die with it: that is the cluster's fault, not the trials'. :func:`watch_ray` (a
-thread) sees it within a second and interrupts the main thread, and the driver's callback that
+thread) sees it within a second and interrupts the main thread (or, when the main thread waits
+inside Ray's client for a dead GCS, runs the stop path itself after a few seconds), and the
+driver's callback that
 hears of a dead worker asks :func:`lost_ray_processes` before blaming the trial
 (:func:`stop_for_lost_ray`); either way the session stops as on Ctrl-C, with the trials that
 were running marked interrupted (never FAIL), one line naming what died (:func:`ray_lost`), and
@@ -30,7 +32,10 @@ While the driver cleans up after the first signal (seconds), :func:`end_at_once_
 makes a second SIGINT or SIGTERM end the driver at once: the processes of the Ray it started
 are killed (none is left behind), one line says so with the resume command, and it exits with
 the same status. What the clean-up had not marked yet (trials still RUNNING in Optuna or MLflow)
-is marked interrupted by the next ``--resume``, as after ``kill -9``.
+is marked interrupted by the next ``--resume``, as after ``kill -9``. (While ``ray.shutdown``
+runs, Ray's core worker has put SIGTERM back to its default: a second SIGTERM then ends the
+driver by the signal itself, status 143 all the same, and Ray's processes, which Ray ties to
+the driver's life, end with it; the one line is not printed.)
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -103,9 +109,18 @@ def stop_for_lost_ray(lost: list[str]) -> None:
     raise KeyboardInterrupt(f"Ray lost {', '.join(lost)}")
 
 
-def watch_ray(interval: float = 0.5) -> None:
+#: how long the watch waits for the main thread to take a lost Ray before it stops the driver
+#: itself (the main thread can be blocked inside Ray's C++ client, waiting for a dead GCS)
+GRACE_S = 5.0
+
+
+def watch_ray(on_stuck: Callable[[list[str]], int], interval: float = 0.5) -> None:
     """Start a daemon thread that, when a vital process of the local Ray dies, records it and
-    interrupts the main thread (nothing for a cluster joined with ``--address``)."""
+    interrupts the main thread (nothing for a cluster joined with ``--address``). When the main
+    thread does not take it within :data:`GRACE_S` (blocked in Ray's client on a dead GCS, which
+    would end the process after 60 s of silence), the thread kills what is left of the local
+    Ray, runs ``on_stuck(lost)`` (the session's stop path) and exits with the status it
+    returns."""
     if not _local_head():
         return
 
@@ -116,10 +131,30 @@ def watch_ray(interval: float = 0.5) -> None:
                 _lost.extend(lost)
                 if not _received:  # a signal is stopping the driver already otherwise
                     _thread.interrupt_main()
+                    _stop_if_stuck(lost, on_stuck)
                 return
             time.sleep(interval)
 
     threading.Thread(target=watch, name="pptp-ray-watch", daemon=True).start()
+
+
+def _stop_if_stuck(lost: list[str], on_stuck: Callable[[list[str]], int]) -> None:
+    deadline = time.monotonic() + GRACE_S
+    while time.monotonic() < deadline:
+        if _taken:  # the main thread is stopping the session
+            return
+        time.sleep(0.2)
+    _taken.append(True)
+    _shutting_down.append(True)
+    _kill_local_ray()
+    status = 1
+    try:
+        status = on_stuck(lost)
+    except BaseException as error:  # ending: say it, never hang here
+        logger.warning("could not finish the stop (%s)", error)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def _local_head() -> bool:
