@@ -34,9 +34,10 @@ from pptp.data import Pool, build_pool
 from pptp.device import resolve_device
 from pptp.errors import ConfigError
 from pptp.models import build_model
+from pptp.result import TrialResult
 from pptp.signals import compute_signals, resolve_queries
 from pptp.train import EpochLog, TrainResult, evaluate, training
-from pptp.trial import TrialResult, attack_scores, measure_target, references_needed
+from pptp.trial import attack_scores, measure_target, references_needed
 
 
 def rung_epochs(epochs: int, fractions: Sequence[float]) -> tuple[int, ...]:

@@ -44,7 +44,7 @@ def direction_sign(direction: str) -> float:
 
 @dataclass(frozen=True)
 class Objective:
-    """One objective: a metric of :meth:`pptp.trial.TrialResult.metrics` and its direction."""
+    """One objective: a metric of :meth:`pptp.result.TrialResult.metrics` and its direction."""
 
     metric: str
     direction: Direction
@@ -235,7 +235,7 @@ METRIC_NAMES = tuple(
 
 
 def known_metrics(cfg: TrialConfig) -> set[str]:
-    """Every metric name :meth:`pptp.trial.TrialResult.metrics` reports for ``cfg``'s attacks
+    """Every metric name :meth:`pptp.result.TrialResult.metrics` reports for ``cfg``'s attacks
     that a space may optimise or constrain (``attack.attacks: null`` means the default set for
     ``attack.n_references``: :func:`pptp.attacks.attack_names`), the canary metrics when
     ``data.canaries`` > 0 (:mod:`pptp.metric_catalogue`)."""
