@@ -24,7 +24,8 @@ parameters, the
 Exit status: 0 the study has all its trials and MLflow holds them; 1 it stopped before (resume
 it); 2 bad input, nothing started (or a base recipe whose references cannot be trained); 3 the
 study is complete but MLflow lacks part of it (the lines say what; ``--sync`` replays it); 130
-Ctrl-C (the resume command is printed).
+Ctrl-C, 143 SIGTERM (both stop the same way: running trials marked interrupted, the resume command
+printed; a second signal ends at once: :mod:`search.running.stopping`).
 
 This module is the flow (:func:`main`, :func:`prepare`, :func:`execute`); each stage is a module
 of :mod:`search.running` (the plan and its checks, opening the study, the references, the Tune
@@ -37,7 +38,6 @@ import argparse
 import dataclasses
 import logging
 import shutil
-import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,6 +54,14 @@ from search.cli.entry import (
     run_command,
     verbosity,
 )
+from search.running.disk_full import describe, disk_full
+from search.running.stopping import (
+    end_at_once_on_another,
+    exit_status,
+    restore,
+    signal_name,
+    stop_on_signals,
+)
 from search.tracking.uris import redact
 
 if TYPE_CHECKING:
@@ -61,10 +69,12 @@ if TYPE_CHECKING:
 
     from search.running.plan import Plan
     from search.space import Space
+    from search.study.lock import RunLock
     from search.tracking.study_tracker import StudyTracker
 
 # The stages (search.running, pptp.data) import optuna, torch and ray: 3-7 s on 2 cores that
-# --help and a space refused on its structure do not pay; prepare and execute import them.
+# --help and a space refused on its structure do not pay; prepare and execute import them
+# (search.running.stopping and .disk_full import the standard library only).
 
 quiet_environment()  # before anything imports ray or mlflow
 
@@ -151,7 +161,18 @@ def _sync_run_dir(args: argparse.Namespace) -> str:
 
 
 def prepare(args: argparse.Namespace) -> Plan:
-    """Every check that can fail on bad input; starts nothing (takes the run directory's lock)."""
+    """Every check that can fail on bad input; starts nothing (takes the run directory's lock,
+    and releases it when a check fails: a refused run leaves no ``driver.json`` behind)."""
+    taken: list[RunLock] = []
+    try:
+        return _prepare(args, taken)
+    except BaseException:
+        for lock in taken:
+            lock.release()
+        raise
+
+
+def _prepare(args: argparse.Namespace, taken: list[RunLock]) -> Plan:
     from search.space import load_space
 
     space = load_space(args.space)  # first: a bad file is refused before the heavy imports
@@ -162,6 +183,7 @@ def prepare(args: argparse.Namespace) -> Plan:
     from search.running.plan import Plan, check_local_resources, shared_state
     from search.running.steering import localization_enqueue
     from search.study import rundir
+    from search.study.backup import check_study_db
     from search.study.lock import RunLock
     from search.study.shared_study import check_storage, has_study, open_storage
     from search.tracking.uris import check_tracking, resolve_tracking_uri
@@ -187,7 +209,10 @@ def prepare(args: argparse.Namespace) -> Plan:
         if run_dir is not None:
             lock = RunLock(run_dir)
             lock.acquire()  # a live driver there: RunDirBusy, before anything is changed
+            taken.append(lock)
             state = rundir.read_state(run_dir)
+            if not state.storage:  # damaged, empty or missing: refused, never replaced
+                check_study_db(run_dir, space.study.name)
             if storage_url and not state.storage:
                 raise ConfigError(
                     f"--resume --storage: {run_dir} keeps its study in its own study.db; resume "
@@ -223,6 +248,7 @@ def prepare(args: argparse.Namespace) -> Plan:
         run_dir = rundir.new_run_dir(space.study.name, args.output)
         lock = RunLock(run_dir)
         lock.acquire()  # a live driver there: RunDirBusy naming it
+        taken.append(lock)
         try:
             rundir.refuse_existing_study(run_dir)
         except ConfigError:
@@ -244,12 +270,22 @@ def prepare(args: argparse.Namespace) -> Plan:
 
 
 def execute(plan: Plan) -> int:
+    handlers = stop_on_signals()  # from here SIGTERM stops like Ctrl-C: marked, KILLED, resumable
     try:
         return _execute(plan)
+    except Exception as error:  # a full disk outside the session: one line, not a traceback
+        full = disk_full(error)
+        if full is None:
+            raise
+        from search.running.plan import EXIT_STOPPED
+
+        print(f"error: {describe(full, plan.run_dir)}. {plan.resume_hint()}", file=sys.stderr)
+        return EXIT_STOPPED
     finally:
         if plan.claim is not None:
             plan.claim.release()
         plan.lock.release()
+        restore(handlers)
         if plan.discard:  # a failed start leaves no run directory behind
             shutil.rmtree(plan.run_dir, ignore_errors=True)
             print(
@@ -265,8 +301,8 @@ def _execute(plan: Plan) -> int:
     from pptp.fileio import atomic_write
     from search.running.ending import discard_start, never_started
     from search.running.opening import open_parent_run, open_study
-    from search.running.plan import EXIT_INTERRUPTED
     from search.study import rundir
+    from search.study.reconcile import tell_from_records
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -284,6 +320,9 @@ def _execute(plan: Plan) -> int:
     atomic_write(run_dir / "space.yaml", _yaml(space.resolved()))
 
     study = open_study(plan)
+    told = tell_from_records(study, run_dir, space.study.objectives) if plan.state else []
+    if told:
+        print(f"resume      trials {told} had ended (their records say how): told Optuna")
     interrupted = rundir.fail_interrupted(study)
     tracker = open_parent_run(plan)
     try:
@@ -294,13 +333,16 @@ def _execute(plan: Plan) -> int:
             plan.discard = True
         raise
     except KeyboardInterrupt:  # outside the session (which handles its own)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        end_at_once_on_another(plan.resume_hint())
         try:
             tracker.finish(status="KILLED")
         except Exception as error:
             logger.warning("could not mark the MLflow parent run KILLED (%s)", error)
-        print(f"\ninterrupted (no trial was running). {plan.resume_hint()}", flush=True)
-        return EXIT_INTERRUPTED
+        print(
+            f"\ninterrupted ({signal_name()}; no trial was running). {plan.resume_hint()}",
+            flush=True,
+        )
+        return exit_status()
 
 
 def _with_parent(
@@ -311,6 +353,7 @@ def _with_parent(
     from search.running.opening import record_run, report_interrupted
     from search.running.session import run_session
     from search.study import rundir
+    from search.study.reconcile import end_interrupted_runs
     from search.sync import SyncReport, replay_records, store_identity
 
     identity = store_identity(plan.tracking_uri)
@@ -318,6 +361,10 @@ def _with_parent(
     report = SyncReport(parent_run_id=tracker.parent_run_id)
     if interrupted:
         report_interrupted(tracker, study, interrupted)
+    if plan.state is not None:  # every interrupted trial's runs KILLED, however they ended
+        ended = end_interrupted_runs(tracker, rundir.interrupted_numbers(study))
+        if ended:
+            print(f"resume      {ended} MLflow runs of interrupted trials ended KILLED")
     if plan.state is not None:
         try:
             replay_records(tracker, plan.run_dir, study, report)

@@ -329,6 +329,14 @@ def prepare(args: argparse.Namespace) -> Plan:
 def execute(plan: Plan) -> int:
     try:
         report = sync_run(plan.run_dir, plan.tracking_uri)
+        if not report.missing:  # the runs are all there: the report and descriptions too
+            from search.reporting.publish import publish_study
+
+            published = publish_study(plan.run_dir, tracking_uri=plan.tracking_uri)
+            if published.problem:
+                report.missing.append(f"the study's report: the store {published.problem}")
+            else:
+                print(published.summary())
     finally:
         plan.lock.release()
     for line in report.lines():

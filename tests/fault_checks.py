@@ -3,7 +3,10 @@ MLflow store, and the fault table the suite produces from them.
 
 :func:`check_run` reads the Optuna study, the MLflow experiment, ``pareto_front.csv`` and the
 reference bank of a finished study and returns an :class:`Outcome`: every finished trial is in
-Optuna and in MLflow exactly once with the same metrics; the front CSV equals the front
+Optuna and in MLflow exactly once with the same metrics; Optuna and MLflow agree about every
+trial either holds (each MLflow trial run's end status is its Optuna trial's: FINISHED for
+COMPLETE, FAILED for a failure, KILLED for an interrupted trial; a run with no Optuna trial
+disagrees); the front CSV equals the front
 recomputed from Optuna (``study.best_trials``); the enqueued baseline completed; the bank holds no
 partial entry; nothing is left RUNNING (Optuna trials, MLflow runs).
 
@@ -45,6 +48,7 @@ class Outcome:
     duplicated: int = 0
     front_differs: int = 0
     left_running: int = 0
+    disagreements: int = 0
     baseline_complete: bool = False
     bank_partial: int = 0
     problems: list[str] = field(default_factory=list)
@@ -105,18 +109,14 @@ def check_run(
         if len(found) > 1:
             out.duplicated += len(found) - 1
             out.problems.append(f"trial {t.number} has {len(found)} MLflow runs")
-        run = found[0]
-        if run.info.status != expected_status(t):
-            out.problems.append(
-                f"trial {t.number}: Optuna {t.state.name}, MLflow {run.info.status}"
-            )
-        if t.state == TrialState.COMPLETE:
-            for name, value in zip(objectives, t.values, strict=True):
-                logged = run.data.metrics.get(metric_key(name))
-                if logged is None or not math.isclose(logged, value, rel_tol=1e-9):
-                    out.problems.append(
-                        f"trial {t.number}: {name} is {value} in Optuna, {logged} in MLflow"
-                    )
+    # both ways: every trial run in MLflow against its Optuna trial (state and values)
+    by_number = {t.number: t for t in trials}
+    for number, found in sorted(children.items()):
+        for run in found:
+            problem = _disagreement(by_number.get(number), run, objectives)
+            if problem is not None:
+                out.disagreements += 1
+                out.problems.append(f"trial {number}: {problem}")
     # retrained duplicates: two COMPLETE trials with the same params, neither marked duplicate_of
     seen: dict[str, int] = {}
     for t in trials:
@@ -159,6 +159,24 @@ def check_run(
     return out
 
 
+def _disagreement(trial: Any, run: Any, objectives: list[str]) -> str | None:
+    """What Optuna's ``trial`` (None: no such trial) and its MLflow ``run`` disagree about, or
+    None when they agree. A run still RUNNING is counted as left RUNNING, not here."""
+    if run.info.status == "RUNNING":
+        return None
+    if trial is None:
+        return f"MLflow run {run.info.run_id} ({run.info.status}) has no Optuna trial"
+    if run.info.status != expected_status(trial):
+        interrupted = " (interrupted)" if trial.user_attrs.get(rundir.INTERRUPTED) else ""
+        return f"Optuna {trial.state.name}{interrupted}, MLflow {run.info.status}"
+    if trial.state == TrialState.COMPLETE:
+        for name, value in zip(objectives, trial.values, strict=True):
+            logged = run.data.metrics.get(metric_key(name))
+            if logged is None or not math.isclose(logged, value, rel_tol=1e-9):
+                return f"{name} is {value} in Optuna, {logged} in MLflow"
+    return None
+
+
 def _objectives(run_dir: Path) -> Any:
     from search.space import load_space
 
@@ -198,6 +216,7 @@ class Row:
     duplicated: int
     front_differs: int
     left_running: int
+    disagreements: int = 0
 
 
 def table_path(default_dir: Path) -> Path:
@@ -218,6 +237,7 @@ def row_from(fault: str, outcome: Outcome, *, injected: int = 1, completed: bool
         duplicated=outcome.duplicated,
         front_differs=outcome.front_differs,
         left_running=outcome.left_running,
+        disagreements=outcome.disagreements,
     )
 
 
@@ -231,10 +251,11 @@ def format_rows(path: Path) -> str:
         "duplicated",
         "fronts differing",
         "runs left RUNNING",
+        "Optuna/MLflow disagree",
     ]
     body = [
         [r["fault"], r["injected"], r["completed"], r["lost"], r["duplicated"],
-         r["front_differs"], r["left_running"]]
+         r["front_differs"], r["left_running"], r.get("disagreements", 0)]
         for r in rows
     ]  # fmt: skip
     return format_table(body, headers)

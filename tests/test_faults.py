@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import signal
 import socket
 import time
@@ -207,7 +208,7 @@ def test_diverging_reference_stops_before_any_trial(
 
 
 def test_kill_9_resume_two_drivers_duplicates_and_ctrl_c(
-    tmp_path: Path, ray_tmp: str, bank: Path, table: Path
+    tmp_path: Path, ray_tmp: str, bank: Path, table: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     space = write_space(tmp_path, bank, n_trials=4)
     run, store = tmp_path / "run", f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -282,6 +283,37 @@ def test_kill_9_resume_two_drivers_duplicates_and_ctrl_c(
     experiment = rundir.read_state(run).experiment_id or ""
     assert not [r for r in client.search_runs([experiment]) if r.info.status == "RUNNING"]
 
+    # driver D2 resumes; SIGTERM to its whole process group (systemd, Slurm: Ray's own
+    # processes get it too) stops it like Ctrl-C, exit 143
+    d2 = start_driver(
+        args(space, run, store, "--resume", "--n-trials", "40"),
+        tmp_path / "d2.log",
+        env=fault_env("slow@*=1"),
+    )
+    try:
+        wait_for(
+            lambda: " started: " in (tmp_path / "d2.log").read_text(),
+            timeout=120,
+            what="a resumed trial to start",
+            alive=d2,
+        )
+        sent = time.monotonic()
+        os.killpg(d2.pid, signal.SIGTERM)
+        code = d2.wait(timeout=60)
+        sigterm_in = time.monotonic() - sent
+    finally:
+        if d2.poll() is None:
+            os.killpg(d2.pid, signal.SIGKILL)
+            d2.wait()
+        left = kill_processes_naming(ray_tmp)
+    said = (tmp_path / "d2.log").read_text()
+    assert code == 143, said[-3000:]
+    assert "interrupted (SIGTERM)" in said and "Resume with:" in said, said[-3000:]
+    assert sigterm_in < 30 and not left, (sigterm_in, left)
+    print(f"SIGTERM to the driver's process group: exit 143 after {sigterm_in:.1f} s")
+    assert not trials_in(run, TrialState.RUNNING)
+    assert not [r for r in client.search_runs([experiment]) if r.info.status == "RUNNING"]
+
     # the user enqueues a config the study already finished: it must not be trained again;
     # driver E completes the study (extended by one trial for it)
     finished = min(before)
@@ -300,8 +332,99 @@ def test_kill_9_resume_two_drivers_duplicates_and_ctrl_c(
         "stale lock after kill -9",
         "duplicate suggestion after resume",
         "Ctrl-C (40 trials pending)",
+        "SIGTERM to the process group (exit 143)",
     ):
         add_row(table, row_from(fault, outcome))
+    damaged_study_db(space, run, store, table, capsys, before=before)
+
+
+def damaged_study_db(
+    space: Path,
+    run: Path,
+    store: str,
+    table: Path,
+    capsys: pytest.CaptureFixture[str],
+    *,
+    before: dict[int, tuple[float, ...]],
+) -> None:
+    """On a finished run: ``study.db`` damaged four ways, each refused by ``--resume`` in one line
+    naming the last good copy, exit 2, nothing written; the documented ``cp`` restores it."""
+    from test_study_backup import _damage
+
+    from search.run import main
+    from search.study.backup import BACKUP, STUDY_DB
+
+    db, copy = run / STUDY_DB, run / BACKUP
+    assert copy.is_file()  # the driver copied it after every ended trial
+    good = db.read_bytes()
+    for how in ("truncated to half", "garbage in the middle", "empty", "missing"):
+        _damage(db, how)
+        listing = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+        code = main(args(space, run, store, "--resume"))
+        err = capsys.readouterr().err
+        assert code == 2 and len(err.strip().splitlines()) == 1, err[-2000:]
+        assert f"cp {copy} {db}" in err and "Traceback" not in err, err
+        assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == listing  # nothing written
+        db.write_bytes(good)
+        add_row(table, Row(f"study.db {how}, then --resume (exit 2)", 1, 0, 0, 0, 0, 0))
+    shutil.copy(copy, db)  # the documented restore
+    code = main(args(space, run, store, "--resume"))
+    capsys.readouterr()
+    assert code == 0
+    outcome = check_run(run, store, before=before)
+    assert outcome.ok, outcome.problems
+    add_row(table, row_from("study.db restored from its copy, then --resume", outcome))
+    result_not_told(space, run, store, table, capsys, before=before)
+
+
+def result_not_told(
+    space: Path,
+    run: Path,
+    store: str,
+    table: Path,
+    capsys: pytest.CaptureFixture[str],
+    *,
+    before: dict[int, tuple[float, ...]],
+) -> None:
+    """The driver stopped after two trials ended in MLflow (runs FINISHED) but before Optuna was
+    told (set back to RUNNING in study.db, as a lost GCS or a full disk leaves them): the one
+    whose record the driver wrote is told from it on --resume; the one without a record is
+    interrupted and its MLflow run ends KILLED. Either way, Optuna and MLflow agree."""
+    import sqlite3
+
+    from search.run import main
+    from search.study.reconcile import RECONCILED
+
+    done = [t for t in load(run).trials if t.state == TrialState.COMPLETE]
+    recorded = done[0]
+    unrecorded = next(
+        t for t in done[1:] if not t.user_attrs.get(rundir.ENQUEUED)
+        and t.user_attrs.get("duplicate_of") is None
+    )  # fmt: skip
+    (run / "trials" / f"trial-{unrecorded.number:04d}.json").unlink()
+    with sqlite3.connect(run / "study.db") as db:
+        for t in (recorded, unrecorded):
+            (trial_id,) = db.execute(
+                "SELECT trial_id FROM trials WHERE number = ?", (t.number,)
+            ).fetchone()
+            db.execute(
+                "UPDATE trials SET state = 'RUNNING', datetime_complete = NULL "
+                "WHERE trial_id = ?",
+                (trial_id,),
+            )
+            db.execute("DELETE FROM trial_values WHERE trial_id = ?", (trial_id,))
+    code = main(args(space, run, store, "--resume"))
+    said = capsys.readouterr()
+    assert code == 0, (said.out + said.err)[-3000:]
+    now = {t.number: t for t in load(run).trials}
+    assert now[recorded.number].state == TrialState.COMPLETE
+    assert now[recorded.number].values == recorded.values
+    assert now[recorded.number].user_attrs.get(RECONCILED)
+    assert now[unrecorded.number].user_attrs.get(rundir.INTERRUPTED)
+    kept = {n: v for n, v in before.items() if n != unrecorded.number}
+    outcome = check_run(run, store, before=kept)
+    assert outcome.ok, outcome.problems
+    add_row(table, row_from("result in MLflow, not told to Optuna, then --resume", outcome))
 
 
 def test_tracking_store_deleted_mid_study_then_sync(
@@ -327,10 +450,95 @@ def test_tracking_store_deleted_mid_study_then_sync(
         said = (tmp_path / "sync.log").read_text()
     assert code == 0, said[-3000:]
     assert "replayed 3 trial run(s)" in said
+    parent = rundir.read_state(run).parent_run_id or ""
+    attached = {f.path for f in MlflowClient(store).list_artifacts(parent)}
+    assert "report.html" in attached, attached  # --sync publishes the report too
     outcome = check_run(run, store, bank_dir=bank)
     assert outcome.ok, outcome.problems
     assert (run / "pareto_front.csv").read_text() == front_before
     add_row(table, row_from("tracking store deleted mid-study (+ --sync)", outcome))
+
+
+def test_disk_full_in_the_run_directory_stops_in_one_line_and_resume_completes(
+    tmp_path: Path, ray_tmp: str, bank: Path, table: Path
+) -> None:
+    """The driver cannot write trial 1's record (ENOSPC, injected in the driver): one line naming
+    the file, exit 1, the resume command, nothing RUNNING; --resume completes the study once."""
+    space = write_space(tmp_path, bank, n_trials=3)
+    run, store = tmp_path / "run", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    log = tmp_path / "driver.log"
+    code = run_driver(args(space, run, store), log, env=fault_env("disk_full@1"))
+    out = log.read_text()
+    assert code == 1, out[-3000:]
+    record = run / "trials" / "trial-0001.json"
+    assert f"error: no space left on the device writing {record} (" in out, out[-3000:]
+    assert "Resume with:" in out and "Traceback" not in out, out[-3000:]
+    assert not trials_in(run, TrialState.RUNNING)
+    client = MlflowClient(store)
+    experiment = rundir.read_state(run).experiment_id or ""
+    assert not [r for r in client.search_runs([experiment]) if r.info.status == "RUNNING"]
+    code = run_driver(args(space, run, store, "--resume"), tmp_path / "resume.log")
+    assert code == 0, (tmp_path / "resume.log").read_text()[-3000:]
+    outcome = check_run(run, store, bank_dir=bank)
+    assert outcome.ok, outcome.problems
+    add_row(table, row_from("disk full writing the run directory (exit 1, + --resume)", outcome))
+
+
+def _pid_of(program: str, naming: str) -> int | None:
+    """The PID of the process running ``program`` (its argv[0] ends so) whose command line
+    names ``naming`` (the test's RAY_TMPDIR), if one runs."""
+    for pid_dir in Path("/proc").iterdir():
+        if not pid_dir.name.isdigit():
+            continue
+        try:
+            argv = (pid_dir / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[0].endswith(program.encode()) and naming.encode() in b" ".join(argv):
+            return int(pid_dir.name)
+    return None
+
+
+def test_a_lost_raylet_stops_the_study_and_resume_runs_its_trials_again(
+    tmp_path: Path, ray_tmp: str, bank: Path, table: Path
+) -> None:
+    """SIGKILL to the raylet of the driver's Ray while trials run: one line naming it, a stop
+    within seconds, the running trials interrupted (not failed), exit 1; --resume completes."""
+    space = write_space(tmp_path, bank, n_trials=3)
+    run, store = tmp_path / "run", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    log = tmp_path / "driver.log"
+    driver = start_driver(args(space, run, store), log, env=fault_env("slow@*=1"))
+    try:
+        wait_for(
+            lambda: " started: " in log.read_text(),
+            timeout=150,
+            what="a trial to start",
+            alive=driver,
+        )
+        raylet = _pid_of("raylet", ray_tmp)
+        assert raylet is not None
+        sent = time.monotonic()
+        os.kill(raylet, signal.SIGKILL)
+        code = driver.wait(timeout=60)
+        stopped_in = time.monotonic() - sent
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+        kill_processes_naming(ray_tmp)
+    out = log.read_text()
+    assert code == 1, out[-3000:]
+    assert "error: Ray's raylet died (the cluster's fault, not the trials')" in out, out[-3000:]
+    assert "Resume with:" in out and stopped_in < 20, stopped_in
+    print(f"raylet SIGKILL: the driver said so and exited 1 after {stopped_in:.1f} s")
+    failed = [t for t in trials_in(run) if t.state == TrialState.FAIL]
+    assert failed and all(t.user_attrs.get(rundir.INTERRUPTED) for t in failed)
+    assert not trials_in(run, TrialState.RUNNING)
+    code = run_driver(args(space, run, store, "--resume"), tmp_path / "resume.log")
+    assert code == 0, (tmp_path / "resume.log").read_text()[-3000:]
+    outcome = check_run(run, store, bank_dir=bank)
+    assert outcome.ok, outcome.problems
+    add_row(table, row_from("raylet SIGKILL (exit 1, + --resume)", outcome))
 
 
 def test_unreachable_address_fails_within_seconds_and_leaves_nothing(

@@ -18,6 +18,11 @@ trial
   ``check_registry_names`` (MLflow's own name rules, checked before any training);
 - ``mlflow.utils.validation.MAX_*`` (public names in an undocumented module): the batch sizes and
   length limits of ``search/tracking/store.py``;
+- ``ray._private.worker._global_node`` (``head``, ``dead_processes()``,
+  ``kill_all_processes(check_alive=, allow_graceful=, wait=)``): ``search/running/stopping.py``
+  ``lost_ray_processes`` and ``_kill_local_ray`` (the Ray node this driver started: which of its
+  system processes died, and killing the rest when a second signal or a lost GCS leaves no time
+  for ``ray.shutdown``);
 - ``optuna._hypervolume.compute_hypervolume``: ``search/comparing/fronts.py`` ``hypervolume`` and
   ``bench/localize_seeding.py`` (Optuna's WFG hypervolume; no public function computes one).
 """
@@ -161,4 +166,27 @@ def test_optuna_compute_hypervolume() -> None:
     losses = np.array([[1.0, 1.0], [0.5, 1.5]])  # two boxes up to (2, 2): 1 + 0.5 - 0.25
     assert compute_hypervolume(losses, np.array([2.0, 2.0])) == pytest.approx(1.25), changed(
         "optuna", "optuna._hypervolume.compute_hypervolume", where, "another value"
+    )
+
+
+def test_ray_global_node_processes() -> None:
+    import inspect
+
+    import ray._private.node as ray_node
+    import ray._private.worker as ray_worker
+
+    where = "search/running/stopping.py lost_ray_processes, _kill_local_ray"
+    assert hasattr(ray_worker, "_global_node"), changed(
+        "ray", "ray._private.worker._global_node", where, "no such attribute"
+    )
+    node = ray_node.Node
+    assert callable(getattr(node, "dead_processes", None)), changed(
+        "ray", "Node.dead_processes", where, "no such method"
+    )
+    params = inspect.signature(node.kill_all_processes).parameters
+    assert {"check_alive", "allow_graceful", "wait"} <= set(params), changed(
+        "ray", "Node.kill_all_processes", where, f"parameters {list(params)}"
+    )
+    assert "self.head = head" in inspect.getsource(node.__init__), changed(
+        "ray", "Node.head", where, "no longer set in Node.__init__"
     )

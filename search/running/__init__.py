@@ -8,6 +8,10 @@
   tasks, checked above chance and shipped to the trials;
 - :mod:`~search.running.session`: Ray, the concurrency cap and the Tune session of the trials,
   Ctrl-C included;
+- :mod:`~search.running.stopping` (and its Tune callback :mod:`~search.running.stop_check`):
+  SIGTERM stopped like Ctrl-C, a second signal ending at once, a dead raylet or GCS stopping the
+  study with its trials interrupted; :mod:`~search.running.disk_full`: a full disk said in one
+  line;
 - :mod:`~search.running.ending`: the Pareto front CSV, MLflow brought up to date, the report and
   what to print.
 """

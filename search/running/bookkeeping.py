@@ -11,12 +11,19 @@
   (:meth:`search.running.samplers.StudySearch.fail`), ends the MLflow child run the dead worker left
   RUNNING as FAILED with the same reason and the error text as ``traceback.txt``, and writes the
   trial's record (pending when MLflow could not be written).
+- **A worker that died with Ray's raylet or GCS** is not the trial's failure: the callback stops
+  the session instead (:func:`search.running.stopping.stop_for_lost_ray`), and the trial is
+  marked interrupted.
+- **After every ended trial** ``study.db`` is copied to ``study.backup.db`` (SQLite's online
+  backup, checked before it replaces the previous copy: :mod:`search.study.backup`), the copy a
+  damaged ``study.db`` is restored from.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,8 +33,9 @@ from ray.tune import Callback
 from search.running.progress import trial_error_text
 from search.running.samplers import RECORD, TRIAL_NUMBER, StudySearch
 from search.running.scheduler import FINAL, RUNG
+from search.running.stopping import lost_ray_processes, stop_for_lost_ray
 from search.running.trainable import stopped_reason
-from search.study import records
+from search.study import backup, records
 from search.study.failures import worker_death_reason
 from search.tracking.names import (
     TAG_FAIL_REASON,
@@ -85,8 +93,10 @@ class Bookkeeper(Callback):
     def on_trial_complete(
         self, iteration: int, trials: list[Any], trial: Any, **info: Any
     ) -> None:
-        """A trial the multi-fidelity scheduler stopped: its MLflow run ends KILLED with the
-        reason, whether or not its process got to end it (Tune may end the process first)."""
+        """A trial ended: ``study.db`` is copied (:meth:`_back_up`). A trial the multi-fidelity
+        scheduler stopped: its MLflow run ends KILLED with the reason, whether or not its process
+        got to end it (Tune may end the process first)."""
+        self._back_up()
         last = trial.last_result or {}
         run_id = last.get("mlflow_run_id")
         if last.get(RUNG) is None or last.get(FINAL, 1) or not run_id:
@@ -96,7 +106,16 @@ class Bookkeeper(Callback):
         except Exception as error:  # MLflow down: sync ends runs left RUNNING
             logger.warning("trial run %s: could not end it KILLED (%s)", run_id, error)
 
+    def _back_up(self) -> None:
+        try:
+            backup.back_up(self.run_dir)
+        except (OSError, sqlite3.Error) as error:  # the study goes on; the old copy stays
+            logger.warning("could not copy %s (%s)", self.run_dir / backup.STUDY_DB, error)
+
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        lost = lost_ray_processes()
+        if lost:  # the raylet or GCS died: the cluster's fault, the trial is interrupted
+            stop_for_lost_ray(lost)
         text = trial_error_text(trial)
         reason = worker_death_reason(text)
         number = self.searcher.fail(trial.trial_id, reason)
@@ -132,3 +151,4 @@ class Bookkeeper(Callback):
         records.write(self.run_dir, record)
         if record.pending:
             self.pending.append(number)
+        self._back_up()

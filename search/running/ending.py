@@ -56,6 +56,9 @@ def finish(
             n_trials=plan.n_trials,
             report=report,
         )
+    published, problem = publish(plan, mlflow=not store_replaced(plan.tracking_uri, identity))
+    if problem is not None and not report.missing:  # the runs are there, the report is not
+        report.missing.append(f"the study's report and trial descriptions: the store {problem}")
     stopped = sum(t.pruned for t in trials)
     print(
         f"\nPareto front ({sum(t.pareto for t in trials)} of {len(trials)} finished trials, "
@@ -68,7 +71,7 @@ def finish(
         print(line)
     for line in report.lines():
         print(line)
-    print(publish(plan, mlflow=not store_replaced(plan.tracking_uri, identity)))
+    print(published)
     if not complete:
         print(f"\nstopped with {done} of {plan.n_trials} trials finished. {plan.resume_hint()}")
         return EXIT_STOPPED
@@ -103,19 +106,18 @@ def write_front_csv(plan: Plan, trials: list[FinishedTrial]) -> None:
     atomic_write(plan.run_dir / "pareto_front.csv", front_csv(trials, plan.space.study.objectives))
 
 
-def publish(plan: Plan, *, mlflow: bool) -> str:
+def publish(plan: Plan, *, mlflow: bool) -> tuple[str, str | None]:
     """Name and describe the trial runs, save the MLflow views, write ``report.html`` (and attach
     it), and return what to print: the report and where to look next
     (:mod:`search.reporting.publish`). A
     failure here costs the study nothing: it is a warning, and ``pptp-search report`` redoes it."""
     try:
-        return (
-            "\n"
-            + publish_study(plan.run_dir, tracking_uri=plan.tracking_uri, mlflow=mlflow).summary()
-        )
+        done = publish_study(plan.run_dir, tracking_uri=plan.tracking_uri, mlflow=mlflow)
     except Exception as error:  # the study is done and saved; the report is a convenience
         logger.warning("could not write the report (%s: %s)", type(error).__name__, error)
-        return "\n" + where_to_look(plan.run_dir, tracking_uri=plan.tracking_uri, links=None)
+        text = where_to_look(plan.run_dir, tracking_uri=plan.tracking_uri, links=None)
+        return "\n" + text, None
+    return "\n" + done.summary(), done.problem if mlflow and done.problem else None
 
 
 def never_started(plan: Plan, study: optuna.Study) -> bool:

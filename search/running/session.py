@@ -2,14 +2,13 @@
 ``--address``), cap ``max_concurrent`` to what the resources run at once, train the references
 (:mod:`search.running.references`), then let Tune run the trials that
 :class:`search.running.samplers.StudySearch` asks Optuna for; Ctrl-C marks the running trials
-interrupted and prints the resume command."""
+interrupted and prints the resume command, and so does SIGTERM (:mod:`search.running.stopping`)."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
 import os
-import signal
 import sys
 from collections.abc import Mapping
 from functools import partial
@@ -26,12 +25,23 @@ from search.cli.entry import local_ray_environment
 from search.running.bookkeeping import Bookkeeper
 from search.running.budget import shares_for
 from search.running.cluster import RayUnreachable, concurrency_cap
+from search.running.disk_full import describe, disk_full
 from search.running.ending import study_trials, write_front_csv
-from search.running.plan import EXIT_INTERRUPTED, EXIT_STOPPED
+from search.running.plan import EXIT_STOPPED
 from search.running.progress import Progress
 from search.running.references import ReferencesUnavailable, train_references
 from search.running.samplers import StudySearch
 from search.running.scheduler import MultiObjectiveASHA, rung_history
+from search.running.stop_check import PendingStop
+from search.running.stopping import (
+    end_at_once_on_another,
+    exit_status,
+    ray_lost,
+    signal_name,
+    stop_on_signals,
+    stop_ray,
+    watch_ray,
+)
 from search.running.trainable import TrialContext, trainable
 from search.running.user_code import code_names, runtime_env
 from search.space import build_sampler
@@ -39,6 +49,7 @@ from search.space.checks import possible_values
 from search.study import rundir
 from search.study.failures import INTERRUPTED_REASON
 from search.study.naming import planned_name
+from search.study.reconcile import end_interrupted_runs, tell_from_records
 from search.sync import finish_tracking
 from search.tracking.names import TAG_FAIL_REASON
 
@@ -98,21 +109,31 @@ def run_session(
         run_tuner(
             plan, searcher, ctx, remaining, concurrency, keeper, references.signals, scheduler
         )
-    except KeyboardInterrupt:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the clean-up takes seconds: let it end
-        ray.shutdown()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (search.running.stopping)
+        end_at_once_on_another(plan.resume_hint())  # the clean-up takes seconds
+        stop_ray()
+        end_at_once_on_another(plan.resume_hint())  # Ray's shutdown reset SIGTERM to the default
+        if ray_lost():  # not the trials' fault: they are interrupted, not failed
+            return on_interrupt(plan, tracker, None, lost=ray_lost())
         return on_interrupt(plan, tracker, searcher)
     except ConfigError as error:  # the cluster, its resources, a recipe that cannot train
-        ray.shutdown()
+        stop_ray()
         fail_parent(tracker, str(error))
         raise
     except ReferencesUnavailable as error:
-        ray.shutdown()
+        stop_ray()
         fail_parent(tracker, str(error))
         print(f"error: {error}", file=sys.stderr)
         return EXIT_STOPPED
+    except Exception as error:  # a full disk: a clear stop (search.running.disk_full)
+        full = disk_full(error)
+        if full is None:
+            raise
+        end_at_once_on_another(plan.resume_hint())
+        stop_ray()
+        return on_disk_full(plan, tracker, searcher, full)
     finally:
-        ray.shutdown()
+        stop_ray()
     searcher.fail_awaiting()
     leftover = rundir.fail_interrupted(study)  # Tune ended without telling them: never lost
     if leftover:
@@ -126,6 +147,8 @@ def start_ray(plan: Plan) -> None:
         local_ray_environment()  # never for a cluster the user started: their settings hold
     try:
         ray.init(**_ray_init_args(plan))
+        stop_on_signals()  # ray.init installed its own handler (sys.exit: a C++ abort under Tune)
+        watch_ray()  # its raylet or GCS dying stops the study within a second
     except (ConnectionError, TimeoutError) as error:
         if not plan.args.address:
             raise
@@ -246,6 +269,7 @@ def run_tuner(
             storage_path=str(plan.run_dir / "ray"),
             verbose=0,
             callbacks=[
+                PendingStop(),
                 keeper,
                 Progress(
                     total=remaining,
@@ -265,13 +289,25 @@ def _describe(space: Space, number: int, sampled: Mapping[str, Any]) -> str:
     return planned_name(number, space.trial_config(sampled), space)
 
 
-def on_interrupt(plan: Plan, tracker: StudyTracker, searcher: StudySearch | None) -> int:
+def on_interrupt(
+    plan: Plan,
+    tracker: StudyTracker,
+    searcher: StudySearch | None,
+    *,
+    lost: list[str] | None = None,
+) -> int:
+    """Ray is down: mark the running trials interrupted (and any whose worker died waiting for
+    its reason failed, unless ``searcher`` is None: the Ray processes ``lost`` killed them), end
+    the MLflow runs, print what happened and the resume command; the exit status."""
     if searcher is not None:
         searcher.fail_awaiting()
     study = optuna.load_study(study_name=plan.space.study.name, storage=plan.storage())
+    tell_from_records(study, plan.run_dir, plan.space.study.objectives)  # ended, not told yet
     numbers = rundir.fail_interrupted(study)
     try:
-        tracker.mark_stale_children(f"{INTERRUPTED_REASON} (Ctrl-C)", status="KILLED")
+        why = f"Ray's {' and '.join(lost)} died" if lost else signal_name()
+        tracker.mark_stale_children(f"{INTERRUPTED_REASON} ({why})", status="KILLED")
+        end_interrupted_runs(tracker, numbers)  # a run its trial ended, Optuna never told
     except Exception as error:
         logger.warning("could not mark the interrupted MLflow runs KILLED (%s)", error)
     write_front_csv(plan, study_trials(plan, study))
@@ -289,12 +325,55 @@ def on_interrupt(plan: Plan, tracker: StudyTracker, searcher: StudySearch | None
         report.missing.append(f"the parent run's end state ({error})")
     for line in report.lines():
         print(line)
+    so_far = f"({rundir.finished_count(study)} of {plan.n_trials} finished)"
+    if lost:
+        print(
+            f"error: Ray's {' and '.join(lost)} died (the cluster's fault, not the trials'): the "
+            f"study stopped; trials {numbers or '[]'} were running and are marked interrupted "
+            f"{so_far}; they run again on --resume",
+            file=sys.stderr,
+            flush=True,
+        )
+        print(plan.resume_hint(), flush=True)
+        return EXIT_STOPPED
     print(
-        f"\ninterrupted: trials {numbers or '[]'} were running and are marked interrupted "
-        f"({rundir.finished_count(study)} of {plan.n_trials} finished). {plan.resume_hint()}",
+        f"\ninterrupted ({signal_name()}): trials {numbers or '[]'} were running and are marked "
+        f"interrupted {so_far}. {plan.resume_hint()}",
         flush=True,
     )
-    return EXIT_INTERRUPTED
+    return exit_status()
+
+
+def on_disk_full(
+    plan: Plan, tracker: StudyTracker, searcher: StudySearch | None, error: BaseException
+) -> int:
+    """The disk is full: one line, then what the Ctrl-C path does, each step on its own (a step
+    the full disk refuses is left to ``--resume``); exit status 1."""
+    import optuna
+
+    print(f"error: {describe(error, plan.run_dir)}", file=sys.stderr, flush=True)
+
+    def mark_trials() -> None:
+        if searcher is not None:
+            searcher.fail_awaiting()
+        study = optuna.load_study(study_name=plan.space.study.name, storage=plan.storage())
+        tell_from_records(study, plan.run_dir, plan.space.study.objectives)
+        numbers.extend(rundir.fail_interrupted(study))
+
+    numbers: list[int] = []
+    steps = (
+        ("mark the running trials interrupted", mark_trials),
+        ("end their MLflow runs", lambda: tracker.mark_stale_children("interrupted: disk full")),
+        ("end the runs their trials ended", lambda: end_interrupted_runs(tracker, numbers)),
+        ("end the MLflow parent run", lambda: tracker.finish(status="KILLED")),
+    )
+    for what, step in steps:
+        try:
+            step()
+        except Exception as failure:  # the next --resume does it
+            logger.warning("could not %s (%s); --resume will", what, failure)
+    print(f"\nstopped: the disk is full. {plan.resume_hint()}", flush=True)
+    return EXIT_STOPPED
 
 
 def fail_parent(tracker: StudyTracker, reason: str) -> None:

@@ -5,6 +5,7 @@ Layout::
     runs/<study>/<YYYYmmdd-HHMMSS>/
         study.db            Optuna's SQLite storage (every finished trial survives kill -9);
                             absent when the study lives in a shared database (--storage)
+        study.backup.db     its last good copy, taken after every ended trial (search.study.backup)
         state.json          study name, space path and hash, tracking URI, MLflow parent run,
                             the Optuna storage URL when it is not study.db
         space.yaml          the resolved space
@@ -234,6 +235,11 @@ def fail_interrupted(study: optuna.Study) -> list[int]:
         study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
         numbers.append(t.number)
     return numbers
+
+
+def interrupted_numbers(study: optuna.Study) -> list[int]:
+    """The trials marked interrupted (:func:`fail_interrupted`), by number."""
+    return [t.number for t in study.get_trials(deepcopy=False) if t.user_attrs.get(INTERRUPTED)]
 
 
 def finished_count(study: optuna.Study) -> int:

@@ -21,7 +21,9 @@ Kinds (:data:`KINDS`):
 - ``kill``: the worker process sends itself SIGKILL after the first epoch (a dead worker);
 - ``slow``: sleep ``number`` seconds (default 1) after every epoch (keeps a trial running);
 - ``delete_store``: delete the SQLite tracking store's file when the trial starts (the store
-  lost mid-study).
+  lost mid-study);
+- ``disk_full``: in the driver, writing the trial's record in the run directory fails with
+  ENOSPC (the run directory's disk is full), once per driver.
 
 An unparsable value raises at once, so a typo in a test never passes silently.
 """
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import errno
 import logging
 import math
 import os
@@ -42,7 +45,9 @@ from types import ModuleType
 from typing import Any
 
 ENV = "PPTP_TEST_FAULT"
-KINDS = ("raise", "oom", "memory", "nan_loss", "nan_metric", "kill", "slow", "delete_store")
+KINDS = (
+    "raise", "oom", "memory", "nan_loss", "nan_metric", "kill", "slow", "delete_store", "disk_full"
+)
 HERE = Path(__file__).resolve().parent
 
 logger = logging.getLogger(__name__)
@@ -177,6 +182,23 @@ def install(trainable: ModuleType) -> None:
     trainable.run_search_trial = faulty_search_trial
     trainable.run_trial = faulty_run_trial
     trainable._flat_metrics = faulty_flat_metrics
+
+
+def install_records(records: ModuleType) -> None:
+    """Wrap ``search.study.records.write`` (the driver's record of an ended trial): ``disk_full``
+    raises ENOSPC naming the record's path, as a full disk does, the first time it is asked."""
+    write: Callable[..., Any] = records.write
+    failed: set[int] = set()
+
+    def faulty_write(run_dir: Path, record: Any) -> Any:
+        number = int(record.trial)
+        if has(faults_for(number), "disk_full") and number not in failed:
+            failed.add(number)
+            path = records.path(run_dir, number)
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return write(run_dir, record)
+
+    records.write = faulty_write
 
 
 def _delete_sqlite_store(uri: str) -> None:
