@@ -40,14 +40,6 @@ from pptp.train import EpochLog, TrainResult, evaluate, training
 from pptp.trial import attack_scores, measure_target, references_needed
 
 
-def rung_epochs(epochs: int, fractions: Sequence[float]) -> tuple[int, ...]:
-    """The epochs of rungs at ``fractions`` of ``epochs`` (rounded, at least 1, below
-    ``epochs``, distinct, ascending): ``rung_epochs(30, [1/9, 1/3]) == (3, 10)``. The end of
-    training is the last rung and is not listed."""
-    out = sorted({max(1, round(f * epochs)) for f in fractions} - {epochs})
-    return tuple(e for e in out if e < epochs)
-
-
 def run_trial_at_rungs(
     cfg: TrialConfig,
     seeds: Sequence[int],

@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 from pptp.attacks import attack_names
 from pptp.config import TrialConfig
-from pptp.fidelity import rung_epochs
 from pptp.metric_catalogue import catalogue, lookup, metric_names
+from pptp.rungs import rung_epochs
 from pptp.treatment import Kind
 
 Direction = Literal["maximize", "minimize"]
@@ -123,7 +123,7 @@ class Fidelity:
 
     def epochs(self, total: int) -> tuple[int, ...]:
         """The rung epochs of a ``total``-epoch training, the end excluded (e.g. 3, 10 of 30:
-        :func:`pptp.fidelity.rung_epochs`)."""
+        :func:`pptp.rungs.rung_epochs`)."""
         return rung_epochs(total, self.rungs)
 
     def to_data(self) -> dict[str, Any]:
