@@ -42,10 +42,11 @@ from pptp.config import TrialConfig
 from pptp.data import build_pool
 from pptp.metrics import evaluate
 from pptp.models import build_model
+from pptp.result import TrialResult
 from pptp.signals import compute_signals, resolve_queries
 from pptp.tables import format_table
 from pptp.train import train
-from pptp.trial import TrialResult, references_needed, run_trial
+from pptp.trial import references_needed, run_trial
 from search.space import load_space
 
 # ------------------------------------------------------------------------------------- stages

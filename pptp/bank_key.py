@@ -57,6 +57,7 @@ _NOT_TRAINING = (
     "metric_catalogue",
     "metrics",
     "production",
+    "result",
     "tables",
     "treatment",
     "trial",

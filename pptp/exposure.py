@@ -2,7 +2,7 @@
 
 Leakage is seldom spread evenly over a dataset: a few records, often of a few classes, carry most
 of it. For one target, with the attack and score direction of the trial's worst case AUC
-(:meth:`pptp.trial.TrialResult.worst_case`), this module gives
+(:meth:`pptp.result.TrialResult.worst_case`), this module gives
 
 - the **most exposed records**: the target's members with the highest attack scores (the records
   an attacker is surest were trained on), each with its pool index, its index in the raw dataset

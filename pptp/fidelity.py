@@ -34,17 +34,10 @@ from pptp.data import Pool, build_pool
 from pptp.device import resolve_device
 from pptp.errors import ConfigError
 from pptp.models import build_model
+from pptp.result import TrialResult
 from pptp.signals import compute_signals, resolve_queries
 from pptp.train import EpochLog, TrainResult, evaluate, training
-from pptp.trial import TrialResult, attack_scores, measure_target, references_needed
-
-
-def rung_epochs(epochs: int, fractions: Sequence[float]) -> tuple[int, ...]:
-    """The epochs of rungs at ``fractions`` of ``epochs`` (rounded, at least 1, below
-    ``epochs``, distinct, ascending): ``rung_epochs(30, [1/9, 1/3]) == (3, 10)``. The end of
-    training is the last rung and is not listed."""
-    out = sorted({max(1, round(f * epochs)) for f in fractions} - {epochs})
-    return tuple(e for e in out if e < epochs)
+from pptp.trial import attack_scores, measure_target, references_needed
 
 
 def run_trial_at_rungs(

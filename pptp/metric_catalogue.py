@@ -1,6 +1,6 @@
 """The metric catalogue: every number a trial reports, declared once.
 
-A metric is made in :mod:`pptp` (:meth:`pptp.trial.TrialResult.metrics`) and read by every table,
+A metric is made in :mod:`pptp` (:meth:`pptp.result.TrialResult.metrics`) and read by every table,
 tracker and command above it: the space validator (which names may be objectives or constraints),
 the searcher (which values reach Optuna's user attributes), the Pareto table and its CSV, the
 one-line run descriptions, ``compare`` and ``pick``. Each of them asks this module, so showing a
@@ -37,7 +37,7 @@ NONE_DETECTED = "none detected"
 class Metric:
     """One metric (or per-attack family) and how everything above :mod:`pptp` treats it.
 
-    ``key``: as :meth:`~pptp.trial.TrialResult.metrics` names it (families contain
+    ``key``: as :meth:`~pptp.result.TrialResult.metrics` names it (families contain
     :data:`ATTACK`). ``title``: a table column's header. ``short``: its name in one-line
     summaries (the MLflow runs table cuts descriptions at 50 characters). ``direction``: which way
     is better, or None for a fact that is neither (a resolution, a count, seconds); only metrics

@@ -21,7 +21,7 @@ before anything runs).
 ascent on members can cause) leaks as much as one that is not: an attacker who knows the direction
 flips it. :meth:`RocCurve.inverted` is the ROC of the negated scores, and
 :meth:`AttackMetrics.value` gives every headline number in either direction; the trial's
-worst case takes both (:meth:`pptp.trial.TrialResult.metrics`).
+worst case takes both (:meth:`pptp.result.TrialResult.metrics`).
 """
 
 from __future__ import annotations

@@ -18,8 +18,8 @@ from mlflow.tracking import MlflowClient
 
 from pptp.config import TrialConfig
 from pptp.metrics import AttackMetrics, RocCurve
+from pptp.result import TrialResult
 from pptp.train import EpochLog
-from pptp.trial import TrialResult
 from search.tracking.study_tracker import StudyTracker
 from search.tracking.trial_tracker import TrialTracker
 

@@ -109,3 +109,19 @@ def test_python_search_run_py_keeps_working() -> None:
         check=False,
     )  # fmt: skip
     assert done.returncode == 0 and "--space" in done.stdout
+
+
+def test_a_space_refused_on_its_structure_pays_for_no_heavy_import(tmp_path: Path) -> None:
+    """A misspelt key is refused (exit 2, one line) before torch, Ray or MLflow are imported."""
+    space = tmp_path / "typo.yaml"
+    space.write_text("study:\n  name: x\nfixed:\n  train.epochz: 3\n")
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "search/run.py", "--space", str(space)],
+        cwd=REPO, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if "|" not in line]
+    assert len(errors) == 1
+    assert errors[0].startswith(f"error: {space}: fixed.train.epochz: unknown key; did you mean")
+    imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if "|" in line}
+    assert not imported & {"torch", "ray", "mlflow", "scipy", "plotly", "matplotlib"}

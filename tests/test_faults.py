@@ -46,6 +46,7 @@ from fixtures_ray import kill_processes_naming, ray_tmp, run_driver, start_drive
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
+from sqlalchemy.exc import SQLAlchemyError
 
 from search.study import rundir
 
@@ -126,6 +127,8 @@ def trials_in(run: Path, *states: TrialState) -> list[optuna.trial.FrozenTrial]:
     try:
         return load(run).get_trials(deepcopy=False, states=states or None)
     except (KeyError, ValueError):  # the study row is not written yet
+        return []
+    except SQLAlchemyError:  # the driver is creating the schema this very moment: look again
         return []
 
 

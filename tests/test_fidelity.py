@@ -13,8 +13,9 @@ import torch
 from pptp.bank import ReferenceBank
 from pptp.config import TrialConfig
 from pptp.data import build_pool
-from pptp.fidelity import run_trial_at_rungs, rung_epochs
+from pptp.fidelity import run_trial_at_rungs
 from pptp.models import build_model
+from pptp.rungs import rung_epochs
 from pptp.train import train, training
 
 RECIPE = {

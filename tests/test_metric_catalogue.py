@@ -27,7 +27,8 @@ from pptp.metric_catalogue import (
     shown_metrics,
     unregister_metric,
 )
-from pptp.trial import TrialResult, run_trial
+from pptp.result import TrialResult
+from pptp.trial import run_trial
 from search.running.samplers import StudySearch
 from search.running.trainable import TrialContext, run_search_trial
 from search.space import load_space

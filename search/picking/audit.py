@@ -17,12 +17,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from pptp.exposure import Exposure
 from pptp.metric_catalogue import shown_metrics
 from pptp.tables import format_cell, format_table
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: pick's --help must not import torch
     from pptp.config import TrialConfig
+    from pptp.exposure import Exposure
     from search.space import Objective
 
 #: rows of the side-by-side table: the catalogue's shown metrics (objectives not among them are

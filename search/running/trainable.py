@@ -54,10 +54,11 @@ from ray import tune
 from pptp.bank import ReferenceBank, ReferenceSignals
 from pptp.config import TrialConfig
 from pptp.fidelity import run_trial_at_rungs
+from pptp.result import TrialResult
 from pptp.threads import torch_threads
 from pptp.train import EpochLog
 from pptp.treatment import TREATMENT_ATTR, Treatment, run_name, trial_digits
-from pptp.trial import TrialResult, run_trial
+from pptp.trial import run_trial
 from search.running.repeats import aggregate, repeat_seeds
 from search.running.samplers import DUPLICATE_OF, PER_SEED, RECORD, REUSE, TRIAL_NUMBER
 from search.running.scheduler import FINAL, RUNG, STOPPABLE

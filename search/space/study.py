@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 from pptp.attacks import attack_names
 from pptp.config import TrialConfig
-from pptp.fidelity import rung_epochs
 from pptp.metric_catalogue import catalogue, lookup, metric_names
+from pptp.rungs import rung_epochs
 from pptp.treatment import Kind
 
 Direction = Literal["maximize", "minimize"]
@@ -44,7 +44,7 @@ def direction_sign(direction: str) -> float:
 
 @dataclass(frozen=True)
 class Objective:
-    """One objective: a metric of :meth:`pptp.trial.TrialResult.metrics` and its direction."""
+    """One objective: a metric of :meth:`pptp.result.TrialResult.metrics` and its direction."""
 
     metric: str
     direction: Direction
@@ -123,7 +123,7 @@ class Fidelity:
 
     def epochs(self, total: int) -> tuple[int, ...]:
         """The rung epochs of a ``total``-epoch training, the end excluded (e.g. 3, 10 of 30:
-        :func:`pptp.fidelity.rung_epochs`)."""
+        :func:`pptp.rungs.rung_epochs`)."""
         return rung_epochs(total, self.rungs)
 
     def to_data(self) -> dict[str, Any]:
@@ -235,7 +235,7 @@ METRIC_NAMES = tuple(
 
 
 def known_metrics(cfg: TrialConfig) -> set[str]:
-    """Every metric name :meth:`pptp.trial.TrialResult.metrics` reports for ``cfg``'s attacks
+    """Every metric name :meth:`pptp.result.TrialResult.metrics` reports for ``cfg``'s attacks
     that a space may optimise or constrain (``attack.attacks: null`` means the default set for
     ``attack.n_references``: :func:`pptp.attacks.attack_names`), the canary metrics when
     ``data.canaries`` > 0 (:mod:`pptp.metric_catalogue`)."""

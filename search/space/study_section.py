@@ -18,8 +18,6 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, IntD
 from pydantic import ConfigDict, Field, model_validator
 
 from pptp.config import TrainConfig, config_keys
-from pptp.defenses import DEFENSES
-from pptp.operators import OPERATORS
 from search.space.distributions import contains, describe_distribution
 from search.space.errors import coerce_value, show, space_error
 from search.space.reading import flat_dict
@@ -249,6 +247,9 @@ def _fidelity(
             f"no rung falls before the end of {epochs} epochs; train longer or use larger "
             "fractions",
         )
+    from pptp.defenses import DEFENSES  # the registries import torch: see space_file.load_space
+    from pptp.operators import OPERATORS
+
     known = {*OPERATORS, *DEFENSES}
     for name in out.never_stop:
         if name not in known:

@@ -26,9 +26,9 @@ from mlflow.tracking import MlflowClient
 
 from pptp.exposure import Exposure, thumbnail_grid
 from pptp.metrics import plot_roc
+from pptp.result import TrialResult
 from pptp.train import EpochLog
 from pptp.treatment import treatment_of
-from pptp.trial import TrialResult
 from search.tracking.names import (
     TAG_FAIL_REASON,
     TAG_KIND,
@@ -289,7 +289,7 @@ class TrialTracker:
         "protected_groups": [...]}``), who leaks (``exposed.csv``, ``class_tpr.csv``,
         ``exposed.png``: :func:`write_exposure`) and ``history.csv``. Tags: what it trained with
         (:meth:`pptp.treatment.Treatment.flat`: ``operator``, ``strength``, ``protected_groups``,
-        ``defense``), and :meth:`~pptp.trial.TrialResult.tags` through
+        ``defense``), and :meth:`~pptp.result.TrialResult.tags` through
         :func:`metric_key`: ``queries`` (the query names the attacks used), ``attack_worst``,
         ``attack_worst/tpr_at_1pct_fpr``, ... (the attack and score direction that gave each
         worst case).
