@@ -127,6 +127,16 @@ def watch_ray(on_stuck: Callable[[list[str]], int], interval: float = 0.5) -> No
     def watch() -> None:
         while not (_received or _lost or _shutting_down) and _local_head():
             lost = lost_ray_processes()
+            if lost and not _shutting_down and _ended_by_sigterm():
+                # a SIGTERM to the whole process group reached Ray's processes before the
+                # driver's handler ran (it runs only when the main thread is back in Python):
+                # the same signal is on its way to the driver, so this is that stop, not a
+                # lost Ray
+                if not _received:
+                    _received.append(signal.SIGTERM)
+                    _thread.interrupt_main()
+                    _stop_if_stuck([], on_stuck)  # nothing lost: a stop on a signal
+                return
             if lost and not _shutting_down:  # not the driver's own shutdown
                 _lost.extend(lost)
                 if not _received:  # a signal is stopping the driver already otherwise
@@ -229,6 +239,24 @@ def lost_ray_processes() -> list[str]:
     except Exception as error:
         logger.debug("could not read the local Ray's processes (%s)", error)
         return []
+
+
+def _ended_by_sigterm() -> bool:
+    """Whether a vital process of the local Ray ended by SIGTERM (what a signal to the whole
+    process group does), rather than dying some other way (SIGKILL, a crash)."""
+    try:
+        import ray._private.worker as ray_worker
+
+        node = ray_worker._global_node
+        if node is None or not node.head:
+            return False
+        return any(
+            kind in VITAL and process.returncode == -signal.SIGTERM
+            for kind, process in node.dead_processes()
+        )
+    except Exception as error:
+        logger.debug("could not read the local Ray's processes (%s)", error)
+        return False
 
 
 def _kill_local_ray() -> None:
