@@ -61,7 +61,7 @@ def test_a_seed_spread_has_two_significant_digits(capsys: pytest.CaptureFixture[
     }
     progress.on_trial_result(0, [], _trial({TRIAL_NUMBER: 2}), result)
     line = capsys.readouterr().out
-    assert "test_acc 0.8345 ± 0.0099, attack_auc 0.77 ± 0.016, 212s" in line
+    assert "test_acc 0.8345 ± 0.0099, attack_auc 0.7700 ± 0.016, 212s" in line  # as the table
 
 
 def test_a_broken_dp_claim_gets_its_own_line(capsys: pytest.CaptureFixture[str]) -> None:

@@ -153,7 +153,7 @@ class Progress(Callback):
 
     def _values(self, result: Mapping[str, Any]) -> str:
         return ", ".join(
-            f"{o.metric} {_short(result.get(o.metric))}"
+            f"{o.metric} {_metric(o.metric, result.get(o.metric))}"
             + (f" ± {_spread(result[o.metric + '_sd'])}" if o.metric + "_sd" in result else "")
             for o in self.objectives
         )
@@ -187,6 +187,11 @@ def contradiction_line(result: Mapping[str, Any]) -> str:
         f"{format_value('eps_lb', result.get('eps_lb'))} > epsilon "
         f"{format_value('epsilon', result.get('epsilon'))}"
     )
+
+
+def _metric(key: str, value: Any) -> str:
+    """A metric as the tables show it (the catalogue's format: ``0.5800``, not ``0.58``)."""
+    return format_value(key, float(value)) if isinstance(value, int | float) else str(value)
 
 
 def _short(value: Any) -> str:
